@@ -1,0 +1,26 @@
+# Set-up, tests, training and serving. Every target installs what it needs into .venv first.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+MODEL_DIR ?= artifacts/digits
+CONFIG ?= training/configs/digits.yaml
+
+.PHONY: install test train serve clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $@
+
+test: install
+	$(PY) -m pytest
+
+train: install
+	@if [ -e $(MODEL_DIR) ]; then echo "$(MODEL_DIR) exists: not retraining (delete it to retrain)"; \
+	else $(PY) -m training train --config $(CONFIG) --out $(MODEL_DIR); fi
+
+clean:
+	rm -rf $(VENV) *.egg-info .pytest_cache

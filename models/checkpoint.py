@@ -1,0 +1,128 @@
+"""The checkpoint: one folder holding ``manifest.json`` and ``weights.safetensors`` (plus optional
+files such as ``model.onnx``), each listed in the manifest with its sha256.
+
+The folder is written atomically (a temporary sibling folder, then a rename), so a crash never
+leaves a half-written checkpoint. Loading checks the format version and every hash and raises
+``CheckpointError`` with a one-line message that says what is wrong.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from pydantic import ValidationError
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from models.config import ModelConfig
+from models.hybrid import HybridModel
+
+FORMAT_VERSION = 1
+MANIFEST_FILE = "manifest.json"
+WEIGHTS_FILE = "weights.safetensors"
+
+
+class CheckpointError(Exception):
+    """A checkpoint is missing, damaged, or of a format this code does not read."""
+
+
+@dataclass
+class LoadedCheckpoint:
+    model: HybridModel
+    manifest: dict
+    path: Path
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def save_checkpoint(
+    directory: str | Path, model: HybridModel, manifest: dict, extra_files: dict[str, Path] | None = None
+) -> dict:
+    """Write model weights, ``extra_files`` (name -> source path, copied) and the manifest into
+    ``directory``, replacing an existing checkpoint there only once the new one is complete.
+    Fills in ``format_version``, ``model``, ``files`` and, if absent, ``version`` (a short hash of
+    the weights). Returns the manifest written."""
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
+    try:
+        state = {key: value.detach().cpu().contiguous() for key, value in model.state_dict().items()}
+        save_file(state, staging / WEIGHTS_FILE)
+        for name, source in (extra_files or {}).items():
+            shutil.copyfile(source, staging / name)
+        files = {path.name: sha256_of(path) for path in sorted(staging.iterdir())}
+        manifest = {
+            **manifest,
+            "format_version": FORMAT_VERSION,
+            "version": manifest.get("version") or files[WEIGHTS_FILE][:12],
+            "model": model.config.model_dump(mode="json"),
+            "files": files,
+        }
+        (staging / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, allow_nan=False) + "\n")
+        if directory.exists():
+            retired = Path(tempfile.mkdtemp(prefix=f".{directory.name}.old-", dir=directory.parent))
+            directory.rename(retired / directory.name)
+            staging.rename(directory)
+            shutil.rmtree(retired)
+        else:
+            staging.rename(directory)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return manifest
+
+
+def read_manifest(directory: str | Path) -> dict:
+    """The manifest after checking the format version and the sha256 of every listed file."""
+    directory = Path(directory)
+    manifest_path = directory / MANIFEST_FILE
+    if not manifest_path.is_file():
+        raise CheckpointError(f"no checkpoint at {directory}: {MANIFEST_FILE} is missing")
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise CheckpointError(f"{manifest_path} is not valid JSON ({error})") from None
+    if not isinstance(manifest, dict):
+        raise CheckpointError(f"{manifest_path} does not hold a JSON object")
+    found = manifest.get("format_version")
+    if found != FORMAT_VERSION:
+        raise CheckpointError(
+            f"checkpoint {directory} has format version {found!r}, this code reads version {FORMAT_VERSION}; retrain it"
+        )
+    files = manifest.get("files")
+    if not isinstance(files, dict) or WEIGHTS_FILE not in files:
+        raise CheckpointError(f"{manifest_path} does not list {WEIGHTS_FILE} with its sha256")
+    for name, expected in files.items():
+        path = directory / name
+        if not path.is_file():
+            raise CheckpointError(f"checkpoint {directory} is missing {name}")
+        if sha256_of(path) != expected:
+            raise CheckpointError(f"checkpoint file {path} does not match its sha256 in the manifest (changed or damaged)")
+    return manifest
+
+
+def load_checkpoint(directory: str | Path, device: str | torch.device = "cpu") -> LoadedCheckpoint:
+    """Verify and load a checkpoint; the model is in eval mode on ``device``."""
+    directory = Path(directory)
+    manifest = read_manifest(directory)
+    try:
+        config = ModelConfig.model_validate(manifest.get("model"))
+        model = HybridModel(config)
+        model.load_state_dict(load_file(directory / WEIGHTS_FILE))
+    except ValidationError as error:
+        raise CheckpointError(f"checkpoint {directory} has an invalid model config: {error.errors()[0]['msg']}") from None
+    except (SafetensorError, RuntimeError, ValueError) as error:
+        first_line = str(error).strip().splitlines()[0]
+        raise CheckpointError(f"checkpoint {directory} weights do not fit its model config: {first_line}") from None
+    return LoadedCheckpoint(model=model.to(device).eval(), manifest=manifest, path=directory)

@@ -1,0 +1,122 @@
+"""The DIGLM: preprocessing -> flow -> GLM head, giving z, log p(x) and p(y|x) in one pass.
+
+log p(x) = log N(z; 0, I) + log|det dz/dx| (flow) + the preprocessing's log-det, in nats per example,
+a density of the data as users send it (see ``models.preprocessing``).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from models.config import ModelConfig
+from models.flows import Flow, Glow, PlanarFlow, RealNVP
+from models.heads import BayesianLinearHead, CategoricalHead, GaussianHead
+from models.preprocessing import Dequantize, Standardize
+
+
+@dataclass
+class HybridOutput:
+    z: torch.Tensor  # (N, D) latents
+    log_px: torch.Tensor  # (N,) nats
+
+
+def _flow_input_shape(config: ModelConfig) -> tuple[int, ...]:
+    """Glow takes (C, H, W): a 2-D input shape gets a channel of 1. Other flows take flat vectors."""
+    shape = tuple(config.input_shape)
+    if config.flow.kind == "glow":
+        return (1, *shape) if len(shape) == 2 else shape
+    return (math.prod(shape),)
+
+
+def _build_flow(config: ModelConfig, flow_shape: tuple[int, ...]) -> Flow:
+    flow = config.flow
+    if flow.kind == "glow":
+        if len(flow_shape) != 3:
+            raise ValueError(f"Glow needs image inputs (H, W) or (C, H, W), got input_shape {config.input_shape}")
+        return Glow(flow_shape, flow.levels, flow.steps, flow.hidden, flow.net, flow.net_layers)
+    if flow.kind == "realnvp":
+        return RealNVP(flow_shape[0], flow.steps, flow.hidden, flow.net, flow.net_layers)
+    return PlanarFlow(flow_shape[0], flow.steps)
+
+
+def _build_head(config: ModelConfig, latent_dim: int) -> nn.Module:
+    head = config.head
+    if head.kind == "categorical":
+        if head.num_classes is None:
+            raise ValueError("a categorical head needs head.num_classes")
+        return CategoricalHead(latent_dim, head.num_classes)
+    if head.kind == "gaussian":
+        return GaussianHead(latent_dim)
+    return BayesianLinearHead(latent_dim, head.objective, head.alpha, head.noise_std)
+
+
+class HybridModel(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        if not config.input_shape:
+            raise ValueError("model config needs input_shape")
+        self.config = config
+        self.input_shape = tuple(config.input_shape)
+        self.dims = math.prod(self.input_shape)
+        self.flow_shape = _flow_input_shape(config)
+        if config.preprocessing.kind == "dequantize":
+            if config.preprocessing.levels is None:
+                raise ValueError("dequantize preprocessing needs preprocessing.levels")
+            self.preprocessing = Dequantize(config.preprocessing.levels, config.preprocessing.logit_alpha)
+        else:
+            self.preprocessing = Standardize(self.flow_shape)
+        self.flow = _build_flow(config, self.flow_shape)
+        self.head = _build_head(config, self.dims)
+        if config.task == "classification":
+            # p(y) from training label counts: the output for rejected inputs (eq. 10).
+            self.register_buffer("label_prior", torch.full((config.head.num_classes,), 1.0 / config.head.num_classes))
+        else:
+            # Training targets' mean and variance: the output for rejected inputs.
+            self.register_buffer("target_moments", torch.tensor([0.0, 1.0]))
+
+    @property
+    def task(self) -> str:
+        return self.config.task
+
+    def forward(self, x: torch.Tensor, noise: torch.Tensor | None = None) -> HybridOutput:
+        """``x``: ``(N, *input_shape)`` in data units; ``noise``: dequantization u of the same shape or
+        None (u = 1/2, one number per input)."""
+        x = x.reshape(x.shape[0], *self.flow_shape)
+        if noise is not None:
+            noise = noise.reshape_as(x)
+        h, log_det_preprocessing = self.preprocessing(x, noise)
+        z, log_det_flow = self.flow(h)
+        log_pz = -0.5 * (z**2 + math.log(2 * math.pi)).sum(dim=1)
+        return HybridOutput(z=z, log_px=log_pz + log_det_flow + log_det_preprocessing)
+
+    def loss(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        labeled: torch.Tensor,
+        lambda_per_dim: float,
+        entropy_weight: float = 0.0,
+        noise: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, HybridOutput]:
+        """-(1/N) [sum_labeled log p(y|x) + lambda sum_all log p(x) - w sum_unlabeled H[p(y|x)]] with
+        lambda = lambda_per_dim / D (eq. 7 and sec. 3.1). ``labeled``: boolean ``(N,)``."""
+        output = self(x, noise)
+        count = x.shape[0]
+        objective = (lambda_per_dim / self.dims) * output.log_px.sum()
+        n_labeled = int(labeled.sum())
+        if n_labeled:
+            objective = objective + n_labeled * self.head.batch_log_likelihood(output.z[labeled], y[labeled])
+        if entropy_weight and n_labeled < count:
+            objective = objective - entropy_weight * self.head.entropy(output.z[~labeled]).sum()
+        return -objective / count, output
+
+    @torch.no_grad()
+    def sample(self, count: int, temperature: float = 1.0, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Draw ``(count, *input_shape)`` inputs: z ~ N(0, T^2 I) through the inverse flow, in data units."""
+        device = next(self.parameters()).device
+        z = torch.randn(count, self.dims, generator=generator).to(device) * temperature
+        x = self.preprocessing.inverse(self.flow.inverse(z))
+        return x.reshape(count, *self.input_shape)

@@ -1,0 +1,70 @@
+"""Checkpoint round trip, integrity checks and atomic replacement."""
+import json
+
+import pytest
+import torch
+
+from models.checkpoint import FORMAT_VERSION, CheckpointError, load_checkpoint, save_checkpoint
+from tests.test_heads import classifier
+
+
+@pytest.fixture
+def saved(tmp_path):
+    model = classifier()
+    model.train()
+    model(torch.randint(0, 17, (32, 8, 8)).float())  # actnorm initialisation
+    model.eval()
+    manifest = save_checkpoint(tmp_path / "ckpt", model, {"name": "digits"})
+    return tmp_path / "ckpt", model, manifest
+
+
+def test_round_trip_gives_identical_outputs(saved):
+    path, model, manifest = saved
+    loaded = load_checkpoint(path)
+    x = torch.randint(0, 17, (5, 8, 8)).float()
+    torch.testing.assert_close(loaded.model(x).log_px, model(x).log_px, rtol=0, atol=0)
+    torch.testing.assert_close(loaded.model.head.predict(loaded.model(x).z)["probabilities"], model.head.predict(model(x).z)["probabilities"], rtol=0, atol=0)
+    assert manifest["format_version"] == FORMAT_VERSION and len(manifest["version"]) == 12
+    assert set(manifest["files"]) == {"weights.safetensors"}
+
+
+def test_reloaded_actnorm_is_not_initialised_again(saved):
+    path, model, _ = saved
+    loaded = load_checkpoint(path).model.train()
+    before = {k: v.clone() for k, v in loaded.state_dict().items()}
+    loaded(torch.randint(0, 17, (16, 8, 8)).float() * 0.5)
+    for key, value in loaded.state_dict().items():
+        torch.testing.assert_close(value, before[key])
+
+
+def test_changed_byte_is_refused(saved):
+    path, _, _ = saved
+    weights = path / "weights.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-10] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="does not match its sha256"):
+        load_checkpoint(path)
+
+
+def test_unknown_format_version_is_refused(saved):
+    path, _, _ = saved
+    manifest = json.loads((path / "manifest.json").read_text())
+    manifest["format_version"] = 999
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(CheckpointError, match="format version 999.*retrain"):
+        load_checkpoint(path)
+
+
+def test_missing_checkpoint_is_a_clear_error(tmp_path):
+    with pytest.raises(CheckpointError, match="manifest.json is missing"):
+        load_checkpoint(tmp_path / "nothing")
+
+
+def test_failed_write_keeps_the_old_checkpoint(saved, monkeypatch):
+    path, model, manifest = saved
+    monkeypatch.setattr("models.checkpoint.save_file", lambda *a, **k: (_ for _ in ()).throw(OSError("disk full")))
+    with pytest.raises(OSError):
+        save_checkpoint(path, model, {"name": "digits"})
+    assert load_checkpoint(path).manifest["version"] == manifest["version"]
+    assert [p.name for p in path.parent.iterdir()] == ["ckpt"]

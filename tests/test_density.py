@@ -1,0 +1,73 @@
+"""log p(x) of whole models is a normalised density, and the preprocessing counts its Jacobian."""
+import math
+
+import numpy as np
+import torch
+from torch.autograd.functional import jacobian
+
+from models.config import FlowConfig, HeadConfig, ModelConfig, PreprocessingConfig
+from models.gate import bits_per_dim
+from models.hybrid import HybridModel
+from models.preprocessing import Dequantize, Standardize
+from tests.test_flows import randomize
+
+
+def regression_model(dim: int, flow: FlowConfig) -> HybridModel:
+    config = ModelConfig(
+        input_shape=[dim], preprocessing=PreprocessingConfig(kind="standardize"), flow=flow, head=HeadConfig(kind="gaussian")
+    )
+    model = HybridModel(config)
+    model.preprocessing.fit(torch.randn(100, dim) * 2 + 1)
+    return randomize(model)
+
+
+def test_1d_planar_density_integrates_to_one():
+    model = regression_model(1, FlowConfig(kind="planar", steps=3))
+    grid = torch.linspace(-40, 40, 20001, dtype=torch.float64)[:, None]
+    with torch.no_grad():
+        density = model(grid).log_px.exp().numpy()
+    assert abs(np.trapezoid(density, grid[:, 0].numpy()) - 1) < 1e-3
+
+
+def test_2d_realnvp_density_integrates_to_one():
+    model = regression_model(2, FlowConfig(kind="realnvp", steps=3, hidden=8))
+    axis = torch.linspace(-25, 25, 501, dtype=torch.float64)
+    grid = torch.cartesian_prod(axis, axis)
+    with torch.no_grad():
+        density = model(grid).log_px.exp().reshape(501, 501).numpy()
+    step = float(axis[1] - axis[0])
+    assert abs(density.sum() * step * step - 1) < 2e-3
+
+
+def test_uniform_density_gives_log2_levels_bits_per_dim():
+    for levels in (17, 256):
+        dequantize = Dequantize(levels)
+        x = torch.randint(0, levels, (4, 1, 8, 8)).double()
+        x_c, logabsdet = dequantize(x, torch.rand_like(x))
+        # p_c uniform on [0,1)^D: log p_c = 0, so log p(x) is the preprocessing's log-det alone.
+        assert ((x_c >= -0.5) & (x_c < 0.5)).all()
+        torch.testing.assert_close(bits_per_dim(logabsdet, 64), torch.full((4,), math.log2(levels), dtype=torch.float64))
+
+
+def test_logit_preprocessing_logdet_matches_jacobian():
+    dequantize = Dequantize(256, logit_alpha=0.05)
+    x = torch.randint(0, 256, (1, 6)).double()
+    _, logabsdet = dequantize(x)
+    # d/dx of the continuous map at u = 1/2, plus the -D log K of scaling into [0, 1).
+    matrix = jacobian(lambda v: dequantize(v[None])[0][0], x[0])
+    expected = torch.linalg.slogdet(matrix)[1]
+    torch.testing.assert_close(logabsdet[0], expected)
+
+
+def test_inputs_outside_the_support_have_no_density():
+    dequantize = Dequantize(17)
+    x = torch.tensor([[0.0, 16.0], [-1.0, 3.0], [2.0, 17.5]])
+    _, logabsdet = dequantize(x)
+    assert torch.isfinite(logabsdet[0]) and torch.isneginf(logabsdet[1:]).all()
+
+
+def test_standardize_logdet():
+    layer = Standardize((3,))
+    layer.fit(torch.randn(1000, 3) * torch.tensor([1.0, 2.0, 4.0]))
+    _, logabsdet = layer(torch.zeros(2, 3))
+    torch.testing.assert_close(logabsdet, -torch.log(layer.std).sum().expand(2))

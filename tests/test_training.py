@@ -1,0 +1,134 @@
+"""Configs, data files and splits, and the training pipeline end to end on the tiny config."""
+import gzip
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from models.checkpoint import load_checkpoint
+from training.cli import main
+from training.config import ConfigError, DataConfig, load_config
+from training.data import DataError, load_dataset, split_dataset
+from training.data.files import read_idx, read_images
+
+CONFIGS = Path(__file__).resolve().parents[1] / "training" / "configs"
+
+
+def write_idx(path: Path, array: np.ndarray, compress: bool) -> None:
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(int(n).to_bytes(4, "big") for n in array.shape)
+    payload = header + array.astype(np.uint8).tobytes()
+    path.write_bytes(gzip.compress(payload) if compress else payload)
+
+
+@pytest.mark.parametrize("compress", [True, False])
+def test_idx_round_trip(tmp_path, compress):
+    images = np.random.default_rng(0).integers(0, 256, size=(5, 4, 4))
+    path = tmp_path / ("images.idx.gz" if compress else "images.idx")
+    write_idx(path, images, compress)
+    np.testing.assert_array_equal(read_idx(path), images)
+    np.testing.assert_array_equal(read_images(path), images.astype(np.float32))
+
+
+def test_bad_files_are_clear_errors(tmp_path):
+    (tmp_path / "junk.idx").write_bytes(b"\x01\x02\x03\x04")
+    with pytest.raises(DataError, match="not an IDX file"):
+        read_idx(tmp_path / "junk.idx")
+    with pytest.raises(DataError, match="not found"):
+        read_images(tmp_path / "missing.npz")
+
+
+def test_images_data_set_needs_its_data_dir(tmp_path):
+    config = DataConfig(name="images", options={"images": "train.idx", "labels": "labels.idx"})
+    with pytest.raises(DataError, match="--data-dir"):
+        load_dataset(config)
+    write_idx(tmp_path / "train.idx", np.zeros((20, 4, 4)), compress=False)
+    write_idx(tmp_path / "labels.idx", np.arange(20) % 2, compress=False)
+    dataset = load_dataset(config.model_copy(update={"data_dir": tmp_path}))
+    assert dataset.input_shape == [4, 4] and dataset.levels == 256 and dataset.classes == ["0", "1"]
+
+
+def test_table_data_set_reads_named_columns(tmp_path):
+    rows = np.random.default_rng(0).normal(size=(50, 3))
+    path = tmp_path / "table.csv"
+    np.savetxt(path, rows, delimiter=",", header="a,b,delay", comments="")
+    dataset = load_dataset(DataConfig(name="table", data_dir=tmp_path, options={"path": "table.csv", "features": ["a", "b"], "target": "delay"}))
+    np.testing.assert_allclose(dataset.x, rows[:, :2].astype(np.float32))
+    assert dataset.task == "regression"
+
+
+def test_split_is_stratified_seeded_and_semi_supervised():
+    config = DataConfig(name="digits", labels_per_class=5)
+    dataset = load_dataset(config)
+    first, second = split_dataset(dataset, config, seed=3), split_dataset(dataset, config, seed=3)
+    np.testing.assert_array_equal(first.test.x, second.test.x)
+    assert len(first.train) + len(first.validation) + len(first.test) == len(dataset.x)
+    assert np.abs(np.bincount(first.test.y) - len(first.test) / 10).max() <= 2
+    labeled_per_class = np.bincount(first.train.y[first.train.labeled], minlength=10)
+    assert (labeled_per_class == 5).all()
+
+
+def test_unknown_data_set_is_a_clear_error():
+    with pytest.raises(DataError, match="unknown data set 'nope'"):
+        load_dataset(DataConfig(name="nope"))
+
+
+def test_config_rejects_unknown_keys_and_wrong_types(tmp_path):
+    with pytest.raises(ConfigError, match="model.flow.hiden"):
+        load_config(CONFIGS / "tiny.yaml", ["model.flow.hiden=3"])
+    with pytest.raises(ConfigError, match="train.epochs"):
+        load_config(CONFIGS / "tiny.yaml", ["train.epochs=many"])
+    with pytest.raises(ConfigError, match="key=value"):
+        load_config(CONFIGS / "tiny.yaml", ["train.epochs"])
+    assert load_config(CONFIGS / "tiny.yaml", ["model.flow.hidden=12"]).model.flow.hidden == 12
+
+
+def test_shipped_configs_are_valid():
+    for path in CONFIGS.glob("*.yaml"):
+        load_config(path)
+
+
+def test_cli_errors_are_one_line(capsys, tmp_path):
+    assert main(["train", "--config", str(tmp_path / "none.yaml"), "--out", str(tmp_path / "x")]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("error: config file") and "\n" not in error
+    assert main(["evaluate", "--checkpoint", str(tmp_path)]) == 2
+    assert "manifest.json is missing" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run") / "tiny"
+    assert main(["train", "--config", str(CONFIGS / "tiny.yaml"), "--out", str(out), "--quiet", "--set", "train.epochs=4"]) == 0
+    return out
+
+
+def test_tiny_run_writes_a_complete_manifest(tiny_checkpoint):
+    loaded = load_checkpoint(tiny_checkpoint)
+    manifest = loaded.manifest
+    assert manifest["name"] == "tiny" and manifest["task"] == "classification" and manifest["input_shape"] == [8, 8]
+    assert manifest["preprocessing"]["levels"] == 17
+    gate = manifest["gate"]
+    assert gate["method"] == "validation" and gate["tau"] == gate["validation"]["tau"]
+    assert gate["min_train"]["tau"] == gate["statistics"]["train"]["min"]
+    assert abs(sum(manifest["label_prior"]) - 1) < 1e-6
+    test = manifest["metrics"]["test"]
+    assert 0 <= test["error"] <= 1 and 0 <= test["accepted"] <= 1 and test["bits_per_dim"] > 0
+    assert manifest["training"]["epochs_completed"] == 4
+
+
+def test_tiny_evaluation_rejects_noise_more_than_digits(tiny_checkpoint, tmp_path, capsys):
+    out = tmp_path / "report.json"
+    assert main(["evaluate", "--checkpoint", str(tiny_checkpoint), "--out", str(out), "--ood", "uniform-noise", "--ood", "inverted"]) == 0
+    report = json.loads(out.read_text())
+    assert "AUROC" in capsys.readouterr().out and out.with_suffix(".png").is_file()
+    accepted_test = report["test"]["accepted"]
+    for name in ("uniform-noise", "inverted"):
+        assert 1 - report["ood"][name]["rejected"] < accepted_test
+        assert 0 <= report["ood"][name]["auroc"] <= 1
+
+
+def test_resume_continues_the_epoch_count(tiny_checkpoint, tmp_path):
+    out = tmp_path / "resumed"
+    assert main(["train", "--config", str(CONFIGS / "tiny.yaml"), "--out", str(out), "--quiet", "--resume", str(tiny_checkpoint), "--set", "train.epochs=1"]) == 0
+    assert load_checkpoint(out).manifest["training"]["epochs_completed"] == 5

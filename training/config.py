@@ -1,0 +1,107 @@
+"""Experiment configuration: YAML validated by pydantic, with ``key.sub=value`` overrides.
+
+An unknown key or a wrong type is a ``ConfigError`` with a one-line message.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import Field, ValidationError
+
+from models.config import ModelConfig, StrictModel
+from models.gate import GateMethod
+
+
+class ConfigError(ValueError):
+    """The configuration file or an override is invalid."""
+
+
+class DataConfig(StrictModel):
+    name: str = Field("digits", description="registered data set (see training.data.DATASETS)")
+    data_dir: Path | None = Field(None, description="folder with data files, for data sets that read files")
+    validation_fraction: float = Field(0.15, gt=0, lt=1)
+    test_fraction: float = Field(0.2, gt=0, lt=1, description="ignored when the data set has its own test split")
+    limit: int | None = Field(None, ge=10, description="keep only this many examples (stratified), for quick runs")
+    labels_per_class: int | None = Field(None, ge=1, description="semi-supervised: keep labels for N training examples per class")
+    options: dict[str, Any] = Field(default_factory=dict, description="data-set specific options (files, columns)")
+
+
+class TrainConfig(StrictModel):
+    epochs: int = Field(30, ge=1)
+    batch_size: int = Field(64, ge=1)
+    optimizer: Literal["adam", "adamax"] = "adam"
+    learning_rate: float = Field(1e-3, gt=0)
+    warmup_steps: int = Field(100, ge=0, description="linear learning-rate warm-up")
+    weight_decay: float = Field(0.0, ge=0)
+    grad_clip: float = Field(50.0, gt=0, description="maximum gradient norm")
+    lambda_per_dim: float = Field(0.01, ge=0, description="weight of log p(x) per dimension: lambda = value / D")
+    entropy_weight: float = Field(0.0, ge=0, description="semi-supervised: entropy penalty on unlabeled p(y|x)")
+    max_bad_steps: int = Field(20, ge=0, description="abort after this many steps with a non-finite loss or gradient")
+    patience: int | None = Field(10, ge=1, description="stop after this many epochs without a better validation loss")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+
+class GateSettings(StrictModel):
+    method: GateMethod = Field("validation", description="which tau is active")
+    slack: float = Field(0.0, ge=0, description="min_train tau: slack c in nats below the training minimum")
+    false_rejection_rate: float = Field(0.01, gt=0, lt=1, description="validation tau: target share of held-out data rejected")
+
+
+class EvaluationConfig(StrictModel):
+    dequantization_samples: int = Field(4, ge=1, description="noise draws averaged for reported bits/dim")
+    batch_size: int = Field(512, ge=1)
+
+
+class ExperimentConfig(StrictModel):
+    name: str = Field(..., pattern=r"^[a-z0-9][a-z0-9._-]*$", description="model name in the service's URLs")
+    seed: int = 0
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+    gate: GateSettings = GateSettings()
+    evaluation: EvaluationConfig = EvaluationConfig()
+
+
+def apply_override(tree: dict, assignment: str) -> None:
+    """Set ``a.b.c=value`` in a nested dict; the value is parsed as YAML (numbers, lists, null)."""
+    key, sep, raw_value = assignment.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"override {assignment!r} is not of the form key=value")
+    *parents, leaf = key.strip().split(".")
+    node = tree
+    for part in parents:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {assignment!r}: {part!r} is not a section")
+        node = child
+    try:
+        node[leaf] = yaml.safe_load(raw_value)
+    except yaml.YAMLError:
+        raise ConfigError(f"override {assignment!r}: value is not valid YAML") from None
+
+
+def validation_message(error: ValidationError) -> str:
+    """The first problem pydantic found, as one line: ``where: what``."""
+    first = error.errors()[0]
+    where = ".".join(str(part) for part in first["loc"]) or "config"
+    return f"{where}: {first['msg']}" + (f" ({error.error_count() - 1} more)" if error.error_count() > 1 else "")
+
+
+def load_config(path: str | Path, overrides: list[str] = ()) -> ExperimentConfig:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} not found")
+    try:
+        tree = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path} is not valid YAML: {str(error).splitlines()[0]}") from None
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{path} must hold a mapping of settings")
+    for assignment in overrides:
+        apply_override(tree, assignment)
+    try:
+        return ExperimentConfig.model_validate(tree)
+    except ValidationError as error:
+        raise ConfigError(f"{path}: {validation_message(error)}") from None

@@ -1,0 +1,103 @@
+"""The data-set registry and the seeded split.
+
+A ``Dataset`` holds inputs ``x`` ``(N, *input_shape)`` float32 in data units (pixel levels for images,
+raw values for tables) and targets ``y`` ``(N,)`` (int64 class indices or float32 values).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Literal
+
+import numpy as np
+from sklearn.model_selection import train_test_split
+
+from training.config import DataConfig
+
+
+class DataError(ValueError):
+    """A data set cannot be loaded (unknown name, missing file, bad option)."""
+
+
+@dataclass
+class Dataset:
+    x: np.ndarray
+    y: np.ndarray
+    task: Literal["classification", "regression"]
+    levels: int | None = None  # values per dimension of discrete data (None: continuous)
+    classes: list[str] | None = None
+    test: tuple[np.ndarray, np.ndarray] | None = None  # a test split of its own, if the data set has one
+    description: str = ""
+
+    @property
+    def input_shape(self) -> list[int]:
+        return list(self.x.shape[1:])
+
+
+@dataclass
+class Split:
+    x: np.ndarray
+    y: np.ndarray
+    labeled: np.ndarray = field(default=None)  # bool (N,); all True unless semi-supervised
+
+    def __post_init__(self):
+        if self.labeled is None:
+            self.labeled = np.ones(len(self.x), dtype=bool)
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+
+@dataclass
+class Splits:
+    train: Split
+    validation: Split
+    test: Split
+
+
+Loader = Callable[[DataConfig], Dataset]
+DATASETS: dict[str, Loader] = {}
+
+
+def register_dataset(name: str) -> Callable[[Loader], Loader]:
+    def decorator(loader: Loader) -> Loader:
+        DATASETS[name] = loader
+        return loader
+
+    return decorator
+
+
+def load_dataset(config: DataConfig) -> Dataset:
+    if config.name not in DATASETS:
+        raise DataError(f"unknown data set {config.name!r}; known: {', '.join(sorted(DATASETS))}")
+    dataset = DATASETS[config.name](config)
+    if config.limit is not None and config.limit < len(dataset.x):
+        stratify = dataset.y if dataset.task == "classification" else None
+        keep, _ = train_test_split(np.arange(len(dataset.x)), train_size=config.limit, random_state=0, stratify=stratify)
+        dataset.x, dataset.y = dataset.x[np.sort(keep)], dataset.y[np.sort(keep)]
+    return dataset
+
+
+def split_dataset(dataset: Dataset, config: DataConfig, seed: int) -> Splits:
+    """Stratified (for classification) train / validation / test split fixed by ``seed``; with
+    ``labels_per_class`` only that many training examples per class keep their label."""
+    stratify = dataset.y if dataset.task == "classification" else None
+    indices = np.arange(len(dataset.x))
+    if dataset.test is None:
+        indices, test_indices = train_test_split(indices, test_size=config.test_fraction, random_state=seed, stratify=stratify)
+        test = Split(dataset.x[test_indices], dataset.y[test_indices])
+        stratify = None if stratify is None else stratify[indices]
+    else:
+        test = Split(*dataset.test)
+    train_indices, validation_indices = train_test_split(
+        indices, test_size=config.validation_fraction, random_state=seed, stratify=stratify
+    )
+    train = Split(dataset.x[train_indices], dataset.y[train_indices])
+    if config.labels_per_class is not None:
+        if dataset.task != "classification":
+            raise DataError("labels_per_class applies to classification data only")
+        rng = np.random.default_rng(seed)
+        train.labeled = np.zeros(len(train), dtype=bool)
+        for label in np.unique(train.y):
+            members = rng.permutation(np.flatnonzero(train.y == label))
+            train.labeled[members[: config.labels_per_class]] = True
+    return Splits(train, Split(dataset.x[validation_indices], dataset.y[validation_indices]), test)

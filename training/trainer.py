@@ -1,0 +1,247 @@
+"""The training pipeline: data -> model -> training loop with validation and best-state keeping ->
+Bayesian head fit -> gate calibration -> test evaluation -> checkpoint."""
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from models.checkpoint import load_checkpoint, save_checkpoint
+from models.config import ModelConfig
+from models.gate import bits_per_dim, calibrate_gate
+from models.heads import BayesianLinearHead, SufficientStatistics
+from models.hybrid import HybridModel
+from models.preprocessing import Standardize
+from training.config import ExperimentConfig
+from training.data import Dataset, Split, Splits, load_dataset, split_dataset
+from training.evaluate import evaluate_split, model_outputs
+
+log = logging.getLogger(__name__)
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (diverged, or the resumed checkpoint does not fit the config)."""
+
+
+def resolve_device(requested: str) -> torch.device:
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise TrainingError("--device cuda was requested but CUDA is not available")
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(requested)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def complete_model_config(config: ModelConfig, dataset: Dataset) -> ModelConfig:
+    """Fill the settings that come from the data: input shape, levels and number of classes."""
+    config = config.model_copy(deep=True)
+    config.input_shape = config.input_shape or dataset.input_shape
+    if config.input_shape != dataset.input_shape:
+        raise TrainingError(f"model.input_shape {config.input_shape} does not match the data's {dataset.input_shape}")
+    if config.preprocessing.kind == "dequantize":
+        if dataset.levels is None:
+            raise TrainingError(f"data set has continuous values: use preprocessing.kind=standardize")
+        config.preprocessing.levels = config.preprocessing.levels or dataset.levels
+    if config.task != dataset.task:
+        raise TrainingError(f"head {config.head.kind!r} is for {config.task}, but the data set is for {dataset.task}")
+    if config.task == "classification":
+        config.head.num_classes = config.head.num_classes or len(dataset.classes)
+    return config
+
+
+def _set_output_fallbacks(model: HybridModel, train: Split) -> None:
+    """Label prior (training label frequencies) or target moments: the answer for rejected inputs."""
+    with torch.no_grad():
+        labels = train.y[train.labeled]
+        if model.task == "classification":
+            counts = np.bincount(labels, minlength=model.config.head.num_classes).astype(np.float64)
+            model.label_prior.copy_(torch.from_numpy(counts / counts.sum()))
+        else:
+            model.target_moments.copy_(torch.tensor([labels.mean(), labels.var()]))
+
+
+def _batches(split: Split, batch_size: int, generator: torch.Generator | None):
+    order = torch.randperm(len(split), generator=generator).numpy() if generator is not None else np.arange(len(split))
+    for start in range(0, len(split), batch_size):
+        index = order[start : start + batch_size]
+        yield (torch.from_numpy(split.x[index]), torch.from_numpy(split.y[index]), torch.from_numpy(split.labeled[index]))
+
+
+class Trainer:
+    def __init__(self, config: ExperimentConfig, progress: bool = True):
+        self.config = config
+        self.progress = progress
+        self.device = resolve_device(config.train.device)
+
+    def _noise(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor | None:
+        if self.model.config.preprocessing.kind != "dequantize":
+            return None
+        return torch.rand(x.shape, generator=generator).to(self.device)
+
+    @torch.no_grad()
+    def validation_loss(self, split: Split) -> dict[str, float]:
+        """Mean loss (u = 1/2), bits/dim and accuracy (classification) on a split."""
+        self.model.eval()
+        train = self.config.train
+        total_loss, total_log_px, correct, count = 0.0, 0.0, 0, 0
+        for x, y, labeled in _batches(split, max(train.batch_size, 512), None):
+            x, y, labeled = x.to(self.device), y.to(self.device), labeled.to(self.device)
+            loss, output = self.model.loss(x, y, labeled, train.lambda_per_dim, train.entropy_weight)
+            total_loss += float(loss) * len(x)
+            total_log_px += float(output.log_px.sum())
+            if self.model.task == "classification":
+                correct += int((self.model.head.predict(output.z)["probabilities"].argmax(1) == y).sum())
+            count += len(x)
+        result = {"loss": total_loss / count, "bits_per_dim": float(bits_per_dim(total_log_px / count, self.model.dims))}
+        if self.model.task == "classification":
+            result["accuracy"] = correct / count
+        return result
+
+    def fit(self, splits: Splits, start_epoch: int = 0) -> dict:
+        """Train with warm-up, clipping, a NaN guard and early stopping; keep the best state by
+        validation loss. Returns the training record for the manifest."""
+        train = self.config.train
+        model = self.model
+        optimizer_class = torch.optim.Adamax if train.optimizer == "adamax" else torch.optim.Adam
+        optimizer = optimizer_class(model.parameters(), lr=train.learning_rate, weight_decay=train.weight_decay)
+        warmup = max(train.warmup_steps, 1)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
+        generator = torch.Generator().manual_seed(self.config.seed)
+        best = {"loss": math.inf, "epoch": start_epoch, "state": copy.deepcopy(model.state_dict())}
+        history, bad_steps, started = [], 0, time.perf_counter()
+        epochs = range(start_epoch, start_epoch + train.epochs)
+        for epoch in epochs:
+            model.train()
+            bar = tqdm(
+                _batches(splits.train, train.batch_size, generator),
+                total=math.ceil(len(splits.train) / train.batch_size),
+                desc=f"epoch {epoch + 1}/{epochs.stop}",
+                disable=not self.progress,
+                leave=False,
+            )
+            for x, y, labeled in bar:
+                x, y, labeled = x.to(self.device), y.to(self.device), labeled.to(self.device)
+                loss, output = model.loss(x, y, labeled, train.lambda_per_dim, train.entropy_weight, self._noise(x, generator))
+                optimizer.zero_grad(set_to_none=True)
+                finite = bool(torch.isfinite(loss))
+                if finite:
+                    loss.backward()
+                    finite = bool(torch.isfinite(torch.nn.utils.clip_grad_norm_(model.parameters(), train.grad_clip)))
+                if not finite:
+                    bad_steps += 1
+                    if bad_steps > train.max_bad_steps:
+                        raise TrainingError(
+                            f"{bad_steps} steps had a non-finite loss or gradient; lower train.learning_rate or raise train.grad_clip"
+                        )
+                    continue
+                optimizer.step()
+                scheduler.step()
+                bar.set_postfix(loss=f"{loss.item():.3f}", bpd=f"{bits_per_dim(output.log_px.detach().mean().item(), model.dims):.3f}")
+            validation = self.validation_loss(splits.validation)
+            history.append({"epoch": epoch + 1, **validation})
+            message = ", ".join(f"{k} {v:.4f}" for k, v in validation.items())
+            if self.progress:
+                tqdm.write(f"epoch {epoch + 1}: validation {message}")
+            if validation["loss"] < best["loss"]:
+                best = {"loss": validation["loss"], "epoch": epoch + 1, "state": copy.deepcopy(model.state_dict())}
+            elif train.patience is not None and epoch + 1 - best["epoch"] >= train.patience:
+                log.info("early stop after epoch %d (best %d)", epoch + 1, best["epoch"])
+                break
+        model.load_state_dict(best["state"])
+        return {
+            "epochs_completed": history[-1]["epoch"] if history else start_epoch,
+            "best_epoch": best["epoch"],
+            "best_validation_loss": best["loss"],
+            "bad_steps": bad_steps,
+            "seconds": time.perf_counter() - started,
+            "history": history,
+        }
+
+    @torch.no_grad()
+    def fit_bayesian_head(self, split: Split) -> dict | None:
+        """Closed-form posterior on all training latents; alpha and sigma0 by marginal likelihood
+        when the flow was trained with the Gaussian objective."""
+        head = self.model.head
+        if not isinstance(head, BayesianLinearHead):
+            return None
+        self.model.eval()
+        stats = None
+        for x, y, labeled in _batches(split, 1024, None):
+            z = self.model(x.to(self.device)).z
+            batch = SufficientStatistics.from_batch(z[labeled], y.to(self.device)[labeled])
+            stats = batch if stats is None else stats + batch
+        with torch.enable_grad():
+            per_example = head.fit_posterior(stats, optimize_hyperparameters=head.objective == "gaussian")
+        return {
+            "log_marginal_likelihood_per_example": per_example,
+            "alpha": float(head.alpha),
+            "noise_std": float(head.noise_variance.sqrt()),
+            "hyperparameters": "marginal likelihood (post hoc)" if head.objective == "gaussian" else "trained with the flow",
+        }
+
+    def run(self, out_dir: str | Path, resume: str | Path | None = None) -> dict:
+        config = self.config
+        seed_everything(config.seed)
+        dataset = load_dataset(config.data)
+        splits = split_dataset(dataset, config.data, config.seed)
+        model_config = complete_model_config(config.model, dataset)
+        start_epoch = 0
+        if resume is not None:
+            previous = load_checkpoint(resume, self.device)
+            if previous.model.config != model_config:
+                raise TrainingError(f"checkpoint {resume} was trained with another model config; cannot resume")
+            self.model = previous.model
+            start_epoch = previous.manifest["training"]["epochs_completed"]
+        else:
+            self.model = HybridModel(model_config).to(self.device)
+            if isinstance(self.model.preprocessing, Standardize):
+                self.model.preprocessing.fit(torch.from_numpy(splits.train.x).reshape(len(splits.train), -1).to(self.device))
+            self.model.train()
+            with torch.no_grad():  # data-dependent actnorm initialisation
+                first = torch.from_numpy(splits.train.x[: min(len(splits.train), 512)]).to(self.device)
+                self.model(first, self._noise(first, torch.Generator().manual_seed(config.seed)))
+        _set_output_fallbacks(self.model, splits.train)
+        record = self.fit(splits, start_epoch)
+        bayesian = self.fit_bayesian_head(splits.train)
+        batch_size = config.evaluation.batch_size
+        train_log_px = model_outputs(self.model, splits.train.x, batch_size)["log_px"]
+        validation_log_px = model_outputs(self.model, splits.validation.x, batch_size)["log_px"]
+        gate = calibrate_gate(train_log_px, validation_log_px, config.gate.method, config.gate.slack, config.gate.false_rejection_rate)
+        metrics = {}
+        for name, split in (("train", splits.train), ("validation", splits.validation), ("test", splits.test)):
+            metrics[name], _ = evaluate_split(
+                self.model, split.x, split.y, gate["tau"], config.evaluation.dequantization_samples, batch_size, config.seed
+            )
+        manifest = {
+            "name": config.name,
+            "task": dataset.task,
+            "input_shape": dataset.input_shape,
+            "input_range": [0, dataset.levels - 1] if dataset.levels else None,
+            "classes": dataset.classes,
+            "preprocessing": model_config.preprocessing.model_dump(mode="json"),
+            "gate": gate,
+            "label_prior": self.model.label_prior.tolist() if dataset.task == "classification" else None,
+            "target_moments": self.model.target_moments.tolist() if dataset.task == "regression" else None,
+            "metrics": metrics,
+            "data": {
+                "name": config.data.name,
+                "description": dataset.description,
+                "sizes": {"train": len(splits.train), "validation": len(splits.validation), "test": len(splits.test)},
+                "labeled_train": int(splits.train.labeled.sum()),
+            },
+            "training": {**record, "bayesian_head": bayesian, "device": str(self.device), "config": config.model_dump(mode="json")},
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        return save_checkpoint(out_dir, self.model, manifest)
