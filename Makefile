@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 MODEL_DIR ?= artifacts/digits
 CONFIG ?= training/configs/digits.yaml
 
-.PHONY: install test train serve clean
+.PHONY: install test train serve bench-serve clean
 
 install: $(VENV)/.installed
 
@@ -24,3 +24,10 @@ train: install
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache
+
+HOST ?= 127.0.0.1
+PORT ?= 8000
+
+# The main command: set up, train the default model if there is none, serve it on $(PORT).
+serve: train
+	$(PY) -m service --model-dir $(MODEL_DIR) --host $(HOST) --port $(PORT)

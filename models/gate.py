@@ -69,3 +69,15 @@ def gated_probabilities(probabilities: torch.Tensor, accepted: torch.Tensor, lab
 def bits_per_dim(log_px: torch.Tensor | np.ndarray, dims: int):
     """-log p(x) / (D ln 2): nats per example to bits per dimension."""
     return -log_px / (dims * math.log(2))
+
+
+def gated_regression(
+    mean: torch.Tensor, variance: torch.Tensor, accepted: torch.Tensor, target_moments: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eq. 10's analogue for regression: the head's predictive where accepted, else the training
+    targets' mean and variance (``target_moments`` = [mean, variance])."""
+    fallback_mean, fallback_variance = target_moments.to(mean.dtype)
+    return (
+        torch.where(accepted, mean, fallback_mean),
+        torch.where(accepted, variance, fallback_variance),
+    )

@@ -1,0 +1,123 @@
+"""Latency of single requests and throughput at N concurrent clients against the real service.
+
+Starts ``python -m service`` (uvicorn) on a free loopback port for a checkpoint, sends one-instance
+``/v1/models/{name}:predict`` requests with an async httpx client from this process (client and
+server share the machine's cores, unpinned), prints a table and, with ``--write``, updates its
+section of docs/benchmarks.md.
+
+    .venv/bin/python -m bench.serve_load --model-dir artifacts/digits --write
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+from bench.report import update_section
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_server(model_dir: str, port: int) -> subprocess.Popen:
+    command = [sys.executable, "-m", "service", "--model-dir", model_dir, "--port", str(port), "--device", "cpu"]
+    server = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ, "DIGLM_LOG_LEVEL": "warning"})
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        if server.poll() is not None:
+            raise SystemExit(f"server exited: {server.stderr.read().decode().strip()}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/v2/health/ready", timeout=1).status_code == 200:
+                return server
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    server.kill()
+    raise SystemExit("server did not become ready in 60 s")
+
+
+async def clients(url: str, body: bytes, concurrency: int, seconds: float) -> list[float]:
+    """Each of ``concurrency`` clients sends requests back to back for ``seconds``; returns latencies."""
+    latencies: list[float] = []
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(limits=limits, timeout=30) as client:
+        stop = time.perf_counter() + seconds
+
+        async def one_client() -> None:
+            while time.perf_counter() < stop:
+                started = time.perf_counter()
+                response = await client.post(url, content=body, headers={"content-type": "application/json"})
+                response.raise_for_status()
+                latencies.append(time.perf_counter() - started)
+
+        await asyncio.gather(*(one_client() for _ in range(concurrency)))
+    return latencies
+
+
+def summarize(latencies: list[float], seconds: float) -> dict:
+    values = np.array(latencies) * 1000
+    return {
+        "requests": len(values),
+        "requests_per_s": len(values) / seconds,
+        "p50_ms": float(np.percentile(values, 50)),
+        "p95_ms": float(np.percentile(values, 95)),
+        "p99_ms": float(np.percentile(values, 99)),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model-dir", default="artifacts/digits")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 16])
+    parser.add_argument("--seconds", type=float, default=10.0, help="measuring time per concurrency level")
+    parser.add_argument("--write", action="store_true", help="update the serve-load section of docs/benchmarks.md")
+    args = parser.parse_args()
+
+    manifest = json.loads((Path(args.model_dir) / "manifest.json").read_text())
+    levels = manifest["preprocessing"].get("levels") or 2
+    instance = np.random.default_rng(0).integers(0, levels, size=manifest["input_shape"]).tolist()
+    body = json.dumps({"instances": [instance]}).encode()
+    port = free_port()
+    server = start_server(args.model_dir, port)
+    url = f"http://127.0.0.1:{port}/v1/models/{manifest['name']}:predict"
+    try:
+        asyncio.run(clients(url, body, 4, 2.0))  # warm-up
+        rows = {c: summarize(asyncio.run(clients(url, body, c, args.seconds)), args.seconds) for c in args.concurrency}
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+    header = "| concurrency | requests/s | p50 ms | p95 ms | p99 ms | requests |\n|---:|---:|---:|---:|---:|---:|"
+    lines = [f"| {c} | {r['requests_per_s']:.0f} | {r['p50_ms']:.2f} | {r['p95_ms']:.2f} | {r['p99_ms']:.2f} | {r['requests']} |" for c, r in rows.items()]
+    table = "\n".join([header, *lines])
+    print(table)
+    if args.write:
+        machine = f"{os.cpu_count()} CPU cores, {platform.processor() or platform.machine()}, Python {platform.python_version()}"
+        update_section(
+            ROOT / "docs" / "benchmarks.md",
+            "serve-load",
+            f"## Service latency and throughput (`bench/serve_load.py`)\n\n"
+            f"Model `{manifest['name']}` ({manifest['input_shape']} input, version {manifest['version']}), one instance per "
+            f"request, JSON over loopback, torch backend, one inference thread, no batching. Client (async httpx) and "
+            f"server (uvicorn) share the machine's cores unpinned: {machine}. {args.seconds:.0f} s per row after a 2 s warm-up.\n\n"
+            f"Command: `.venv/bin/python -m bench.serve_load --model-dir {args.model_dir} --write`\n\n{table}\n",
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,37 @@
+"""Helpers the routers share: the app state, the size-limited JSON body, the orjson response."""
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from fastapi import Request, Response
+
+from service.inputs import InputError, parse_json
+from service.state import ServiceState
+
+
+class JSONBody(Response):
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content)
+
+
+def service_state(request: Request) -> ServiceState:
+    return request.app.state.service
+
+
+async def json_body(request: Request) -> Any:
+    """The parsed JSON body; 413 when it is over ``max_body_bytes`` (checked before reading it all)."""
+    limit = service_state(request).settings.max_body_bytes
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise InputError(f"request body of {declared} bytes is over the limit of {limit} bytes", status=413)
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise InputError(f"request body is over the limit of {limit} bytes", status=413)
+    if not body:
+        raise InputError("request body is empty; send JSON")
+    return parse_json(bytes(body))

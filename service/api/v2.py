@@ -1,0 +1,92 @@
+"""Open Inference Protocol (KServe v2): health, server and model metadata, ``infer``."""
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+
+from service.api.common import JSONBody, json_body, service_state
+from service.encoding import output_tensors, v2_output
+from service.inputs import InputError, decode_v2_tensor
+from service.schemas import ErrorResponse, InferRequest, InferResponse
+
+router = APIRouter(prefix="/v2", tags=["v2"])
+ERRORS = {status: {"model": ErrorResponse} for status in (400, 404, 413, 503)}
+INPUT_NAME = "input"
+CLASSIFICATION_OUTPUTS = ["label", "probabilities", "model_probabilities"]
+REGRESSION_OUTPUTS = ["mean", "variance", "model_mean", "model_variance"]
+COMMON_OUTPUTS = ["log_px", "bits_per_dim", "accepted", "threshold", "is_outlier", "instance_score"]
+
+
+@router.get("/health/live")
+async def live() -> dict:
+    return {"live": True}
+
+
+@router.get("/health/ready", responses={503: {"model": ErrorResponse}})
+async def ready(request: Request) -> JSONBody:
+    state = service_state(request)
+    if not state.ready:
+        return JSONBody({"ready": False, "error": state.load_error or "model is loading"}, status_code=503)
+    return JSONBody({"ready": True})
+
+
+@router.get("")
+async def server_metadata(request: Request) -> dict:
+    runtime = service_state(request).runtime
+    return {"name": "diglm", "version": "0.1.0", "extensions": [], "models": [runtime.name] if runtime else []}
+
+
+@router.get("/models/{name}/ready", responses=ERRORS)
+async def model_ready(name: str, request: Request) -> dict:
+    runtime = service_state(request).require_model(name)
+    return {"name": runtime.name, "ready": True}
+
+
+@router.get("/models/{name}", responses=ERRORS)
+async def model_metadata(name: str, request: Request) -> dict:
+    """Input and output tensors, classes, input range, tau with its calibration, metrics, hashes."""
+    runtime = service_state(request).require_model(name)
+    manifest = runtime.manifest
+    head_outputs = CLASSIFICATION_OUTPUTS if runtime.task == "classification" else REGRESSION_OUTPUTS
+    return {
+        "name": runtime.name,
+        "versions": [runtime.version],
+        "platform": f"pytorch_{runtime.backend.name}",
+        "inputs": [{"name": INPUT_NAME, "datatype": "FP32", "shape": [-1, *runtime.input_shape]}],
+        "outputs": [{"name": output, "datatype": "FP64" if output in COMMON_OUTPUTS else "FP32", "shape": [-1]} for output in head_outputs + COMMON_OUTPUTS],
+        "task": runtime.task,
+        "classes": manifest.get("classes"),
+        "input_range": manifest.get("input_range"),
+        "input_note": "values in the scale the model was trained on (see input_range); a leading channel of 1 is optional",
+        "gate": manifest["gate"],
+        "metrics": manifest["metrics"],
+        "files": manifest["files"],
+        "device": str(runtime.device),
+    }
+
+
+@router.post(
+    "/models/{name}/infer",
+    response_class=JSONBody,
+    responses={200: {"model": InferResponse}, **ERRORS},
+    openapi_extra={"requestBody": {"content": {"application/json": {"schema": InferRequest.model_json_schema()}}, "required": True}},
+)
+async def infer(name: str, request: Request) -> JSONBody:
+    """One input tensor named ``input`` of shape ``[N, *input_shape]``; outputs as named tensors."""
+    state = service_state(request)
+    runtime = state.require_model(name)
+    body = await json_body(request)
+    if not isinstance(body, dict) or not isinstance(body.get("inputs"), list) or len(body["inputs"]) != 1 or not isinstance(body["inputs"][0], dict):
+        raise InputError(f'request must hold "inputs": a list with one tensor named {INPUT_NAME!r}')
+    tensor = body["inputs"][0]
+    if tensor.get("name") != INPUT_NAME:
+        raise InputError(f"unknown input {tensor.get('name')!r}; the model's input is named {INPUT_NAME!r}")
+    x = decode_v2_tensor(tensor, runtime.input_shape, state.settings.max_instances)
+    tensors = output_tensors(await state.predict(runtime, x), runtime.tau)
+    requested = [output.get("name") for output in body.get("outputs") or [] if isinstance(output, dict)] or list(tensors)
+    unknown = [n for n in requested if n not in tensors]
+    if unknown:
+        raise InputError(f"unknown outputs {unknown}; available: {sorted(tensors)}")
+    response = {"model_name": runtime.name, "model_version": runtime.version, "outputs": [v2_output(n, tensors[n]) for n in requested]}
+    if body.get("id") is not None:
+        response["id"] = str(body["id"])
+    return JSONBody(response)

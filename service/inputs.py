@@ -1,0 +1,92 @@
+"""Decoding request bodies into model inputs. Every problem is an ``InputError`` with the HTTP
+status to answer and a message that says what is wrong; nothing here raises anything else."""
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+import numpy as np
+import orjson
+
+
+class InputError(ValueError):
+    def __init__(self, message: str, status: int = 400):
+        super().__init__(message)
+        self.status = status
+
+
+def parse_json(body: bytes) -> Any:
+    """orjson on the hot path; the standard parser only to name NaN / Infinity tokens."""
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        pass
+    try:
+        json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise InputError(f"request body is not valid JSON: {error}") from None
+    raise InputError("request body holds NaN or Infinity, which are not valid inputs")
+
+
+def to_array(values: Any, what: str) -> np.ndarray:
+    """Nested lists of numbers to a float64 array; ragged or non-numeric values are an error."""
+    try:
+        array = np.asarray(values, dtype=np.float64)
+    except (ValueError, TypeError):
+        raise InputError(f"{what} must be numbers in nested lists of equal lengths") from None
+    if array.dtype == object:
+        raise InputError(f"{what} must be numbers in nested lists of equal lengths")
+    return array
+
+
+def conform(array: np.ndarray, input_shape: tuple[int, ...], what: str) -> np.ndarray:
+    """``(N, ...)`` to ``(N, *input_shape)`` float32, accepting the input shape itself, a leading
+    channel of 1, or a flat vector of the right length; values must be finite."""
+    size = math.prod(input_shape)
+    allowed = {tuple(input_shape), (1, *input_shape), (size,)}
+    if array.ndim < 2 or tuple(array.shape[1:]) not in allowed:
+        shown = list(array.shape[1:]) if array.ndim >= 1 else []
+        raise InputError(
+            f"{what}: each instance must have shape {list(input_shape)}, [1, {', '.join(map(str, input_shape))}] "
+            f"or [{size}], got {shown}"
+        )
+    if not np.isfinite(array).all():
+        raise InputError(f"{what}: values must be finite numbers (found NaN or infinity)")
+    return array.reshape(len(array), *input_shape).astype(np.float32)
+
+
+def check_count(count: int, limit: int) -> None:
+    if count == 0:
+        raise InputError("no instances in the request")
+    if count > limit:
+        raise InputError(f"{count} instances in one request, the limit is {limit}; split the request", status=413)
+
+
+def decode_v1(body: Any, input_shape: tuple[int, ...], limit: int) -> np.ndarray:
+    """``{"instances": [x, ...]}`` to ``(N, *input_shape)`` float32."""
+    if not isinstance(body, dict) or "instances" not in body:
+        raise InputError('request body must be a JSON object {"instances": [...]}')
+    instances = body["instances"]
+    if not isinstance(instances, list):
+        raise InputError('"instances" must be a list of inputs')
+    check_count(len(instances), limit)
+    return conform(to_array(instances, "instances"), input_shape, "instances")
+
+
+V2_NUMERIC = {"FP16", "FP32", "FP64", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64"}
+
+
+def decode_v2_tensor(tensor: dict, input_shape: tuple[int, ...], limit: int) -> np.ndarray:
+    """An Open Inference Protocol input tensor ``{name, shape, datatype, data}`` to ``(N, *input_shape)``."""
+    datatype = str(tensor.get("datatype", "")).upper()
+    if datatype not in V2_NUMERIC:
+        raise InputError(f"input datatype {datatype or 'missing'!r} is not supported; use one of {sorted(V2_NUMERIC)}")
+    shape = tensor.get("shape")
+    if not isinstance(shape, list) or not shape or not all(isinstance(d, int) and d >= 0 for d in shape):
+        raise InputError('input "shape" must be a list of non-negative integers [N, ...]')
+    check_count(shape[0], limit)
+    data = to_array(tensor.get("data"), "input data")
+    if data.size != math.prod(shape):
+        raise InputError(f"input data holds {data.size} values, shape {shape} needs {math.prod(shape)}")
+    return conform(data.reshape(shape), input_shape, "input")

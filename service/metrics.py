@@ -1,0 +1,46 @@
+"""Prometheus metrics in base units (seconds, nats), one registry per app (no process globals), all
+labelled with the model's name and version."""
+from __future__ import annotations
+
+import numpy as np
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+
+
+def log_px_buckets(gate: dict) -> list[float]:
+    """Histogram edges (nats) around tau: tau minus 1000..1 nats below, both calibrations' taus and
+    the training and validation quantiles above, so the histogram resolves the decision region."""
+    tau = gate["tau"]
+    edges = {tau - offset for offset in (1000, 500, 200, 100, 50, 20, 10, 5, 2, 1)}
+    edges |= {tau, gate["min_train"]["tau"], gate["validation"]["tau"]}
+    for split in ("train", "validation"):
+        statistics = gate["statistics"][split]
+        edges |= {statistics["min"], statistics["max"], *statistics["quantiles"].values()}
+    return sorted(round(edge, 3) for edge in edges if np.isfinite(edge))
+
+
+class ServiceMetrics:
+    def __init__(self, model_name: str, model_version: str, gate: dict):
+        self.registry = CollectorRegistry()
+        self.labels = {"model": model_name, "version": model_version}
+        names = ["model", "version"]
+        self.requests = Counter("diglm_requests", "Requests by endpoint and HTTP status", ["endpoint", "status", *names], registry=self.registry)
+        self.request_seconds = Histogram("diglm_request_duration_seconds", "Request latency", ["endpoint", *names], buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.inference_seconds = Histogram("diglm_inference_duration_seconds", "Model forward time per batch", names, buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.instances = Counter("diglm_instances", "Instances predicted", names, registry=self.registry)
+        self.rejected = Counter("diglm_instances_rejected", "Instances the density gate rejected", names, registry=self.registry)
+        self.log_px = Histogram("diglm_log_px_nats", "log p(x) of served instances (nats; non-finite ones are not observed)", names, buckets=log_px_buckets(gate), registry=self.registry)
+        self.batch_size = Histogram("diglm_batch_size", "Instances per model forward pass", names, buckets=BATCH_BUCKETS, registry=self.registry)
+        self.in_flight = Gauge("diglm_requests_in_flight", "Requests being handled", names, registry=self.registry)
+        self.info = Gauge("diglm_model_info", "The served model (value 1)", [*names, "task", "gate_method", "backend", "device"], registry=self.registry)
+
+    def observe_predictions(self, log_px: np.ndarray, accepted: np.ndarray, seconds: float) -> None:
+        self.inference_seconds.labels(**self.labels).observe(seconds)
+        self.batch_size.labels(**self.labels).observe(len(log_px))
+        self.instances.labels(**self.labels).inc(len(log_px))
+        self.rejected.labels(**self.labels).inc(int((~accepted).sum()))
+        histogram = self.log_px.labels(**self.labels)
+        for value in log_px[np.isfinite(log_px)]:
+            histogram.observe(float(value))

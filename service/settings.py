@@ -1,0 +1,22 @@
+"""Service settings from environment variables (prefix ``DIGLM_``) or the command line."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ServiceSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="DIGLM_", extra="ignore", protected_namespaces=())
+
+    model_dir: Path = Field(Path("artifacts/digits"), description="checkpoint folder to serve")
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    backend: Literal["torch"] = Field("torch", description="inference runtime")
+    max_instances: int = Field(1024, ge=1, description="most instances in one request")
+    max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024, description="largest request body (413 above)")
+    warmup_batch: int = Field(8, ge=1, description="instances in the warm-up batch run before reporting ready")
+    log_level: str = "info"

@@ -1,0 +1,51 @@
+"""What the app holds while it runs: settings, the runtime once loaded, metrics, readiness, and the
+single inference thread that keeps model math off the event loop."""
+from __future__ import annotations
+
+import asyncio
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from service.inputs import InputError
+from service.metrics import ServiceMetrics
+from service.runtime import ModelRuntime
+from service.settings import ServiceSettings
+
+
+@dataclass
+class ServiceState:
+    settings: ServiceSettings
+    runtime: ModelRuntime | None = None
+    metrics: ServiceMetrics | None = None
+    ready: bool = False
+    load_error: str | None = None
+    executor: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference"))
+
+    def attach(self, runtime: ModelRuntime) -> None:
+        self.runtime = runtime
+        self.metrics = ServiceMetrics(runtime.name, runtime.version, runtime.manifest["gate"])
+        self.metrics.info.labels(
+            **self.metrics.labels,
+            task=runtime.task,
+            gate_method=runtime.manifest["gate"]["method"],
+            backend=runtime.backend.name,
+            device=str(runtime.device),
+        ).set(1)
+
+    def require_model(self, name: str) -> ModelRuntime:
+        """The runtime if ``name`` is the served model and it is ready; else a 404 or 503."""
+        if self.runtime is None or not self.ready:
+            raise InputError("model is not ready yet" + (f": {self.load_error}" if self.load_error else ""), status=503)
+        if name != self.runtime.name:
+            raise InputError(f"model {name!r} not found; this server serves {self.runtime.name!r}", status=404)
+        return self.runtime
+
+    async def predict(self, runtime: ModelRuntime, x: np.ndarray) -> dict[str, np.ndarray]:
+        """Run the model in the inference thread and record the metrics."""
+        started = time.perf_counter()
+        result = await asyncio.get_running_loop().run_in_executor(self.executor, runtime.predict, x)
+        self.metrics.observe_predictions(result["log_px"], result["accepted"], time.perf_counter() - started)
+        return result

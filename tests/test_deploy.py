@@ -1,0 +1,36 @@
+"""The deployment files, checked with what runs here (no Docker engine): compose structure,
+Dockerfile references, the health check path, the Prometheus target."""
+from pathlib import Path
+
+import yaml
+
+from service.app import create_app
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_compose_runs_trainer_then_service_then_prometheus():
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    services = compose["services"]
+    assert services["service"]["depends_on"]["trainer"]["condition"] == "service_completed_successfully"
+    assert services["prometheus"]["depends_on"]["service"]["condition"] == "service_healthy"
+    for name in ("trainer", "service", "service-gpu"):
+        build = services[name]["build"]
+        assert (ROOT / build["dockerfile"]).is_file()
+        assert any(volume.startswith("models:/models") for volume in services[name]["volumes"])
+    prometheus_config = services["prometheus"]["volumes"][0].split(":")[0]
+    scrape = yaml.safe_load((ROOT / prometheus_config).read_text())["scrape_configs"][0]
+    assert scrape["metrics_path"] == "/metrics" and scrape["static_configs"][0]["targets"] == ["service:8000"]
+
+
+def test_dockerfiles_copy_existing_paths_and_check_readiness():
+    routes = set(create_app().openapi()["paths"])
+    for dockerfile in ("Dockerfile.gpu", "Dockerfile.cpu"):
+        text = (ROOT / "docker" / dockerfile).read_text()
+        for line in text.splitlines():
+            if line.startswith("COPY "):
+                for source in line.split()[1:-1]:
+                    assert (ROOT / source).exists(), f"{dockerfile} copies missing {source}"
+        assert "/v2/health/ready" in text and "/v2/health/ready" in routes
+        assert "USER 10001" in text
+    assert "onnxruntime-gpu==" in (ROOT / "docker" / "Dockerfile.gpu").read_text()

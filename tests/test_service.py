@@ -1,0 +1,277 @@
+"""The service: every endpoint, both protocols against the model called directly, bad input,
+metrics, readiness, and concurrency. Uses a tiny checkpoint trained once for the module."""
+import asyncio
+import json
+import math
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import torch
+from fastapi.testclient import TestClient
+
+from models.checkpoint import load_checkpoint
+from models.gate import gated_probabilities
+from service.app import create_app
+from service.runtime import ModelRuntime
+from service.settings import ServiceSettings
+from training.cli import main as training_main
+from training.config import DataConfig
+from training.data import load_dataset
+
+CONFIGS = Path(__file__).resolve().parents[1] / "training" / "configs"
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("service") / "tiny"
+    assert training_main(["train", "--config", str(CONFIGS / "tiny.yaml"), "--out", str(out), "--quiet"]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def settings(checkpoint) -> ServiceSettings:
+    return ServiceSettings(model_dir=checkpoint, device="cpu", max_instances=64, max_body_bytes=64 * 1024)
+
+
+@pytest.fixture(scope="module")
+def client(settings):
+    with TestClient(create_app(settings)) as test_client:
+        for _ in range(200):
+            if test_client.get("/v2/health/ready").status_code == 200:
+                break
+            asyncio.run(asyncio.sleep(0.05))
+        yield test_client
+
+
+@pytest.fixture(scope="module")
+def digits() -> np.ndarray:
+    return load_dataset(DataConfig(name="digits")).x[:8]
+
+
+def direct(checkpoint: Path, x: np.ndarray) -> dict:
+    loaded = load_checkpoint(checkpoint)
+    with torch.no_grad():
+        output = loaded.model(torch.from_numpy(x))
+        probabilities = loaded.model.head.predict(output.z)["probabilities"]
+    tau = loaded.manifest["gate"]["tau"]
+    accepted = output.log_px >= tau
+    return {
+        "log_px": output.log_px.numpy(),
+        "model_probabilities": probabilities.numpy(),
+        "probabilities": gated_probabilities(probabilities, accepted, loaded.model.label_prior).numpy(),
+        "accepted": accepted.numpy(),
+        "tau": tau,
+    }
+
+
+def predict(client, instances, name="tiny"):
+    return client.post(f"/v1/models/{name}:predict", json={"instances": instances})
+
+
+def test_v1_predictions_equal_the_model_called_directly(client, checkpoint, digits):
+    response = predict(client, digits.tolist())
+    assert response.status_code == 200
+    body = response.json()
+    manifest = load_checkpoint(checkpoint).manifest
+    assert body["model_name"] == "tiny" and body["model_version"] == manifest["version"]
+    expected = direct(checkpoint, digits)
+    for i, prediction in enumerate(body["predictions"]):
+        assert prediction["log_px"] == pytest.approx(float(expected["log_px"][i]), abs=1e-4)
+        assert prediction["bits_per_dim"] == pytest.approx(-prediction["log_px"] / (64 * math.log(2)))
+        np.testing.assert_allclose(prediction["model_probabilities"], expected["model_probabilities"][i], atol=1e-6)
+        np.testing.assert_allclose(prediction["probabilities"], expected["probabilities"][i], atol=1e-6)
+        assert prediction["label"] == int(np.argmax(expected["model_probabilities"][i]))
+        assert prediction["accepted"] == bool(expected["accepted"][i]) == (prediction["log_px"] >= prediction["threshold"])
+        assert prediction["threshold"] == pytest.approx(expected["tau"])
+        assert prediction["outlier"] == {"is_outlier": not prediction["accepted"], "instance_score": -prediction["log_px"], "threshold": -prediction["threshold"]}
+
+
+def test_v2_infer_gives_the_same_numbers_as_v1(client, digits):
+    v1 = predict(client, digits.tolist()).json()["predictions"]
+    body = {"id": "r1", "inputs": [{"name": "input", "shape": [len(digits), 1, 8, 8], "datatype": "UINT8", "data": digits.astype(int).ravel().tolist()}]}
+    response = client.post("/v2/models/tiny/infer", json=body)
+    assert response.status_code == 200
+    outputs = {o["name"]: o for o in response.json()["outputs"]}
+    assert response.json()["id"] == "r1"
+    assert outputs["probabilities"]["shape"] == [len(digits), 10] and outputs["label"]["datatype"] == "INT64"
+    np.testing.assert_allclose(outputs["log_px"]["data"], [p["log_px"] for p in v1])
+    np.testing.assert_allclose(np.reshape(outputs["probabilities"]["data"], (-1, 10)), [p["probabilities"] for p in v1])
+    assert outputs["accepted"]["data"] == [p["accepted"] for p in v1]
+    nested = dict(body, inputs=[dict(body["inputs"][0], shape=[len(digits), 8, 8], datatype="FP32", data=digits.tolist())], outputs=[{"name": "log_px"}])
+    only = client.post("/v2/models/tiny/infer", json=nested).json()["outputs"]
+    assert [o["name"] for o in only] == ["log_px"]
+    np.testing.assert_allclose(only[0]["data"], outputs["log_px"]["data"])
+
+
+def test_input_layouts_agree(client, digits):
+    base = predict(client, digits[:2].tolist()).json()["predictions"]
+    for layout in (digits[:2].reshape(2, 1, 8, 8), digits[:2].reshape(2, 64)):
+        again = predict(client, layout.tolist()).json()["predictions"]
+        assert [p["log_px"] for p in again] == [p["log_px"] for p in base]
+
+
+def test_noise_is_rejected_and_a_test_digit_accepted(client, checkpoint):
+    manifest = load_checkpoint(checkpoint).manifest
+    config = DataConfig(**manifest["training"]["config"]["data"])
+    from training.data import split_dataset
+
+    test = split_dataset(load_dataset(config), config, manifest["training"]["config"]["seed"]).test
+    predictions = predict(client, test.x[:20].tolist()).json()["predictions"]
+    assert any(p["accepted"] for p in predictions)
+    noise = np.random.default_rng(0).integers(0, 17, size=(20, 8, 8))
+    noise_predictions = predict(client, noise.tolist()).json()["predictions"]
+    assert sum(p["accepted"] for p in noise_predictions) < sum(p["accepted"] for p in predictions)
+    rejected = next(p for p in noise_predictions if not p["accepted"])
+    np.testing.assert_allclose(rejected["probabilities"], manifest["label_prior"], atol=1e-6)
+
+
+def test_out_of_range_input_has_null_log_px_and_is_rejected(client):
+    response = predict(client, [[[20] * 8] * 8])
+    assert response.status_code == 200
+    prediction = response.json()["predictions"][0]
+    assert prediction["log_px"] is None and prediction["accepted"] is False and prediction["outlier"]["instance_score"] is None
+
+
+@pytest.mark.parametrize(
+    "body, status, message",
+    [
+        ({"instances": [[1, 2, 3]]}, 400, "shape"),
+        ({"instances": [[["a"] * 8] * 8]}, 400, "numbers"),
+        ({"instances": [[[1] * 8] * 7 + [[1] * 5]]}, 400, "equal lengths"),
+        ({"instances": []}, 400, "no instances"),
+        ({"instances": [[[0] * 8] * 8] * 65}, 413, "limit is 64"),
+        ({"wrong": 1}, 400, "instances"),
+        ([1, 2], 400, "instances"),
+        ({"instances": "x"}, 400, "list"),
+    ],
+)
+def test_bad_v1_input_is_a_clear_4xx(client, body, status, message):
+    response = client.post("/v1/models/tiny:predict", json=body)
+    assert response.status_code == status
+    assert message in response.json()["error"]
+
+
+def test_nan_infinity_invalid_json_and_oversized_bodies(client):
+    nan_body = json.dumps({"instances": [[[float("nan")] * 8] * 8]})
+    for text in (nan_body, nan_body.replace("NaN", "Infinity"), json.dumps({"instances": [[[1e400] * 8] * 8]})):
+        response = client.post("/v1/models/tiny:predict", content=text, headers={"content-type": "application/json"})
+        assert response.status_code == 400 and ("NaN" in response.json()["error"] or "finite" in response.json()["error"])
+    response = client.post("/v1/models/tiny:predict", content=b"{not json", headers={"content-type": "application/json"})
+    assert response.status_code == 400 and "not valid JSON" in response.json()["error"]
+    response = client.post("/v1/models/tiny:predict", content=b" " * (65 * 1024), headers={"content-type": "application/json"})
+    assert response.status_code == 413
+
+
+def test_bad_v2_input_is_a_clear_4xx(client):
+    good = {"name": "input", "shape": [1, 8, 8], "datatype": "FP32", "data": [0.0] * 64}
+    cases = [
+        ({"inputs": [dict(good, name="pixels")]}, 400, "named 'input'"),
+        ({"inputs": [dict(good, datatype="BYTES")]}, 400, "datatype"),
+        ({"inputs": [dict(good, shape=[1, 8, 7])]}, 400, "shape [1, 8, 7] needs 56"),
+        ({"inputs": [dict(good, shape=[2, 32])]}, 400, "shape"),
+        ({"inputs": [good], "outputs": [{"name": "nope"}]}, 400, "unknown outputs"),
+        ({"inputs": []}, 400, "one tensor"),
+    ]
+    for body, status, message in cases:
+        response = client.post("/v2/models/tiny/infer", json=body)
+        assert response.status_code == status, body
+        assert message in response.json()["error"]
+
+
+def test_unknown_model_is_404(client):
+    assert predict(client, [[[0] * 8] * 8], name="other").status_code == 404
+    assert client.get("/v2/models/other").status_code == 404
+    assert client.post("/v2/models/other/infer", json={}).status_code == 404
+
+
+def test_health_and_metadata(client, checkpoint):
+    manifest = load_checkpoint(checkpoint).manifest
+    assert client.get("/v2/health/live").json() == {"live": True}
+    assert client.get("/v2/health/ready").json() == {"ready": True}
+    assert client.get("/v2/models/tiny/ready").status_code == 200
+    assert client.get("/v1/models/tiny").json()["version"] == manifest["version"]
+    metadata = client.get("/v2/models/tiny").json()
+    assert metadata["inputs"] == [{"name": "input", "datatype": "FP32", "shape": [-1, 8, 8]}]
+    assert metadata["gate"]["tau"] == manifest["gate"]["tau"] and metadata["gate"]["method"] == "validation"
+    assert metadata["classes"] == [str(d) for d in range(10)] and metadata["input_range"] == [0, 16]
+    assert metadata["files"] == manifest["files"] and "test" in metadata["metrics"]
+    assert client.get("/v2").json()["models"] == ["tiny"]
+
+
+def metric(client, name: str, **labels) -> float:
+    for line in client.get("/metrics").text.splitlines():
+        if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def test_metrics_move_after_requests(client, digits):
+    before = {
+        "ok": metric(client, "diglm_requests_total", endpoint="/v1/models/{name}:predict", status="200"),
+        "bad": metric(client, "diglm_requests_total", endpoint="/v1/models/{name}:predict", status="400"),
+        "instances": metric(client, "diglm_instances_total"),
+        "rejected": metric(client, "diglm_instances_rejected_total"),
+        "log_px": metric(client, "diglm_log_px_nats_count"),
+    }
+    predict(client, digits[:3].tolist())
+    predict(client, [[[16] * 8] * 8])
+    predict(client, [[1]])
+    assert metric(client, "diglm_requests_total", endpoint="/v1/models/{name}:predict", status="200") == before["ok"] + 2
+    assert metric(client, "diglm_requests_total", endpoint="/v1/models/{name}:predict", status="400") == before["bad"] + 1
+    assert metric(client, "diglm_instances_total") == before["instances"] + 4
+    assert metric(client, "diglm_instances_rejected_total") >= before["rejected"] + 1
+    assert metric(client, "diglm_log_px_nats_count") == before["log_px"] + 4
+    text = client.get("/metrics").text
+    for name in ("diglm_request_duration_seconds_bucket", "diglm_inference_duration_seconds_bucket", "diglm_batch_size_bucket", "diglm_requests_in_flight", "diglm_model_info"):
+        assert name in text
+
+
+def test_not_ready_before_load_and_never_with_a_damaged_checkpoint(checkpoint, tmp_path):
+    app = create_app(ServiceSettings(model_dir=checkpoint, device="cpu"))
+    unstarted = TestClient(app)  # no lifespan: nothing loaded
+    assert unstarted.get("/v2/health/ready").status_code == 503
+    assert unstarted.get("/v2/health/live").status_code == 200
+    assert unstarted.post("/v1/models/tiny:predict", json={"instances": [[[0] * 8] * 8]}).status_code == 503
+
+    import shutil
+
+    damaged = tmp_path / "damaged"
+    shutil.copytree(checkpoint, damaged)
+    (damaged / "weights.safetensors").write_bytes(b"x" + (damaged / "weights.safetensors").read_bytes()[1:])
+    with TestClient(create_app(ServiceSettings(model_dir=damaged, device="cpu"))) as client:
+        for _ in range(100):
+            response = client.get("/v2/health/ready")
+            if "sha256" in response.text:
+                break
+            asyncio.run(asyncio.sleep(0.05))
+        assert response.status_code == 503 and "sha256" in response.json()["error"]
+
+
+def test_service_cli_refuses_a_damaged_checkpoint(checkpoint, tmp_path, capsys):
+    from service.__main__ import main
+
+    assert main(["--model-dir", str(tmp_path / "missing")]) == 2
+    err = capsys.readouterr().err
+    assert "manifest.json is missing" in err and "make train" in err
+
+
+def test_fifty_concurrent_requests_are_answered_correctly(settings, checkpoint, digits):
+    runtime = ModelRuntime.load(settings.model_dir, "cpu")
+    expected = direct(checkpoint, digits)["log_px"]
+    app = create_app(settings, runtime)
+
+    async def run() -> list:
+        async with app.router.lifespan_context(app):
+            while not app.state.service.ready:
+                await asyncio.sleep(0.01)
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+                requests = [client.post("/v1/models/tiny:predict", json={"instances": [digits[i % 8].tolist()]}) for i in range(50)]
+                return await asyncio.gather(*requests)
+
+    responses = asyncio.run(run())
+    for i, response in enumerate(responses):
+        assert response.status_code == 200
+        assert response.json()["predictions"][0]["log_px"] == pytest.approx(float(expected[i % 8]), abs=1e-4)
