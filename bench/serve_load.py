@@ -23,7 +23,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from bench.report import update_section
+from training.docs import update_section
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -51,8 +51,9 @@ def start_server(model_dir: str, port: int) -> subprocess.Popen:
     raise SystemExit("server did not become ready in 60 s")
 
 
-async def clients(url: str, body: bytes, concurrency: int, seconds: float) -> list[float]:
-    """Each of ``concurrency`` clients sends requests back to back for ``seconds``; returns latencies."""
+async def clients(url: str, body: bytes | None, concurrency: int, seconds: float) -> list[float]:
+    """Each of ``concurrency`` clients sends requests back to back for ``seconds`` (POST ``body``, or
+    GET when it is None); returns latencies."""
     latencies: list[float] = []
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     async with httpx.AsyncClient(limits=limits, timeout=30) as client:
@@ -61,7 +62,10 @@ async def clients(url: str, body: bytes, concurrency: int, seconds: float) -> li
         async def one_client() -> None:
             while time.perf_counter() < stop:
                 started = time.perf_counter()
-                response = await client.post(url, content=body, headers={"content-type": "application/json"})
+                if body is None:
+                    response = await client.get(url)
+                else:
+                    response = await client.post(url, content=body, headers={"content-type": "application/json"})
                 response.raise_for_status()
                 latencies.append(time.perf_counter() - started)
 
@@ -78,6 +82,24 @@ def summarize(latencies: list[float], seconds: float) -> dict:
         "p95_ms": float(np.percentile(values, 95)),
         "p99_ms": float(np.percentile(values, 99)),
     }
+
+
+def in_process_ms(model_dir: str, instance: list, repeats: int = 200) -> float:
+    """Median time of the model call alone, with the service's default thread count."""
+    import torch
+
+    from service.runtime import ModelRuntime
+    from service.settings import ServiceSettings
+
+    runtime = ModelRuntime.load(model_dir, "cpu", ServiceSettings().cpu_threads())
+    x = np.asarray([instance], dtype=np.float32)
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        runtime.predict(x)
+        times.append(time.perf_counter() - started)
+    torch.set_num_threads(os.cpu_count() or 1)
+    return float(np.median(times[20:]) * 1000)
 
 
 def main() -> None:
@@ -97,15 +119,20 @@ def main() -> None:
     url = f"http://127.0.0.1:{port}/v1/models/{manifest['name']}:predict"
     try:
         asyncio.run(clients(url, body, 4, 2.0))  # warm-up
-        rows = {c: summarize(asyncio.run(clients(url, body, c, args.seconds)), args.seconds) for c in args.concurrency}
+        rows = {f"predict, {c}": summarize(asyncio.run(clients(url, body, c, args.seconds)), args.seconds) for c in args.concurrency}
+        floor = f"http://127.0.0.1:{port}/v2/health/live"
+        rows["GET /v2/health/live (HTTP floor), 1"] = summarize(asyncio.run(clients(floor, None, 1, args.seconds)), args.seconds)
     finally:
         server.terminate()
         server.wait(timeout=10)
 
-    header = "| concurrency | requests/s | p50 ms | p95 ms | p99 ms | requests |\n|---:|---:|---:|---:|---:|---:|"
+    header = "| request, concurrency | requests/s | p50 ms | p95 ms | p99 ms | requests |\n|---:|---:|---:|---:|---:|---:|"
     lines = [f"| {c} | {r['requests_per_s']:.0f} | {r['p50_ms']:.2f} | {r['p95_ms']:.2f} | {r['p99_ms']:.2f} | {r['requests']} |" for c, r in rows.items()]
     table = "\n".join([header, *lines])
     print(table)
+    model_ms = in_process_ms(args.model_dir, instance)
+    print(f"in-process ModelRuntime.predict, one instance: {model_ms:.2f} ms")
+    table += f"\n\nIn-process `ModelRuntime.predict` of one instance (no HTTP): {model_ms:.2f} ms."
     if args.write:
         machine = f"{os.cpu_count()} CPU cores, {platform.processor() or platform.machine()}, Python {platform.python_version()}"
         update_section(

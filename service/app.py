@@ -64,7 +64,7 @@ def create_app(settings: ServiceSettings | None = None, runtime: ModelRuntime | 
     state = ServiceState(settings)
 
     def load_and_warm_up() -> None:
-        loaded = runtime or ModelRuntime.load(settings.model_dir, settings.device)
+        loaded = runtime or ModelRuntime.load(settings.model_dir, settings.device, settings.cpu_threads())
         seconds = loaded.warm_up(settings.warmup_batch)
         state.attach(loaded)
         state.ready = True

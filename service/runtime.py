@@ -61,9 +61,12 @@ class ModelRuntime:
         self.tau: float = float(self.manifest["gate"]["tau"])
 
     @classmethod
-    def load(cls, model_dir, device: str = "auto") -> "ModelRuntime":
-        """Load and verify a checkpoint (``CheckpointError`` on any problem)."""
+    def load(cls, model_dir, device: str = "auto", cpu_threads: int | None = None) -> "ModelRuntime":
+        """Load and verify a checkpoint (``CheckpointError`` on any problem). ``cpu_threads`` sets
+        torch's thread count for CPU inference (spinning extra threads starve the event loop)."""
         resolved = resolve_device(device)
+        if resolved.type == "cpu" and cpu_threads is not None:
+            torch.set_num_threads(cpu_threads)
         runtime = cls(load_checkpoint(model_dir, resolved), resolved)
         log.info("loaded %s version %s from %s on %s", runtime.name, runtime.version, model_dir, resolved)
         return runtime

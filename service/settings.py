@@ -1,6 +1,7 @@
 """Service settings from environment variables (prefix ``DIGLM_``) or the command line."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Literal
 
@@ -18,5 +19,12 @@ class ServiceSettings(BaseSettings):
     backend: Literal["torch"] = Field("torch", description="inference runtime")
     max_instances: int = Field(1024, ge=1, description="most instances in one request")
     max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024, description="largest request body (413 above)")
+    torch_threads: int | None = Field(
+        None, ge=1, description="CPU threads for model math; default: the CPUs this process may use, minus one for the event loop"
+    )
     warmup_batch: int = Field(8, ge=1, description="instances in the warm-up batch run before reporting ready")
     log_level: str = "info"
+
+    def cpu_threads(self) -> int:
+        """Threads for torch on the CPU: the setting, else the usable CPUs minus one (at least one)."""
+        return self.torch_threads or max(1, len(os.sched_getaffinity(0)) - 1)

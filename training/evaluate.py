@@ -57,7 +57,7 @@ def evaluate_split(
     model: HybridModel,
     x: np.ndarray,
     y: np.ndarray,
-    tau: float,
+    gate: dict,
     dequantization_samples: int = 4,
     batch_size: int = 512,
     seed: int = 0,
@@ -65,19 +65,22 @@ def evaluate_split(
     """Metrics of one split (fractions, nats, bits/dim) and the raw outputs they came from.
 
     ``bits_per_dim`` averages over random dequantization noise (as the literature reports it);
-    ``bits_per_dim_midpoint`` uses u = 1/2, as the gate does. ``accepted`` is the gate's share.
+    ``bits_per_dim_midpoint`` uses u = 1/2, as the gate does. ``accepted`` is the share the active
+    gate (``gate["tau"]``) accepts; ``accepted_min_train`` and ``accepted_validation`` the shares
+    under each calibration.
     Classification also reports the eq.-10 output (label prior when rejected) as ``selective_*``.
     """
     generator = torch.Generator().manual_seed(seed)
     outputs = model_outputs(model, x, batch_size, dequantization_samples, generator)
     log_px = torch.from_numpy(outputs["log_px"])
-    accepted = accept(log_px, tau)
+    accepted = accept(log_px, gate["tau"])
     metrics = {
         "count": int(len(x)),
         "bits_per_dim": float(np.mean(bits_per_dim(outputs.get("log_px_dequantized", outputs["log_px"]), model.dims))),
         "bits_per_dim_midpoint": float(np.mean(bits_per_dim(outputs["log_px"], model.dims))),
         "log_px_mean": float(np.mean(outputs["log_px"])),
         "accepted": float(accepted.float().mean()),
+        **{f"accepted_{method}": float(accept(log_px, gate[method]["tau"]).float().mean()) for method in ("min_train", "validation")},
     }
     if model.task == "classification":
         metrics.update(classification_metrics(outputs["probabilities"], y))

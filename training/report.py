@@ -70,11 +70,11 @@ def evaluate_checkpoint(loaded: LoadedCheckpoint, ood_names: list[str] | None, d
     config = ExperimentConfig.model_validate(manifest["training"]["config"])
     if data_dir is not None:
         config.data.data_dir = Path(data_dir)
-    dataset = load_dataset(config.data)
+    dataset = load_dataset(config.data, config.seed)
     test = split_dataset(dataset, config.data, config.seed).test
     tau = manifest["gate"]["tau"]
     test_metrics, test_outputs = evaluate_split(
-        loaded.model, test.x, test.y, tau, config.evaluation.dequantization_samples, config.evaluation.batch_size, config.seed
+        loaded.model, test.x, test.y, manifest["gate"], config.evaluation.dequantization_samples, config.evaluation.batch_size, config.seed
     )
     levels = manifest["preprocessing"].get("levels") if manifest["preprocessing"]["kind"] == "dequantize" else None
     names = ood_names if ood_names is not None else (["uniform-noise", "gaussian-noise", "shuffled-pixels", "inverted"] if levels else [])

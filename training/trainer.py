@@ -194,7 +194,7 @@ class Trainer:
     def run(self, out_dir: str | Path, resume: str | Path | None = None) -> dict:
         config = self.config
         seed_everything(config.seed)
-        dataset = load_dataset(config.data)
+        dataset = load_dataset(config.data, config.seed)
         splits = split_dataset(dataset, config.data, config.seed)
         model_config = complete_model_config(config.model, dataset)
         start_epoch = 0
@@ -222,7 +222,7 @@ class Trainer:
         metrics = {}
         for name, split in (("train", splits.train), ("validation", splits.validation), ("test", splits.test)):
             metrics[name], _ = evaluate_split(
-                self.model, split.x, split.y, gate["tau"], config.evaluation.dequantization_samples, batch_size, config.seed
+                self.model, split.x, split.y, gate, config.evaluation.dequantization_samples, batch_size, config.seed
             )
         manifest = {
             "name": config.name,

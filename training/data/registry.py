@@ -26,6 +26,7 @@ class Dataset:
     levels: int | None = None  # values per dimension of discrete data (None: continuous)
     classes: list[str] | None = None
     test: tuple[np.ndarray, np.ndarray] | None = None  # a test split of its own, if the data set has one
+    validation: tuple[np.ndarray, np.ndarray] | None = None  # a validation split of its own (needs ``test`` too)
     description: str = ""
 
     @property
@@ -54,7 +55,7 @@ class Splits:
     test: Split
 
 
-Loader = Callable[[DataConfig], Dataset]
+Loader = Callable[[DataConfig, int], Dataset]  # (config, seed) -> data set
 DATASETS: dict[str, Loader] = {}
 
 
@@ -66,10 +67,11 @@ def register_dataset(name: str) -> Callable[[Loader], Loader]:
     return decorator
 
 
-def load_dataset(config: DataConfig) -> Dataset:
+def load_dataset(config: DataConfig, seed: int = 0) -> Dataset:
+    """The data set ``config.name``; ``seed`` fixes data that loaders draw at random (synthetic sets)."""
     if config.name not in DATASETS:
         raise DataError(f"unknown data set {config.name!r}; known: {', '.join(sorted(DATASETS))}")
-    dataset = DATASETS[config.name](config)
+    dataset = DATASETS[config.name](config, seed)
     if config.limit is not None and config.limit < len(dataset.x):
         stratify = dataset.y if dataset.task == "classification" else None
         keep, _ = train_test_split(np.arange(len(dataset.x)), train_size=config.limit, random_state=0, stratify=stratify)
@@ -88,9 +90,13 @@ def split_dataset(dataset: Dataset, config: DataConfig, seed: int) -> Splits:
         stratify = None if stratify is None else stratify[indices]
     else:
         test = Split(*dataset.test)
-    train_indices, validation_indices = train_test_split(
-        indices, test_size=config.validation_fraction, random_state=seed, stratify=stratify
-    )
+    if dataset.validation is None:
+        train_indices, validation_indices = train_test_split(
+            indices, test_size=config.validation_fraction, random_state=seed, stratify=stratify
+        )
+        validation = Split(dataset.x[validation_indices], dataset.y[validation_indices])
+    else:
+        train_indices, validation = indices, Split(*dataset.validation)
     train = Split(dataset.x[train_indices], dataset.y[train_indices])
     if config.labels_per_class is not None:
         if dataset.task != "classification":
@@ -100,4 +106,4 @@ def split_dataset(dataset: Dataset, config: DataConfig, seed: int) -> Splits:
         for label in np.unique(train.y):
             members = rng.permutation(np.flatnonzero(train.y == label))
             train.labeled[members[: config.labels_per_class]] = True
-    return Splits(train, Split(dataset.x[validation_indices], dataset.y[validation_indices]), test)
+    return Splits(train, validation, test)

@@ -1,4 +1,4 @@
-"""Writing one named section of a Markdown document without touching the others."""
+"""Writing one named section of a Markdown document (docs/results.md, docs/benchmarks.md) without touching the others."""
 from __future__ import annotations
 
 from pathlib import Path
