@@ -43,6 +43,22 @@ def _evaluate(args: argparse.Namespace) -> None:
     print(f"wrote {out}")
 
 
+def _experiment(args: argparse.Namespace) -> None:
+    from training.experiments import EXPERIMENTS, ExperimentContext
+
+    context = ExperimentContext(
+        results_dir=Path(args.results_dir),
+        document=Path(args.document),
+        artifacts_dir=Path(args.artifacts_dir),
+        seed=args.seed,
+        quick=args.quick,
+        progress=not args.quiet,
+        overrides=list(args.set),
+    )
+    EXPERIMENTS[args.name](context)
+    print(f"wrote {Path(args.results_dir) / (args.name + '.json')} and the {args.name!r} section of {args.document}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m training",
@@ -67,6 +83,19 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--out", help="JSON report path (default: evaluation.json in the checkpoint folder)")
     evaluate.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     evaluate.set_defaults(handler=_evaluate)
+
+    from training.experiments import EXPERIMENTS
+
+    experiment = commands.add_parser("experiment", help="reproduce one of the paper's experiments", description="Run one of the paper's experiments end to end: train through the normal pipeline, compare with baselines, write JSON and PNG figures and the experiment's section of the results document.")
+    experiment.add_argument("name", choices=sorted(EXPERIMENTS), help="which experiment")
+    experiment.add_argument("--seed", type=int, default=0, help="seed for data, splits and training (default 0)")
+    experiment.add_argument("--results-dir", default="docs/results", help="folder for JSON and figures (default docs/results)")
+    experiment.add_argument("--document", default="docs/results.md", help="Markdown file whose section for this experiment is rewritten (default docs/results.md)")
+    experiment.add_argument("--artifacts-dir", default="artifacts/experiments", help="folder for the checkpoints it trains")
+    experiment.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a field of every config the experiment trains")
+    experiment.add_argument("--quick", action="store_true", help="tiny sizes and few steps (a smoke test, not the experiment)")
+    experiment.add_argument("--quiet", action="store_true", help="no progress bars")
+    experiment.set_defaults(handler=_experiment)
     return parser
 
 

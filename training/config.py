@@ -25,6 +25,7 @@ class DataConfig(StrictModel):
     test_fraction: float = Field(0.2, gt=0, lt=1, description="ignored when the data set has its own test split")
     limit: int | None = Field(None, ge=10, description="keep only this many examples (stratified), for quick runs")
     labels_per_class: int | None = Field(None, ge=1, description="semi-supervised: keep labels for N training examples per class")
+    unlabeled: Literal["keep", "drop"] = Field("keep", description="with labels_per_class: train on the unlabeled rows too, or drop them")
     options: dict[str, Any] = Field(default_factory=dict, description="data-set specific options (files, columns)")
 
 

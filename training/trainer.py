@@ -122,16 +122,11 @@ class Trainer:
         best = {"loss": math.inf, "epoch": start_epoch, "state": copy.deepcopy(model.state_dict())}
         history, bad_steps, started = [], 0, time.perf_counter()
         epochs = range(start_epoch, start_epoch + train.epochs)
+        steps_per_epoch = math.ceil(len(splits.train) / train.batch_size)
+        bar = tqdm(total=train.epochs * steps_per_epoch, desc="training", unit="step", disable=not self.progress)
         for epoch in epochs:
             model.train()
-            bar = tqdm(
-                _batches(splits.train, train.batch_size, generator),
-                total=math.ceil(len(splits.train) / train.batch_size),
-                desc=f"epoch {epoch + 1}/{epochs.stop}",
-                disable=not self.progress,
-                leave=False,
-            )
-            for x, y, labeled in bar:
+            for x, y, labeled in _batches(splits.train, train.batch_size, generator):
                 x, y, labeled = x.to(self.device), y.to(self.device), labeled.to(self.device)
                 loss, output = model.loss(x, y, labeled, train.lambda_per_dim, train.entropy_weight, self._noise(x, generator))
                 optimizer.zero_grad(set_to_none=True)
@@ -139,6 +134,7 @@ class Trainer:
                 if finite:
                     loss.backward()
                     finite = bool(torch.isfinite(torch.nn.utils.clip_grad_norm_(model.parameters(), train.grad_clip)))
+                bar.update(1)
                 if not finite:
                     bad_steps += 1
                     if bad_steps > train.max_bad_steps:
@@ -148,17 +144,17 @@ class Trainer:
                     continue
                 optimizer.step()
                 scheduler.step()
-                bar.set_postfix(loss=f"{loss.item():.3f}", bpd=f"{bits_per_dim(output.log_px.detach().mean().item(), model.dims):.3f}")
+                bar.set_postfix(epoch=epoch + 1, loss=f"{loss.item():.3f}", bpd=f"{bits_per_dim(output.log_px.detach().mean().item(), model.dims):.3f}")
             validation = self.validation_loss(splits.validation)
             history.append({"epoch": epoch + 1, **validation})
-            message = ", ".join(f"{k} {v:.4f}" for k, v in validation.items())
-            if self.progress:
-                tqdm.write(f"epoch {epoch + 1}: validation {message}")
+            if self.progress and steps_per_epoch > 1:
+                tqdm.write(f"epoch {epoch + 1}: validation " + ", ".join(f"{k} {v:.4f}" for k, v in validation.items()))
             if validation["loss"] < best["loss"]:
                 best = {"loss": validation["loss"], "epoch": epoch + 1, "state": copy.deepcopy(model.state_dict())}
             elif train.patience is not None and epoch + 1 - best["epoch"] >= train.patience:
                 log.info("early stop after epoch %d (best %d)", epoch + 1, best["epoch"])
                 break
+        bar.close()
         model.load_state_dict(best["state"])
         return {
             "epochs_completed": history[-1]["epoch"] if history else start_epoch,

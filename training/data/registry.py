@@ -106,4 +106,6 @@ def split_dataset(dataset: Dataset, config: DataConfig, seed: int) -> Splits:
         for label in np.unique(train.y):
             members = rng.permutation(np.flatnonzero(train.y == label))
             train.labeled[members[: config.labels_per_class]] = True
+        if config.unlabeled == "drop":
+            train = Split(train.x[train.labeled], train.y[train.labeled])
     return Splits(train, validation, test)

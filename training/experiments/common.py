@@ -1,0 +1,92 @@
+"""What every experiment shares: where it writes, training a config through the normal pipeline,
+figures, and the JSON / Markdown outputs."""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from models.checkpoint import LoadedCheckpoint, load_checkpoint
+from training.config import ExperimentConfig, load_config
+from training.docs import update_section
+from training.trainer import Trainer
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+@dataclass
+class ExperimentContext:
+    """``results_dir``: JSON and PNGs; ``document``: the Markdown file with one section per
+    experiment; ``artifacts_dir``: checkpoints; ``quick``: tiny sizes for tests; ``seed``; and
+    ``overrides`` applied to every config the experiment trains."""
+
+    results_dir: Path
+    document: Path
+    artifacts_dir: Path
+    seed: int = 0
+    quick: bool = False
+    progress: bool = True
+    overrides: list[str] = field(default_factory=list)
+
+    def config(self, name: str, overrides: list[str] = (), seed: int | None = None) -> ExperimentConfig:
+        """``training/configs/<name>.yaml`` with the experiment's and the given overrides."""
+        seed = self.seed if seed is None else seed
+        return load_config(CONFIGS / f"{name}.yaml", [f"seed={seed}", *overrides, *self.overrides])
+
+    def train(self, config: ExperimentConfig, run_name: str) -> LoadedCheckpoint:
+        """Train through the normal pipeline into ``artifacts_dir/run_name`` and load the checkpoint."""
+        out = self.artifacts_dir / run_name
+        Trainer(config, progress=self.progress).run(out)
+        return load_checkpoint(out)
+
+    def write(self, name: str, results: dict, section: str) -> dict:
+        """Write ``<name>.json`` and the Markdown section; returns ``results``."""
+        self.results_dir.mkdir(parents=True, exist_ok=True)
+        (self.results_dir / f"{name}.json").write_text(json.dumps(results, indent=2, default=_json_default) + "\n")
+        update_section(self.document, f"experiment-{name}", section, title="# Results\n\nOne section per experiment; each names the command that rebuilds it.\n")
+        return results
+
+    def figure_path(self, name: str) -> Path:
+        self.results_dir.mkdir(parents=True, exist_ok=True)
+        return self.results_dir / f"{name}.png"
+
+    def figure_link(self, name: str) -> str:
+        """The figure's path relative to the document, for Markdown."""
+        path = self.figure_path(name).resolve()
+        try:
+            return str(path.relative_to(self.document.resolve().parent))
+        except ValueError:
+            return str(path)
+
+
+def _json_default(value):
+    if isinstance(value, (np.floating, np.integer)):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"not JSON serialisable: {type(value)}")
+
+
+def pyplot():
+    """matplotlib's pyplot on the file-only Agg backend."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+class Stopwatch:
+    def __init__(self):
+        self.started = time.perf_counter()
+
+    def seconds(self) -> float:
+        return round(time.perf_counter() - self.started, 1)
+
+
+def mean_std(values: list[float]) -> dict:
+    return {"mean": float(np.mean(values)), "std": float(np.std(values)), "values": [float(v) for v in values]}
