@@ -31,7 +31,7 @@ class HeadConfig(StrictModel):
     num_classes: int | None = Field(None, ge=2, description="categorical: set from the data if omitted")
     objective: Literal["marginal_likelihood", "gaussian"] = "marginal_likelihood"
     alpha: float = Field(1.0, gt=0, description="bayesian: initial prior precision")
-    noise_std: float = Field(1.0, gt=0, description="bayesian: initial noise standard deviation sigma0")
+    noise_std: float = Field(1.0, gt=0, description="gaussian, bayesian: initial noise standard deviation (target units)")
 
 
 class ModelConfig(StrictModel):

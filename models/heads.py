@@ -52,10 +52,10 @@ class CategoricalHead(nn.Module):
 
 
 class GaussianHead(nn.Module):
-    def __init__(self, latent_dim: int):
+    def __init__(self, latent_dim: int, noise_std: float = 1.0):
         super().__init__()
         self.linear = nn.Linear(latent_dim, 1)
-        self.log_noise_std = nn.Parameter(torch.zeros(()))
+        self.log_noise_std = nn.Parameter(torch.tensor(math.log(noise_std)))
 
     def predict(self, z: torch.Tensor) -> dict[str, torch.Tensor]:
         mean = self.linear(z).squeeze(1)

@@ -49,7 +49,7 @@ def _build_head(config: ModelConfig, latent_dim: int) -> nn.Module:
             raise ValueError("a categorical head needs head.num_classes")
         return CategoricalHead(latent_dim, head.num_classes)
     if head.kind == "gaussian":
-        return GaussianHead(latent_dim)
+        return GaussianHead(latent_dim, head.noise_std)
     return BayesianLinearHead(latent_dim, head.objective, head.alpha, head.noise_std)
 
 

@@ -71,6 +71,8 @@ def evaluate_split(
     Classification also reports the eq.-10 output (label prior when rejected) as ``selective_*``.
     """
     generator = torch.Generator().manual_seed(seed)
+    if model.config.preprocessing.kind != "dequantize":
+        dequantization_samples = 0  # continuous data: no noise to average over
     outputs = model_outputs(model, x, batch_size, dequantization_samples, generator)
     log_px = torch.from_numpy(outputs["log_px"])
     accepted = accept(log_px, gate["tau"])

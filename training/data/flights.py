@@ -42,7 +42,7 @@ def read_flights_table(folder: Path):
     flights = pd.read_csv(flights_file, usecols=["year", "month", "day", "dep_time", "arr_time", "arr_delay", "tailnum", "air_time", "distance"])
     planes = pd.read_csv(folder / "planes.csv", usecols=["tailnum", "year"]).rename(columns={"year": "plane_year"})
     table = flights.merge(planes, on="tailnum", how="left")
-    table["day_of_week"] = pd.to_datetime(table[["year", "month", "day"]]).dt.dayofweek + 1
+    table["day_of_week"] = pd.to_datetime(table[["year", "month", "day"]]).dt.day_of_week + 1
     table["plane_age"] = 2013 - table["plane_year"]
     complete = table[FEATURES + [TARGET]].dropna()
     return complete, len(table) - len(complete)

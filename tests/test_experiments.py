@@ -1,0 +1,105 @@
+"""Each experiment's pipeline end to end at tiny sizes (the full runs are not tests), the synthetic
+and flight data sets, and the section-preserving results document."""
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from training.config import DataConfig
+from training.data import load_dataset, split_dataset
+from training.data.flights import FEATURES
+from training.data.toy import gmm1d_log_density
+from training.docs import update_section
+from training.experiments import EXPERIMENTS, ExperimentContext
+
+
+def context(tmp_path: Path, overrides=()) -> ExperimentContext:
+    return ExperimentContext(
+        results_dir=tmp_path / "results", document=tmp_path / "results.md", artifacts_dir=tmp_path / "artifacts",
+        quick=True, progress=False, overrides=list(overrides),
+    )
+
+
+def test_update_section_keeps_other_sections(tmp_path):
+    document = tmp_path / "doc.md"
+    update_section(document, "a", "## A\nfirst")
+    update_section(document, "b", "## B\nsecond")
+    update_section(document, "a", "## A\nrewritten")
+    text = document.read_text()
+    assert "rewritten" in text and "first" not in text and "## B\nsecond" in text
+    assert text.index("## A") < text.index("## B")
+
+
+def test_gmm1d_data_and_true_density():
+    dataset = load_dataset(DataConfig(name="gmm1d", options={"n_test": 2000}), seed=3)
+    splits = split_dataset(dataset, DataConfig(name="gmm1d"), seed=3)
+    assert (len(splits.train), len(splits.validation), len(splits.test)) == (250, 250, 2000)
+    grid = np.linspace(-10, 10, 20001)
+    assert abs(np.trapezoid(np.exp(gmm1d_log_density(grid)), grid) - 1) < 1e-6
+    middle = np.abs(splits.test.x[:, 0]) < 1.5
+    residual = splits.test.y - splits.test.x[:, 0] ** 3
+    assert 15 < residual[middle].std() < 25 and residual[~middle].std() < 5
+
+
+def test_gmm1d_experiment_pipeline(tmp_path):
+    ctx = context(tmp_path)
+    results = EXPERIMENTS["gmm1d"](ctx)
+    saved = json.loads((tmp_path / "results" / "gmm1d.json").read_text())
+    assert saved["regression"]["b_diglm"]["rmse"] == pytest.approx(results["regression"]["b_diglm"]["rmse"])
+    for model in ("b_diglm", "gaussian_process"):
+        assert np.isfinite(saved["regression"][model]["nll"]) and saved["regression"][model]["rmse"] > 0
+    assert set(saved["density_test_log_likelihood"]) == {"b_diglm", "kde", "true_density"}
+    assert isinstance(saved["claim_no_density_above_training_minimum_outside_support"]["holds"], bool)
+    assert (tmp_path / "results" / "gmm1d.png").stat().st_size > 10_000
+    assert "## 1-D regression" in (tmp_path / "results.md").read_text()
+
+
+def test_moons_experiment_pipeline(tmp_path):
+    results = EXPERIMENTS["moons"](context(tmp_path, ["data.options.n_train=200", "train.epochs=10"]))
+    for arm in ("labeled_only", "labeled_and_unlabeled"):
+        accuracy = results["results"][arm]["accuracy"]
+        assert len(accuracy["values"]) == 2 and 0 <= accuracy["mean"] <= 1
+    assert (tmp_path / "results" / "moons.png").is_file()
+
+
+def test_labeled_only_drops_unlabeled_rows():
+    config = DataConfig(name="moons", labels_per_class=10, unlabeled="drop", options={"n_train": 500})
+    splits = split_dataset(load_dataset(config, seed=0), config, seed=0)
+    assert len(splits.train) == 20 and splits.train.labeled.all()
+
+
+def write_flights(folder: Path, rows: int = 600) -> None:
+    rng = np.random.default_rng(0)
+    tails = [f"N{i:03d}" for i in range(20)]
+    lines = ["year,month,day,dep_time,arr_time,arr_delay,tailnum,air_time,distance"]
+    for i in range(rows):
+        month, day = 1 + i % 12, 1 + i % 28
+        delay = "NA" if i % 50 == 0 else str(int(rng.normal(5, 30)))
+        lines.append(f"2013,{month},{day},{rng.integers(500, 2300)},{rng.integers(600, 2359)},{delay},{tails[i % 20]},{rng.integers(30, 300)},{rng.integers(100, 2500)}")
+    (folder / "flights.csv").write_text("\n".join(lines) + "\n")
+    planes = ["tailnum,year"] + [f"{tail},{1990 + i}" for i, tail in enumerate(tails[:-1])]  # one tail without a plane
+    (folder / "planes.csv").write_text("\n".join(planes) + "\n")
+
+
+def test_flights_data_set_reads_and_splits_chronologically(tmp_path):
+    write_flights(tmp_path)
+    dataset = load_dataset(DataConfig(name="flights", data_dir=tmp_path, options={"path": "."}))
+    assert dataset.x.shape[1] == len(FEATURES) and np.isfinite(dataset.x).all()
+    assert set(np.unique(dataset.x[:, 0])) <= set(range(1, 11)) and set(np.unique(dataset.test[0][:, 0])) == {11, 12}
+    assert "dropped for missing values" in dataset.description
+    first = dataset.x[(dataset.x[:, 0] == 1) & (dataset.x[:, 1] == 1)]
+    assert (first[:, 2] == 2).all()  # 2013-01-01 was a Tuesday (Monday = 1)
+    assert (dataset.x[:, 3] >= 2013 - 2008).all()  # plane age = 2013 - year of manufacture
+
+
+def test_flights_experiment_pipeline(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    write_flights(data, rows=1200)
+    results = EXPERIMENTS["flights"](context(tmp_path, [f"data.data_dir={data}", "data.options.path=.", "data.validation_fraction=0.2"]))
+    assert set(results["models"]) == {"b_diglm", "diglm_gaussian_head", "bayesian_linear_regression", "gradient_boosted_tree", "deep_ensemble"}
+    for metrics in results["models"].values():
+        assert metrics["rmse"] > 0 and np.isfinite(metrics["nll"])
+    assert 0 <= results["covariate_shift"]["auroc_train_vs_test"] <= 1
+    assert (tmp_path / "results" / "flights.png").is_file()
