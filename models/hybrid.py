@@ -101,17 +101,17 @@ class HybridModel(nn.Module):
         entropy_weight: float = 0.0,
         noise: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, HybridOutput]:
-        """-(1/N) [sum_labeled log p(y|x) + lambda sum_all log p(x) - w sum_unlabeled H[p(y|x)]] with
-        lambda = lambda_per_dim / D (eq. 7 and sec. 3.1). ``labeled``: boolean ``(N,)``."""
+        """-(mean_labeled log p(y|x) + lambda mean_all log p(x) - w mean_unlabeled H[p(y|x)]) with
+        lambda = lambda_per_dim / D (eq. 7 and sec. 3.1). Each term is a mean over its own rows, so
+        a few labeled rows among many unlabeled ones keep their weight. ``labeled``: boolean ``(N,)``;
+        with every row labeled this is the mean of eq. 7 over the batch."""
         output = self(x, noise)
-        count = x.shape[0]
-        objective = (lambda_per_dim / self.dims) * output.log_px.sum()
-        n_labeled = int(labeled.sum())
-        if n_labeled:
-            objective = objective + n_labeled * self.head.batch_log_likelihood(output.z[labeled], y[labeled])
-        if entropy_weight and n_labeled < count:
-            objective = objective - entropy_weight * self.head.entropy(output.z[~labeled]).sum()
-        return -objective / count, output
+        objective = (lambda_per_dim / self.dims) * output.log_px.mean()
+        if bool(labeled.any()):
+            objective = objective + self.head.batch_log_likelihood(output.z[labeled], y[labeled])
+        if entropy_weight and not bool(labeled.all()):
+            objective = objective - entropy_weight * self.head.entropy(output.z[~labeled]).mean()
+        return -objective, output
 
     @torch.no_grad()
     def sample(self, count: int, temperature: float = 1.0, generator: torch.Generator | None = None) -> torch.Tensor:

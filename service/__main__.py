@@ -10,8 +10,9 @@ import sys
 import uvicorn
 
 from models.checkpoint import CheckpointError
+from models.device import DeviceUnavailable
 from service.app import create_app
-from service.runtime import ModelRuntime, RuntimeUnavailable
+from service.runtime import ModelRuntime
 from service.settings import ServiceSettings
 
 
@@ -32,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         runtime = ModelRuntime.load(settings.model_dir, settings.device, settings.cpu_threads())
-    except (CheckpointError, RuntimeUnavailable) as error:
+    except (CheckpointError, DeviceUnavailable) as error:
         print(f"error: {error}", file=sys.stderr)
         print(f"to retrain: move {settings.model_dir} away, then run `make train` (or python -m training train ...)", file=sys.stderr)
         return 2

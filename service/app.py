@@ -14,10 +14,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
 from models.checkpoint import CheckpointError
+from models.device import DeviceUnavailable
 from service.api import v1, v2
 from service.api.common import JSONBody
 from service.inputs import InputError
-from service.runtime import ModelRuntime, RuntimeUnavailable
+from service.runtime import ModelRuntime
 from service.settings import ServiceSettings
 from service.state import ServiceState
 
@@ -73,7 +74,7 @@ def create_app(settings: ServiceSettings | None = None, runtime: ModelRuntime | 
     async def start() -> None:
         try:
             await asyncio.to_thread(load_and_warm_up)
-        except (CheckpointError, RuntimeUnavailable) as error:
+        except (CheckpointError, DeviceUnavailable) as error:
             state.load_error = str(error)
             log.error("not ready: %s", error)
 

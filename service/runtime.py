@@ -13,22 +13,11 @@ import numpy as np
 import torch
 
 from models.checkpoint import LoadedCheckpoint, load_checkpoint
+from models.device import resolve_device
 from models.gate import accept, bits_per_dim, gated_probabilities, gated_regression
 from models.hybrid import HybridModel
 
 log = logging.getLogger(__name__)
-
-
-class RuntimeUnavailable(RuntimeError):
-    """The requested device or backend cannot be used here."""
-
-
-def resolve_device(requested: str) -> torch.device:
-    if requested == "cuda" and not torch.cuda.is_available():
-        raise RuntimeUnavailable("device cuda was requested but CUDA is not available")
-    if requested == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(requested)
 
 
 class TorchBackend:

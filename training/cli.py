@@ -1,4 +1,4 @@
-"""``python -m training``: train a model, evaluate a checkpoint.
+"""``python -m training``: train a model, evaluate a checkpoint, reproduce the paper's experiments.
 
 Errors meant for the user (bad config, missing data, damaged checkpoint) print one line and exit 2.
 """
@@ -9,13 +9,13 @@ import logging
 import sys
 from pathlib import Path
 
-
 from models.checkpoint import CheckpointError, load_checkpoint
+from models.device import DeviceUnavailable, resolve_device
 from training.config import ConfigError, load_config
 from training.data import DataError
-from training.trainer import TrainingError, resolve_device
+from training.trainer import TrainingError
 
-USER_ERRORS = (ConfigError, DataError, CheckpointError, TrainingError)
+USER_ERRORS = (ConfigError, DataError, CheckpointError, TrainingError, DeviceUnavailable)
 
 
 def _train(args: argparse.Namespace) -> None:

@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 
 from models.checkpoint import load_checkpoint, save_checkpoint
 from models.config import ModelConfig
+from models.device import resolve_device
 from models.gate import bits_per_dim, calibrate_gate
 from models.heads import BayesianLinearHead, SufficientStatistics
 from models.hybrid import HybridModel
@@ -28,14 +29,6 @@ log = logging.getLogger(__name__)
 
 class TrainingError(RuntimeError):
     """Training cannot go on (diverged, or the resumed checkpoint does not fit the config)."""
-
-
-def resolve_device(requested: str) -> torch.device:
-    if requested == "cuda" and not torch.cuda.is_available():
-        raise TrainingError("--device cuda was requested but CUDA is not available")
-    if requested == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(requested)
 
 
 def seed_everything(seed: int) -> None:
@@ -52,7 +45,7 @@ def complete_model_config(config: ModelConfig, dataset: Dataset) -> ModelConfig:
         raise TrainingError(f"model.input_shape {config.input_shape} does not match the data's {dataset.input_shape}")
     if config.preprocessing.kind == "dequantize":
         if dataset.levels is None:
-            raise TrainingError(f"data set has continuous values: use preprocessing.kind=standardize")
+            raise TrainingError("data set has continuous values: use preprocessing.kind=standardize")
         config.preprocessing.levels = config.preprocessing.levels or dataset.levels
     if config.task != dataset.task:
         raise TrainingError(f"head {config.head.kind!r} is for {config.task}, but the data set is for {dataset.task}")

@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from training.evaluate import model_outputs
 from training.data import load_dataset, split_dataset
+from training.evaluate import model_outputs
 from training.experiments.common import ExperimentContext, Stopwatch, mean_std, pyplot
 
 ARMS = {"labeled_only": ["data.unlabeled=drop"], "labeled_and_unlabeled": ["data.unlabeled=keep"]}
