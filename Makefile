@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 MODEL_DIR ?= artifacts/digits
 CONFIG ?= training/configs/digits.yaml
 
-.PHONY: install test train serve bench-serve clean
+.PHONY: install test train serve bench-serve bench-train-speed clean
 
 install: $(VENV)/.installed
 
@@ -31,3 +31,12 @@ PORT ?= 8000
 # The main command: set up, train the default model if there is none, serve it on $(PORT).
 serve: train
 	$(PY) -m service --model-dir $(MODEL_DIR) --host $(HOST) --port $(PORT)
+
+# Benchmarks (each prints a table and updates its section of docs/benchmarks.md).
+bench-serve: train
+	$(PY) -m bench.serve_load --model-dir $(MODEL_DIR) --write
+
+bench-train-speed:
+	test -x .venv-bench/bin/python || $(PYTHON) -m venv .venv-bench
+	.venv-bench/bin/python -m pip install --quiet -r bench/requirements-train-speed.txt
+	.venv-bench/bin/python -m bench.train_speed --compile --write

@@ -114,9 +114,12 @@ class HybridModel(nn.Module):
         return -objective, output
 
     @torch.no_grad()
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Latents ``(N, D)`` back to inputs ``(N, *input_shape)`` in data units (continuous)."""
+        return self.preprocessing.inverse(self.flow.inverse(z)).reshape(z.shape[0], *self.input_shape)
+
+    @torch.no_grad()
     def sample(self, count: int, temperature: float = 1.0, generator: torch.Generator | None = None) -> torch.Tensor:
         """Draw ``(count, *input_shape)`` inputs: z ~ N(0, T^2 I) through the inverse flow, in data units."""
         device = next(self.parameters()).device
-        z = torch.randn(count, self.dims, generator=generator).to(device) * temperature
-        x = self.preprocessing.inverse(self.flow.inverse(z))
-        return x.reshape(count, *self.input_shape)
+        return self.decode(torch.randn(count, self.dims, generator=generator).to(device) * temperature)

@@ -103,3 +103,49 @@ def test_flights_experiment_pipeline(tmp_path):
         assert metrics["rmse"] > 0 and np.isfinite(metrics["nll"])
     assert 0 <= results["covariate_shift"]["auroc_train_vs_test"] <= 1
     assert (tmp_path / "results" / "flights.png").is_file()
+
+
+def write_fake_mnist(root: Path) -> None:
+    """Small IDX files laid out like ../shared/data: mnist/ (train, t10k) and notmnist/ (t10k)."""
+    from tests.test_training import write_idx
+
+    rng = np.random.default_rng(0)
+    for folder, prefix, count in (("mnist", "train", 200), ("mnist", "t10k", 50), ("notmnist", "t10k", 50)):
+        (root / folder).mkdir(parents=True, exist_ok=True)
+        images = rng.integers(0, 256, size=(count, 28, 28))
+        if folder == "mnist":  # dark background with a bright blob, unlike the noise of notmnist
+            images = np.where(rng.random((count, 28, 28)) < 0.8, 0, images)
+        write_idx(root / folder / f"{prefix}-images-idx3-ubyte.gz", images, compress=True)
+        write_idx(root / folder / f"{prefix}-labels-idx1-ubyte.gz", np.arange(count) % 10, compress=True)
+
+
+def test_mnist_data_set_needs_its_folder(tmp_path):
+    from training.data import DataError
+
+    with pytest.raises(DataError, match="--data-dir"):
+        load_dataset(DataConfig(name="mnist"))
+    with pytest.raises(DataError, match="train-images-idx3-ubyte.gz not found"):
+        load_dataset(DataConfig(name="mnist", data_dir=tmp_path))
+    write_fake_mnist(tmp_path)
+    dataset = load_dataset(DataConfig(name="mnist", data_dir=tmp_path))
+    assert dataset.input_shape == [28, 28] and dataset.levels == 256 and len(dataset.test[0]) == 50
+
+
+def test_mnist_experiments_pipeline_and_resume(tmp_path):
+    data = tmp_path / "data"
+    write_fake_mnist(data)
+    ctx = context(tmp_path, [f"data.data_dir={data}"])
+    results = EXPERIMENTS["mnist-sweep"](ctx)
+    assert set(results["models"]) == {"discriminative", "hybrid-0.01", "hybrid-1", "hybrid-10"}
+    for row in results["models"].values():
+        assert 0 <= row["ood"]["auroc"] <= 1 and row["notmnist"]["selective_nll"] > 0
+    curves = results["confidence_curves"]
+    assert f"{results['best_hybrid']}+gate" in curves and len(curves["discriminative"]["mnist"]["kept"]) == len(curves["thresholds"])
+    for figure in ("mnist_histograms", "mnist_confidence", "mnist_samples"):
+        assert (tmp_path / "results" / f"{figure}.png").is_file()
+    before = (tmp_path / "artifacts" / "mnist-hybrid-1" / "manifest.json").stat().st_mtime_ns
+    semi = EXPERIMENTS["mnist-semi"](ctx)
+    assert set(semi["models"]) == {"labels_only", "labels_and_unlabeled", "all_labels"}
+    assert (tmp_path / "artifacts" / "mnist-hybrid-1" / "manifest.json").stat().st_mtime_ns == before  # reused, not retrained
+    text = (tmp_path / "results.md").read_text()
+    assert "## MNIST: lambda sweep" in text and "## MNIST semi-supervised" in text

@@ -53,7 +53,7 @@ def _experiment(args: argparse.Namespace) -> None:
         seed=args.seed,
         quick=args.quick,
         progress=not args.quiet,
-        overrides=list(args.set),
+        overrides=list(args.set) + ([f"data.data_dir={args.data_dir}"] if args.data_dir else []),
     )
     EXPERIMENTS[args.name](context)
     print(f"wrote {Path(args.results_dir) / (args.name + '.json')} and the {args.name!r} section of {args.document}")
@@ -93,6 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     experiment.add_argument("--document", default="docs/results.md", help="Markdown file whose section for this experiment is rewritten (default docs/results.md)")
     experiment.add_argument("--artifacts-dir", default="artifacts/experiments", help="folder for the checkpoints it trains")
     experiment.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a field of every config the experiment trains")
+    experiment.add_argument("--data-dir", help="folder with data files (MNIST experiments: the folder holding mnist/ and notmnist/)")
     experiment.add_argument("--quick", action="store_true", help="tiny sizes and few steps (a smoke test, not the experiment)")
     experiment.add_argument("--quiet", action="store_true", help="no progress bars")
     experiment.set_defaults(handler=_experiment)

@@ -3,9 +3,15 @@
 and its own section of the results document."""
 from __future__ import annotations
 
-from training.experiments import flights, gmm1d, moons
+from training.experiments import flights, gmm1d, mnist, moons
 from training.experiments.common import ExperimentContext
 
-EXPERIMENTS = {"gmm1d": gmm1d.run, "moons": moons.run, "flights": flights.run}
+EXPERIMENTS = {
+    "gmm1d": gmm1d.run,
+    "moons": moons.run,
+    "flights": flights.run,
+    "mnist-sweep": mnist.run_sweep,
+    "mnist-semi": mnist.run_semi,
+}
 
 __all__ = ["EXPERIMENTS", "ExperimentContext"]

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from models.checkpoint import LoadedCheckpoint, load_checkpoint
+from models.checkpoint import CheckpointError, LoadedCheckpoint, load_checkpoint
 from training.config import ExperimentConfig, load_config
 from training.docs import update_section
 from training.trainer import Trainer
@@ -41,6 +41,19 @@ class ExperimentContext:
         out = self.artifacts_dir / run_name
         Trainer(config, progress=self.progress).run(out)
         return load_checkpoint(out)
+
+    def train_or_load(self, config: ExperimentConfig, run_name: str) -> LoadedCheckpoint:
+        """The checkpoint in ``artifacts_dir/run_name`` if it was trained with this very config (so an
+        interrupted experiment resumes where it stopped), else a fresh training run."""
+        out = self.artifacts_dir / run_name
+        if (out / "manifest.json").is_file():
+            try:
+                loaded = load_checkpoint(out)
+            except CheckpointError:
+                loaded = None
+            if loaded is not None and loaded.manifest["training"]["config"] == config.model_dump(mode="json"):
+                return loaded
+        return self.train(config, run_name)
 
     def write(self, name: str, results: dict, section: str) -> dict:
         """Write ``<name>.json`` and the Markdown section; returns ``results``."""
