@@ -27,12 +27,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", default=defaults.host, help=f"address to listen on (default {defaults.host})")
     parser.add_argument("--port", type=int, default=defaults.port, help=f"port (default {defaults.port})")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default=defaults.device, help="auto: CUDA when present")
-    parser.add_argument("--backend", choices=["torch"], default=defaults.backend, help="inference runtime")
+    parser.add_argument("--backend", choices=["torch", "onnx", "auto"], default=defaults.backend, help="inference runtime: torch, onnx (needs model.onnx: python -m training export) or auto (the faster on a warm-up measurement)")
     args = parser.parse_args(argv)
     settings = defaults.model_copy(update={k: v for k, v in vars(args).items()})
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        runtime = ModelRuntime.load(settings.model_dir, settings.device, settings.cpu_threads())
+        runtime = ModelRuntime.load(settings.model_dir, settings.device, settings.cpu_threads(), settings.backend)
     except (CheckpointError, DeviceUnavailable) as error:
         print(f"error: {error}", file=sys.stderr)
         print(f"to retrain: move {settings.model_dir} away, then run `make train` (or python -m training train ...)", file=sys.stderr)

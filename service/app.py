@@ -17,6 +17,7 @@ from models.checkpoint import CheckpointError
 from models.device import DeviceUnavailable
 from service.api import v1, v2
 from service.api.common import JSONBody
+from service.batching import QueueFull
 from service.inputs import InputError
 from service.runtime import ModelRuntime
 from service.settings import ServiceSettings
@@ -65,15 +66,16 @@ def create_app(settings: ServiceSettings | None = None, runtime: ModelRuntime | 
     state = ServiceState(settings)
 
     def load_and_warm_up() -> None:
-        loaded = runtime or ModelRuntime.load(settings.model_dir, settings.device, settings.cpu_threads())
+        loaded = runtime or ModelRuntime.load(settings.model_dir, settings.device, settings.cpu_threads(), settings.backend)
         seconds = loaded.warm_up(settings.warmup_batch)
         state.attach(loaded)
-        state.ready = True
-        log.info("ready: %s version %s (warm-up batch of %d in %.3f s)", loaded.name, loaded.version, settings.warmup_batch, seconds)
+        log.info("warmed up %s version %s (batch of %d in %.3f s)", loaded.name, loaded.version, settings.warmup_batch, seconds)
 
     async def start() -> None:
         try:
             await asyncio.to_thread(load_and_warm_up)
+            state.start_batching()
+            state.ready = True
         except (CheckpointError, DeviceUnavailable) as error:
             state.load_error = str(error)
             log.error("not ready: %s", error)
@@ -83,6 +85,8 @@ def create_app(settings: ServiceSettings | None = None, runtime: ModelRuntime | 
         loading = asyncio.create_task(start())
         yield
         loading.cancel()
+        if state.batcher is not None:
+            await state.batcher.stop()
         state.executor.shutdown(wait=False, cancel_futures=True)
 
     app = FastAPI(
@@ -104,6 +108,12 @@ def create_app(settings: ServiceSettings | None = None, runtime: ModelRuntime | 
     @app.exception_handler(InputError)
     async def input_error(request: Request, error: InputError) -> JSONBody:
         return _error(error.status, str(error))
+
+    @app.exception_handler(QueueFull)
+    async def queue_full(request: Request, error: QueueFull) -> JSONBody:
+        response = _error(503, str(error))
+        response.headers["Retry-After"] = "1"
+        return response
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, error: StarletteHTTPException) -> JSONBody:

@@ -74,19 +74,42 @@ def decode_v1(body: Any, input_shape: tuple[int, ...], limit: int) -> np.ndarray
     return conform(to_array(instances, "instances"), input_shape, "instances")
 
 
-V2_NUMERIC = {"FP16", "FP32", "FP64", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64"}
+# Open Inference Protocol datatypes and their little-endian layouts (binary tensor extension).
+V2_DTYPES = {
+    "FP16": "<f2", "FP32": "<f4", "FP64": "<f8", "UINT8": "u1", "UINT16": "<u2", "UINT32": "<u4", "UINT64": "<u8",
+    "INT8": "i1", "INT16": "<i2", "INT32": "<i4", "INT64": "<i8",
+}
 
 
-def decode_v2_tensor(tensor: dict, input_shape: tuple[int, ...], limit: int) -> np.ndarray:
-    """An Open Inference Protocol input tensor ``{name, shape, datatype, data}`` to ``(N, *input_shape)``."""
+def split_binary_request(body: bytes, header_length: str) -> tuple[Any, bytes]:
+    """The binary tensor extension: a JSON header of ``header_length`` bytes, then raw tensor data."""
+    if not header_length.isdigit() or int(header_length) > len(body):
+        raise InputError(f"Inference-Header-Content-Length {header_length!r} does not fit a body of {len(body)} bytes")
+    size = int(header_length)
+    return parse_json(body[:size]), body[size:]
+
+
+def decode_v2_tensor(tensor: dict, input_shape: tuple[int, ...], limit: int, binary: bytes = b"") -> np.ndarray:
+    """An Open Inference Protocol input tensor to ``(N, *input_shape)``: ``{name, shape, datatype,
+    data}`` with JSON data, or with ``parameters.binary_data_size`` and the raw little-endian bytes
+    in ``binary`` (the binary tensor extension)."""
     datatype = str(tensor.get("datatype", "")).upper()
-    if datatype not in V2_NUMERIC:
-        raise InputError(f"input datatype {datatype or 'missing'!r} is not supported; use one of {sorted(V2_NUMERIC)}")
+    if datatype not in V2_DTYPES:
+        raise InputError(f"input datatype {datatype or 'missing'!r} is not supported; use one of {sorted(V2_DTYPES)}")
     shape = tensor.get("shape")
     if not isinstance(shape, list) or not shape or not all(isinstance(d, int) and d >= 0 for d in shape):
         raise InputError('input "shape" must be a list of non-negative integers [N, ...]')
     check_count(shape[0], limit)
-    data = to_array(tensor.get("data"), "input data")
+    binary_size = (tensor.get("parameters") or {}).get("binary_data_size")
+    if binary_size is not None:
+        if not isinstance(binary_size, int) or binary_size != len(binary):
+            raise InputError(f"binary_data_size {binary_size!r} does not match the {len(binary)} bytes after the JSON header")
+        dtype = np.dtype(V2_DTYPES[datatype])
+        if len(binary) != math.prod(shape) * dtype.itemsize:
+            raise InputError(f"{len(binary)} bytes of {datatype} cannot fill shape {shape} ({math.prod(shape) * dtype.itemsize} bytes)")
+        data = np.frombuffer(binary, dtype=dtype).astype(np.float64)
+    else:
+        data = to_array(tensor.get("data"), "input data")
     if data.size != math.prod(shape):
         raise InputError(f"input data holds {data.size} values, shape {shape} needs {math.prod(shape)}")
     return conform(data.reshape(shape), input_shape, "input")

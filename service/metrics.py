@@ -33,11 +33,17 @@ class ServiceMetrics:
         self.rejected = Counter("diglm_instances_rejected", "Instances the density gate rejected", names, registry=self.registry)
         self.log_px = Histogram("diglm_log_px_nats", "log p(x) of served instances (nats; non-finite ones are not observed)", names, buckets=log_px_buckets(gate), registry=self.registry)
         self.batch_size = Histogram("diglm_batch_size", "Instances per model forward pass", names, buckets=BATCH_BUCKETS, registry=self.registry)
+        self.queue_seconds = Histogram("diglm_queue_duration_seconds", "Time a request waited for its batch to start", names, buckets=LATENCY_BUCKETS, registry=self.registry)
         self.in_flight = Gauge("diglm_requests_in_flight", "Requests being handled", names, registry=self.registry)
         self.info = Gauge("diglm_model_info", "The served model (value 1)", [*names, "task", "gate_method", "backend", "device"], registry=self.registry)
 
-    def observe_predictions(self, log_px: np.ndarray, accepted: np.ndarray, seconds: float) -> None:
+    def observe_predictions(self, result: dict[str, np.ndarray], seconds: float, queue_seconds: list[float]) -> None:
+        """After one forward pass: its time, size, the gate's decisions, log p(x), and how long each
+        of its requests waited in the queue."""
+        log_px, accepted = result["log_px"], result["accepted"]
         self.inference_seconds.labels(**self.labels).observe(seconds)
+        for waited in queue_seconds:
+            self.queue_seconds.labels(**self.labels).observe(waited)
         self.batch_size.labels(**self.labels).observe(len(log_px))
         self.instances.labels(**self.labels).inc(len(log_px))
         self.rejected.labels(**self.labels).inc(int((~accepted).sum()))

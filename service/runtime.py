@@ -1,9 +1,5 @@
-"""The model runtime: a verified checkpoint on a device behind one small backend interface, and
-``predict`` that returns every per-instance field of a prediction as arrays.
-
-Backends implement ``forward(x) -> {"log_px": (N,), "probabilities": (N, K)}`` (classification) or
-``{"log_px", "mean", "variance"}`` (regression), with x ``(N, *input_shape)`` float32 in data units.
-"""
+"""The model runtime: a verified checkpoint on a device behind a backend (``service.backends``), and
+``predict`` that returns every per-instance field of a prediction as arrays."""
 from __future__ import annotations
 
 import logging
@@ -12,52 +8,53 @@ import time
 import numpy as np
 import torch
 
-from models.checkpoint import LoadedCheckpoint, load_checkpoint
+from models.checkpoint import CheckpointError, LoadedCheckpoint, load_checkpoint
 from models.device import resolve_device
 from models.gate import accept, bits_per_dim, gated_probabilities, gated_regression
-from models.hybrid import HybridModel
+from service.backends import OnnxBackend, TorchBackend, fastest
 
 log = logging.getLogger(__name__)
 
 
-class TorchBackend:
-    name = "torch"
-
-    def __init__(self, model: HybridModel, device: torch.device):
-        self.model = model.to(device).eval()
-        self.device = device
-
-    def forward(self, x: np.ndarray) -> dict[str, np.ndarray]:
-        with torch.inference_mode():
-            output = self.model(torch.from_numpy(x).to(self.device))
-            prediction = self.model.head.predict(output.z)
-            prediction.pop("logits", None)
-            results = {"log_px": output.log_px.double(), **prediction}
-            return {key: value.cpu().numpy() for key, value in results.items()}
-
-
 class ModelRuntime:
-    def __init__(self, checkpoint: LoadedCheckpoint, device: torch.device):
+    def __init__(self, checkpoint: LoadedCheckpoint, device: torch.device, backend: str = "torch", cpu_threads: int = 1):
         self.manifest = checkpoint.manifest
         self.model = checkpoint.model
         self.device = device
-        self.backend = TorchBackend(checkpoint.model, device)
         self.name: str = self.manifest["name"]
         self.version: str = self.manifest["version"]
         self.task: str = self.manifest["task"]
         self.input_shape: tuple[int, ...] = tuple(self.manifest["input_shape"])
         self.dims = int(np.prod(self.input_shape))
         self.tau: float = float(self.manifest["gate"]["tau"])
+        self.backend = self._build_backend(backend, checkpoint, cpu_threads)
 
+    def _build_backend(self, kind: str, checkpoint: LoadedCheckpoint, cpu_threads: int):
+        candidates = []
+        if kind in ("torch", "auto"):
+            candidates.append(TorchBackend(checkpoint.model, self.device))
+        if kind in ("onnx", "auto"):
+            onnx = self.manifest.get("onnx")
+            if onnx is None:
+                if kind == "onnx":
+                    raise CheckpointError(
+                        f"checkpoint {checkpoint.path} has no ONNX model; run: python -m training export --checkpoint {checkpoint.path}"
+                    )
+            else:
+                candidates.append(OnnxBackend(checkpoint.path / onnx["file"], self.device, cpu_threads))
+        if len(candidates) == 1:
+            return candidates[0]
+        return fastest(candidates, [self.midrange_inputs(1), self.midrange_inputs(32)])
     @classmethod
-    def load(cls, model_dir, device: str = "auto", cpu_threads: int | None = None) -> "ModelRuntime":
-        """Load and verify a checkpoint (``CheckpointError`` on any problem). ``cpu_threads`` sets
-        torch's thread count for CPU inference (spinning extra threads starve the event loop)."""
+    def load(cls, model_dir, device: str = "auto", cpu_threads: int = 1, backend: str = "torch") -> "ModelRuntime":
+        """Load and verify a checkpoint (``CheckpointError`` on any problem) and start ``backend``
+        (``torch``, ``onnx`` or ``auto``: the faster on a warm-up measurement). ``cpu_threads`` is
+        the thread count for CPU inference (spinning extra threads starve the event loop)."""
         resolved = resolve_device(device)
-        if resolved.type == "cpu" and cpu_threads is not None:
+        if resolved.type == "cpu":
             torch.set_num_threads(cpu_threads)
-        runtime = cls(load_checkpoint(model_dir, resolved), resolved)
-        log.info("loaded %s version %s from %s on %s", runtime.name, runtime.version, model_dir, resolved)
+        runtime = cls(load_checkpoint(model_dir, resolved), resolved, backend, cpu_threads)
+        log.info("loaded %s version %s from %s: %s backend on %s", runtime.name, runtime.version, model_dir, runtime.backend.name, resolved)
         return runtime
 
     def predict(self, x: np.ndarray) -> dict[str, np.ndarray]:
@@ -81,10 +78,13 @@ class ModelRuntime:
             result.update(model_mean=raw["mean"], model_variance=raw["variance"], mean=mean.numpy(), variance=variance.numpy())
         return result
 
+    def midrange_inputs(self, batch: int) -> np.ndarray:
+        """``batch`` inputs in the middle of the input range (warm-up and backend probes)."""
+        levels = self.manifest["preprocessing"].get("levels") or 2
+        return np.full((batch, *self.input_shape), (levels - 1) / 2, dtype=np.float32)
+
     def warm_up(self, batch: int) -> float:
         """Run one batch of mid-range inputs; returns its seconds."""
-        levels = self.manifest["preprocessing"].get("levels") or 2
-        x = np.full((batch, *self.input_shape), (levels - 1) / 2, dtype=np.float32)
         started = time.perf_counter()
-        self.predict(x)
+        self.predict(self.midrange_inputs(batch))
         return time.perf_counter() - started

@@ -16,12 +16,16 @@ class ServiceSettings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    backend: Literal["torch"] = Field("torch", description="inference runtime")
+    backend: Literal["torch", "onnx", "auto"] = Field("torch", description="inference runtime; auto: the faster on a warm-up measurement")
     max_instances: int = Field(1024, ge=1, description="most instances in one request")
     max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024, description="largest request body (413 above)")
     torch_threads: int | None = Field(
         None, ge=1, description="CPU threads for model math; default: the CPUs this process may use, minus one for the event loop"
     )
+    batching: bool = Field(True, description="gather concurrent requests into one forward pass")
+    max_batch_size: int = Field(64, ge=1, description="most instances in one batched forward pass")
+    max_delay_ms: float = Field(0.0, ge=0, description="hold a batch open this long while requests arrive concurrently")
+    max_queue: int = Field(4096, ge=1, description="most queued instances before answering 503")
     warmup_batch: int = Field(8, ge=1, description="instances in the warm-up batch run before reporting ready")
     log_level: str = "info"
 

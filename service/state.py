@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from service.batching import DynamicBatcher
 from service.inputs import InputError
 from service.metrics import ServiceMetrics
 from service.runtime import ModelRuntime
@@ -23,6 +24,7 @@ class ServiceState:
     ready: bool = False
     load_error: str | None = None
     executor: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference"))
+    batcher: DynamicBatcher | None = None
 
     def attach(self, runtime: ModelRuntime) -> None:
         self.runtime = runtime
@@ -43,9 +45,22 @@ class ServiceState:
             raise InputError(f"model {name!r} not found; this server serves {self.runtime.name!r}", status=404)
         return self.runtime
 
+    def start_batching(self) -> None:
+        """With batching on, route predictions through a dynamic batcher (call inside the event loop)."""
+        settings = self.settings
+        if settings.batching:
+            self.batcher = DynamicBatcher(
+                self.runtime.predict, self.executor, settings.max_batch_size, settings.max_delay_ms / 1000,
+                settings.max_queue, self.metrics.observe_predictions,
+            )
+            self.batcher.start()
+
     async def predict(self, runtime: ModelRuntime, x: np.ndarray) -> dict[str, np.ndarray]:
-        """Run the model in the inference thread and record the metrics."""
+        """Run the model in the inference thread (through the batcher when batching is on) and
+        record the metrics."""
+        if self.batcher is not None:
+            return await self.batcher.submit(x)
         started = time.perf_counter()
         result = await asyncio.get_running_loop().run_in_executor(self.executor, runtime.predict, x)
-        self.metrics.observe_predictions(result["log_px"], result["accepted"], time.perf_counter() - started)
+        self.metrics.observe_predictions(result, time.perf_counter() - started, [0.0])
         return result

@@ -98,7 +98,7 @@ def test_flights_experiment_pipeline(tmp_path):
     data.mkdir()
     write_flights(data, rows=1200)
     results = EXPERIMENTS["flights"](context(tmp_path, [f"data.data_dir={data}", "data.options.path=.", "data.validation_fraction=0.2"]))
-    assert set(results["models"]) == {"b_diglm", "diglm_gaussian_head", "bayesian_linear_regression", "gradient_boosted_tree", "deep_ensemble"}
+    assert set(results["models"]) == set(results["models_in_distribution"]) == {"b_diglm", "b_diglm_gated", "diglm_gaussian_head", "bayesian_linear_regression", "gradient_boosted_tree", "deep_ensemble"}
     for metrics in results["models"].values():
         assert metrics["rmse"] > 0 and np.isfinite(metrics["nll"])
     assert 0 <= results["covariate_shift"]["auroc_train_vs_test"] <= 1

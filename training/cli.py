@@ -13,9 +13,10 @@ from models.checkpoint import CheckpointError, load_checkpoint
 from models.device import DeviceUnavailable, resolve_device
 from training.config import ConfigError, load_config
 from training.data import DataError
+from training.export import ExportError
 from training.trainer import TrainingError
 
-USER_ERRORS = (ConfigError, DataError, CheckpointError, TrainingError, DeviceUnavailable)
+USER_ERRORS = (ConfigError, DataError, CheckpointError, TrainingError, DeviceUnavailable, ExportError)
 
 
 def _train(args: argparse.Namespace) -> None:
@@ -28,9 +29,21 @@ def _train(args: argparse.Namespace) -> None:
         overrides.append(f"train.device={args.device}")
     config = load_config(args.config, overrides)
     manifest = Trainer(config, progress=not args.quiet).run(args.out, resume=args.resume)
+    if args.onnx:
+        from training.export import export_checkpoint
+
+        export_checkpoint(load_checkpoint(args.out))
     test = manifest["metrics"]["test"]
     summary = ", ".join(f"{k} {test[k]:.4f}" for k in ("error", "rmse", "nll", "bits_per_dim", "accepted") if k in test)
     print(f"wrote {args.out} ({manifest['name']} version {manifest['version']}); test: {summary}; tau {manifest['gate']['tau']:.2f} nats ({manifest['gate']['method']})")
+
+
+def _export(args: argparse.Namespace) -> None:
+    from training.export import export_checkpoint
+
+    section = export_checkpoint(load_checkpoint(args.checkpoint))
+    differences = ", ".join(f"{k} {v:.2g}" for k, v in section["parity_max_abs_difference"].items())
+    print(f"wrote {Path(args.checkpoint) / section['file']} (ONNX Runtime vs torch, largest difference: {differences})")
 
 
 def _evaluate(args: argparse.Namespace) -> None:
@@ -73,8 +86,13 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--data-dir", help="folder with the data files (for data sets read from files)")
     train.add_argument("--device", choices=["auto", "cpu", "cuda"], help="override train.device (auto: CUDA when present)")
     train.add_argument("--resume", help="continue training from this checkpoint folder (same model config)")
+    train.add_argument("--onnx", action="store_true", help="also export the trained model to ONNX (model.onnx in the checkpoint)")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     train.set_defaults(handler=_train)
+
+    export = commands.add_parser("export", help="export a checkpoint to ONNX", description="Export the checkpoint's density direction (log p(x) and the head's output, dynamic batch) to model.onnx inside the checkpoint, check ONNX Runtime against torch, and record the file's hash in the manifest.")
+    export.add_argument("--checkpoint", required=True, help="checkpoint folder")
+    export.set_defaults(handler=_export)
 
     evaluate = commands.add_parser("evaluate", help="evaluate a checkpoint on its test split and OOD sets", description="Evaluate a checkpoint on the test split of its training data and on out-of-distribution sets; print a table and write JSON and a log p(x) histogram.")
     evaluate.add_argument("--checkpoint", required=True, help="checkpoint folder")

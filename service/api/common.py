@@ -21,8 +21,8 @@ def service_state(request: Request) -> ServiceState:
     return request.app.state.service
 
 
-async def json_body(request: Request) -> Any:
-    """The parsed JSON body; 413 when it is over ``max_body_bytes`` (checked before reading it all)."""
+async def read_body(request: Request) -> bytes:
+    """The raw body; 413 when it is over ``max_body_bytes`` (checked before reading it all)."""
     limit = service_state(request).settings.max_body_bytes
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
@@ -33,5 +33,10 @@ async def json_body(request: Request) -> Any:
         if len(body) > limit:
             raise InputError(f"request body is over the limit of {limit} bytes", status=413)
     if not body:
-        raise InputError("request body is empty; send JSON")
-    return parse_json(bytes(body))
+        raise InputError("request body is empty")
+    return bytes(body)
+
+
+async def json_body(request: Request) -> Any:
+    """The parsed JSON body (size-limited like ``read_body``)."""
+    return parse_json(await read_body(request))

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request
 
-from service.api.common import JSONBody, json_body, service_state
+from service.api.common import JSONBody, json_body, read_body, service_state
 from service.encoding import output_tensors, v2_output
-from service.inputs import InputError, decode_v2_tensor
+from service.inputs import InputError, decode_v2_tensor, split_binary_request
 from service.schemas import ErrorResponse, InferRequest, InferResponse
 
 router = APIRouter(prefix="/v2", tags=["v2"])
@@ -32,7 +32,7 @@ async def ready(request: Request) -> JSONBody:
 @router.get("")
 async def server_metadata(request: Request) -> dict:
     runtime = service_state(request).runtime
-    return {"name": "diglm", "version": "0.1.0", "extensions": [], "models": [runtime.name] if runtime else []}
+    return {"name": "diglm", "version": "0.1.0", "extensions": ["binary_tensor_data"], "models": [runtime.name] if runtime else []}
 
 
 @router.get("/models/{name}/ready", responses=ERRORS)
@@ -50,7 +50,7 @@ async def model_metadata(name: str, request: Request) -> dict:
     return {
         "name": runtime.name,
         "versions": [runtime.version],
-        "platform": f"pytorch_{runtime.backend.name}",
+        "platform": "onnxruntime_onnx" if runtime.backend.name == "onnx" else "pytorch_torch",
         "inputs": [{"name": INPUT_NAME, "datatype": "FP32", "shape": [-1, *runtime.input_shape]}],
         "outputs": [{"name": output, "datatype": "FP64" if output in COMMON_OUTPUTS else "FP32", "shape": [-1]} for output in head_outputs + COMMON_OUTPUTS],
         "task": runtime.task,
@@ -71,16 +71,21 @@ async def model_metadata(name: str, request: Request) -> dict:
     openapi_extra={"requestBody": {"content": {"application/json": {"schema": InferRequest.model_json_schema()}}, "required": True}},
 )
 async def infer(name: str, request: Request) -> JSONBody:
-    """One input tensor named ``input`` of shape ``[N, *input_shape]``; outputs as named tensors."""
+    """One input tensor named ``input`` of shape ``[N, *input_shape]``, as JSON data or raw bytes (the
+    binary tensor extension: header ``Inference-Header-Content-Length``); outputs as JSON tensors."""
     state = service_state(request)
     runtime = state.require_model(name)
-    body = await json_body(request)
+    header_length = request.headers.get("inference-header-content-length")
+    if header_length is None:
+        body, binary = await json_body(request), b""
+    else:
+        body, binary = split_binary_request(await read_body(request), header_length)
     if not isinstance(body, dict) or not isinstance(body.get("inputs"), list) or len(body["inputs"]) != 1 or not isinstance(body["inputs"][0], dict):
         raise InputError(f'request must hold "inputs": a list with one tensor named {INPUT_NAME!r}')
     tensor = body["inputs"][0]
     if tensor.get("name") != INPUT_NAME:
         raise InputError(f"unknown input {tensor.get('name')!r}; the model's input is named {INPUT_NAME!r}")
-    x = decode_v2_tensor(tensor, runtime.input_shape, state.settings.max_instances)
+    x = decode_v2_tensor(tensor, runtime.input_shape, state.settings.max_instances, binary)
     tensors = output_tensors(await state.predict(runtime, x), runtime.tau)
     requested = [output.get("name") for output in body.get("outputs") or [] if isinstance(output, dict)] or list(tensors)
     unknown = [n for n in requested if n not in tensors]

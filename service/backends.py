@@ -1,0 +1,87 @@
+"""Inference backends behind one small interface: ``name``, ``device`` and ``forward(x)`` with x
+``(N, *input_shape)`` float32 in data units, returning ``{"log_px": (N,) float64, "probabilities":
+(N, K)}`` for classification or ``{"log_px", "mean", "variance"}`` for regression.
+
+- ``TorchBackend``: the checkpoint's model in eager mode under ``torch.inference_mode`` (CUDA when
+  the device says so).
+- ``OnnxBackend``: ONNX Runtime on the checkpoint's ``model.onnx``: the CUDA provider first where
+  ONNX Runtime has it and the device allows, else the CPU; threads from the CPUs this process may
+  use, spinning off so idle workers do not steal the event loop's core.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from models.device import DeviceUnavailable
+from models.hybrid import HybridModel
+
+log = logging.getLogger(__name__)
+
+
+class TorchBackend:
+    name = "torch"
+
+    def __init__(self, model: HybridModel, device: torch.device):
+        self.model = model.to(device).eval()
+        self.device = device
+
+    def forward(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        with torch.inference_mode():
+            output = self.model(torch.from_numpy(x).to(self.device))
+            prediction = self.model.head.predict(output.z)
+            prediction.pop("logits", None)
+            results = {"log_px": output.log_px.double(), **prediction}
+            return {key: value.cpu().numpy() for key, value in results.items()}
+
+
+class OnnxBackend:
+    name = "onnx"
+
+    def __init__(self, path: Path, device: torch.device, cpu_threads: int):
+        import onnxruntime
+
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = cpu_threads
+        options.inter_op_num_threads = 1
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options.log_severity_level = 3
+        wanted = ["CPUExecutionProvider"]
+        if device.type == "cuda":
+            if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
+                raise DeviceUnavailable("the ONNX backend needs CUDA but this onnxruntime has no CUDA provider (install onnxruntime-gpu)")
+            wanted.insert(0, "CUDAExecutionProvider")
+        self.session = onnxruntime.InferenceSession(str(path), options, providers=wanted)
+        if device.type == "cuda" and "CUDAExecutionProvider" not in self.session.get_providers():
+            raise DeviceUnavailable("ONNX Runtime fell back to the CPU although CUDA was required; check the CUDA and cuDNN libraries")
+        self.device = device
+        self.input_name = self.session.get_inputs()[0].name
+        self.output_names = [output.name for output in self.session.get_outputs()]
+
+    def forward(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        outputs = dict(zip(self.output_names, self.session.run(None, {self.input_name: x})))
+        outputs["log_px"] = outputs["log_px"].astype(np.float64)
+        return outputs
+
+
+def seconds_per_call(backend, x: np.ndarray, repeats: int = 5) -> float:
+    """Median wall time of ``backend.forward(x)`` after one untimed call."""
+    backend.forward(x)
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        backend.forward(x)
+        times.append(time.perf_counter() - started)
+    return float(np.median(times))
+
+
+def fastest(candidates: list, probes: list[np.ndarray]):
+    """The backend with the least total time over the probe batches (logged)."""
+    timings = {backend.name: sum(seconds_per_call(backend, x) for x in probes) for backend in candidates}
+    choice = min(candidates, key=lambda backend: timings[backend.name])
+    log.info("backend auto: %s (probe seconds %s)", choice.name, {k: round(v, 5) for k, v in timings.items()})
+    return choice

@@ -1,0 +1,117 @@
+"""Dynamic batching: concurrent requests' instances are gathered into one forward pass and the
+results scattered back to each request in order.
+
+One loop runs batches back to back in the inference thread. While a batch runs, new requests queue;
+the next batch takes them all (up to ``max_batch_size`` instances), so batches grow with the load
+and a lone request never waits for company. ``max_delay_s`` > 0 additionally holds a batch open that
+long, but only while the previous batch held more than one request (there is concurrency to wait
+for). More than ``max_queue`` queued instances is refused with ``QueueFull`` (the service answers
+503 with Retry-After) instead of growing without bound.
+"""
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+Result = dict[str, np.ndarray]
+
+
+class QueueFull(RuntimeError):
+    """The batching queue holds too many instances; the client should retry later."""
+
+
+@dataclass
+class _Request:
+    x: np.ndarray
+    future: asyncio.Future
+    enqueued: float = field(default_factory=time.perf_counter)
+
+
+class DynamicBatcher:
+    def __init__(
+        self,
+        run_batch: Callable[[np.ndarray], Result],
+        executor: Executor,
+        max_batch_size: int,
+        max_delay_s: float,
+        max_queue: int,
+        observe: Callable[[Result, float, list[float]], None] | None = None,
+    ):
+        """``run_batch``: x ``(N, ...)`` -> dict of arrays with leading dimension N, run in ``executor``;
+        ``observe(result, forward_seconds, queue_seconds_per_request)`` after each batch."""
+        self.run_batch = run_batch
+        self.executor = executor
+        self.max_batch_size = max_batch_size
+        self.max_delay_s = max_delay_s
+        self.max_queue = max_queue
+        self.observe = observe
+        self.pending: deque[_Request] = deque()
+        self.queued_instances = 0
+        self.wakeup = asyncio.Event()
+        self.task: asyncio.Task | None = None
+        self.last_batch_requests = 0
+
+    def start(self) -> None:
+        self.task = asyncio.get_running_loop().create_task(self._loop())
+
+    async def stop(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+            await asyncio.gather(self.task, return_exceptions=True)
+        for request in self.pending:
+            request.future.cancel()
+
+    async def submit(self, x: np.ndarray) -> Result:
+        """Queue ``x`` ``(n, ...)`` and wait for its n rows of every output."""
+        if self.queued_instances + len(x) > self.max_queue:
+            raise QueueFull(f"{self.queued_instances} instances are queued (limit {self.max_queue}); retry shortly")
+        request = _Request(x, asyncio.get_running_loop().create_future())
+        self.pending.append(request)
+        self.queued_instances += len(x)
+        self.wakeup.set()
+        return await request.future
+
+    def _take_batch(self) -> list[_Request]:
+        batch = [self.pending.popleft()]
+        size = len(batch[0].x)
+        while self.pending and size + len(self.pending[0].x) <= self.max_batch_size:
+            request = self.pending.popleft()
+            batch.append(request)
+            size += len(request.x)
+        self.queued_instances -= size
+        return batch
+
+    async def _loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            if not self.pending:
+                self.wakeup.clear()
+                await self.wakeup.wait()
+            if self.max_delay_s > 0 and self.last_batch_requests > 1 and self.queued_instances < self.max_batch_size:
+                await asyncio.sleep(self.max_delay_s)
+            batch = [request for request in self._take_batch() if not request.future.cancelled()]
+            self.last_batch_requests = len(batch)
+            if not batch:
+                continue
+            started = time.perf_counter()
+            x = batch[0].x if len(batch) == 1 else np.concatenate([request.x for request in batch])
+            try:
+                result = await loop.run_in_executor(self.executor, self.run_batch, x)
+            except Exception as error:  # the model failed: every waiting request gets the error
+                for request in batch:
+                    if not request.future.done():
+                        request.future.set_exception(error)
+                continue
+            if self.observe is not None:
+                self.observe(result, time.perf_counter() - started, [started - request.enqueued for request in batch])
+            offsets = np.cumsum([len(request.x) for request in batch])[:-1]
+            parts = {key: np.split(value, offsets) for key, value in result.items()}
+            for index, request in enumerate(batch):
+                if not request.future.done():
+                    request.future.set_result({key: values[index] for key, values in parts.items()})
