@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 MODEL_DIR ?= artifacts/digits
 CONFIG ?= training/configs/digits.yaml
 
-.PHONY: install test train serve bench-serve bench-train-speed clean
+.PHONY: install test train serve bench-env bench-load bench-serve bench-train-speed clean
 
 install: $(VENV)/.installed
 
@@ -32,11 +32,18 @@ PORT ?= 8000
 serve: train
 	$(PY) -m service --model-dir $(MODEL_DIR) --host $(HOST) --port $(PORT)
 
-# Benchmarks (each prints a table and updates its section of docs/benchmarks.md).
-bench-serve: train
+# Benchmarks (each prints a table and updates its section of docs/benchmarks.md). The peers they
+# compare against live in their own environment, .venv-bench (bench/requirements.txt).
+bench-env:
+	test -x .venv-bench/bin/python || $(PYTHON) -m venv .venv-bench
+	.venv-bench/bin/python -m pip install --quiet -r bench/requirements.txt
+
+bench-load: train
 	$(PY) -m bench.serve_load --model-dir $(MODEL_DIR) --write
 
-bench-train-speed:
-	test -x .venv-bench/bin/python || $(PYTHON) -m venv .venv-bench
-	.venv-bench/bin/python -m pip install --quiet -r bench/requirements-train-speed.txt
+bench-serve: bench-env
+	@command -v wrk >/dev/null || { echo "wrk is needed: apt-get install wrk"; exit 1; }
+	.venv-bench/bin/python -m bench.serve --write
+
+bench-train-speed: bench-env
 	.venv-bench/bin/python -m bench.train_speed --compile --write

@@ -1,0 +1,53 @@
+"""The serving benchmarks' model: an MNIST-size Glow hybrid (the ``mnist-cpu`` architecture, 1x28x28,
+L=2, K=4, 64 hidden channels) with random weights, written as a normal checkpoint with its ONNX
+export. Throughput does not depend on training; the gate is calibrated on random digit-like images."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from models.checkpoint import load_checkpoint, save_checkpoint
+from models.gate import calibrate_gate
+from training.config import load_config
+from training.evaluate import model_outputs
+from training.trainer import complete_model_config
+from training.data.registry import Dataset
+from models.hybrid import HybridModel
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def random_images(count: int, seed: int = 0) -> np.ndarray:
+    """Sparse bright strokes on black, ``(count, 28, 28)`` in 0-255: MNIST-like statistics."""
+    rng = np.random.default_rng(seed)
+    images = np.where(rng.random((count, 28, 28)) < 0.8, 0, rng.integers(0, 256, (count, 28, 28)))
+    return images.astype(np.float32)
+
+
+def build_benchmark_checkpoint(out: Path) -> Path:
+    """Write (once) and return the benchmark checkpoint folder, with model.onnx."""
+    if (out / "manifest.json").is_file() and (out / "model.onnx").is_file():
+        return out
+    from training.export import export_checkpoint
+
+    torch.manual_seed(0)
+    config = load_config(ROOT / "training" / "configs" / "mnist-cpu.yaml")
+    images = random_images(512)
+    dataset = Dataset(x=images, y=np.zeros(len(images), dtype=np.int64), task="classification", levels=256, classes=[str(d) for d in range(10)])
+    model = HybridModel(complete_model_config(config.model, dataset))
+    model.train()
+    with torch.no_grad():
+        model(torch.from_numpy(images), torch.rand(images.shape))
+    model.eval()
+    log_px = model_outputs(model, images)["log_px"]
+    gate = calibrate_gate(log_px[:256], log_px[256:])
+    manifest = {
+        "name": "mnist-bench", "task": "classification", "input_shape": [28, 28], "input_range": [0, 255],
+        "classes": dataset.classes, "preprocessing": model.config.preprocessing.model_dump(mode="json"), "gate": gate,
+        "label_prior": model.label_prior.tolist(), "metrics": {}, "training": {"note": "random weights for serving benchmarks"},
+    }
+    save_checkpoint(out, model, manifest)
+    export_checkpoint(load_checkpoint(out))
+    return out

@@ -1,0 +1,231 @@
+"""Serving throughput and latency, side by side in one run: the raw model in-process (the ceiling),
+our service (torch / ONNX backends, batching on and off), plain FastAPI baselines and LitServe, all
+on the same MNIST-size Glow hybrid (``bench/model.py``).
+
+Load: wrk (Debian package) with one thread and a Lua script for the POST body; client and servers
+share the machine's cores unpinned; one server at a time, warmed up before measuring. Prints one
+table and, with ``--write``, rewrites the serve section of docs/benchmarks.md. Needs the benchmark
+environment (LitServe): ``make bench-serve``.
+
+    .venv-bench/bin/python -m bench.serve --write
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from bench.model import ROOT, build_benchmark_checkpoint, random_images
+
+CONCURRENCY = (1, 8, 32, 128)
+LUA = """
+wrk.method = "POST"
+wrk.headers["Content-Type"] = os.getenv("BENCH_CONTENT_TYPE")
+local header_length = os.getenv("BENCH_HEADER_LENGTH")
+if header_length ~= nil and header_length ~= "" then wrk.headers["Inference-Header-Content-Length"] = header_length end
+local file = io.open(os.getenv("BENCH_BODY"), "rb")
+wrk.body = file:read("*a")
+file:close()
+done = function(summary, latency, requests)
+  local errors = summary.errors.status + summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout
+  io.write(string.format("RESULT %d %d %.1f %.1f %.1f %d\\n", summary.requests, summary.duration,
+    latency:percentile(50), latency:percentile(95), latency:percentile(99), errors))
+end
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_until_up(port: int, process: subprocess.Popen, path: str, body: bytes, timeout: float = 120) -> None:
+    import http.client
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if process.poll() is not None:
+            raise SystemExit(f"server exited during start: {process.stderr.read().decode()[-2000:]}")
+        try:
+            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+            connection.request("POST", path, body=body, headers={"Content-Type": "application/json"})
+            if connection.getresponse().status == 200:
+                return
+        except OSError:
+            pass
+        time.sleep(0.5)
+    process.kill()
+    raise SystemExit(f"server on port {port} did not answer in {timeout:.0f} s")
+
+
+def wrk(url: str, body_file: Path, concurrency: int, seconds: float, content_type: str = "application/json", header_length: int | None = None) -> dict:
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
+        script.write(LUA)
+    env = {**os.environ, "BENCH_BODY": str(body_file), "BENCH_CONTENT_TYPE": content_type, "BENCH_HEADER_LENGTH": "" if header_length is None else str(header_length)}
+    command = ["wrk", "-t1", f"-c{concurrency}", f"-d{seconds:.0f}s", "--timeout", "20s", "-s", script.name, url]
+    output = subprocess.run(command, capture_output=True, text=True, env=env, check=False).stdout
+    os.unlink(script.name)
+    match = re.search(r"RESULT (\d+) (\d+) ([\d.]+) ([\d.]+) ([\d.]+) (\d+)", output)
+    if match is None:
+        raise SystemExit(f"wrk printed no result:\n{output}")
+    requests, duration_us, p50, p95, p99, errors = match.groups()
+    rate = int(requests) / (int(duration_us) / 1e6)
+    return {"requests_per_s": rate, "p50_ms": float(p50) / 1000, "p95_ms": float(p95) / 1000, "p99_ms": float(p99) / 1000, "errors": int(errors)}
+
+
+def in_process(checkpoint: Path) -> dict:
+    """The ceiling: best batch throughput of ONNX Runtime and torch with all cores, no HTTP; and the
+    single-instance model time with the service's own thread setting."""
+    import onnxruntime
+    import torch
+
+    from models.checkpoint import load_checkpoint
+    from service.runtime import ModelRuntime
+    from service.settings import ServiceSettings
+
+    def instances_per_s(run, batch: int, repeats: int = 20) -> float:
+        x = random_images(batch, seed=1)
+        run(x)
+        started = time.perf_counter()
+        for _ in range(repeats):
+            run(x)
+        return batch * repeats / (time.perf_counter() - started)
+
+    session = onnxruntime.InferenceSession(str(checkpoint / "model.onnx"), providers=["CPUExecutionProvider"])
+    model = load_checkpoint(checkpoint).model.eval()
+    torch.set_num_threads(os.cpu_count() or 1)
+
+    def torch_run(x):
+        with torch.inference_mode():
+            output = model(torch.from_numpy(x))
+            model.head.predict(output.z)
+
+    ceiling = {
+        f"{name} batch {batch}": instances_per_s(run, batch)
+        for name, run in (("onnxruntime", lambda x: session.run(None, {"input": x})), ("torch", torch_run))
+        for batch in (32, 64, 128)
+    }
+    single = {}
+    for backend in ("onnx", "torch"):
+        runtime = ModelRuntime.load(checkpoint, "cpu", ServiceSettings().cpu_threads(), backend)
+        x = random_images(1, seed=2)
+        times = []
+        for _ in range(200):
+            started = time.perf_counter()
+            runtime.predict(x)
+            times.append(time.perf_counter() - started)
+        single[backend] = float(np.median(times[20:]) * 1000)
+    torch.set_num_threads(os.cpu_count() or 1)
+    return {"instances_per_s": ceiling, "single_instance_ms": single}
+
+
+def servers(checkpoint: Path, python: str, port: int) -> dict:
+    """Name -> (command, extra environment, predict path) of each server, listening on ``port``."""
+    ours = [python, "-m", "service", "--model-dir", str(checkpoint), "--device", "cpu", "--port", str(port)]
+    quiet = {"DIGLM_LOG_LEVEL": "warning"}
+    our_path = "/v1/models/mnist-bench:predict"
+    return {
+        "ours: torch, no batching": (ours + ["--backend", "torch"], {**quiet, "DIGLM_BATCHING": "false"}, our_path),
+        "ours: torch, batching": (ours + ["--backend", "torch"], {**quiet, "DIGLM_BATCHING": "true"}, our_path),
+        "ours: onnx, no batching": (ours + ["--backend", "onnx"], {**quiet, "DIGLM_BATCHING": "false"}, our_path),
+        "ours: onnx, batching": (ours + ["--backend", "onnx"], {**quiet, "DIGLM_BATCHING": "true"}, our_path),
+        "plain FastAPI + torch eager": ([python, "-m", "bench.peers.fastapi_plain", str(checkpoint), "torch", str(port)], {}, "/predict"),
+        "plain FastAPI + ONNX Runtime": ([python, "-m", "bench.peers.fastapi_plain", str(checkpoint), "onnx", str(port)], {}, "/predict"),
+        "LitServe + ONNX Runtime (batch 32 / 5 ms)": ([python, "-m", "bench.peers.litserve_onnx", str(checkpoint), str(port), "32", "0.005"], {}, "/predict"),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=8.0, help="measuring time per row")
+    parser.add_argument("--checkpoint", default=str(ROOT / "artifacts" / "bench" / "mnist-bench"))
+    parser.add_argument("--only", help="run only the servers whose name contains this text")
+    parser.add_argument("--write", action="store_true", help="rewrite the serve section of docs/benchmarks.md")
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        raise SystemExit("wrk not found: apt-get install wrk")
+    checkpoint = build_benchmark_checkpoint(Path(args.checkpoint))
+    scratch = Path(tempfile.mkdtemp())
+    one = scratch / "one.json"
+    one.write_text(json.dumps({"instances": random_images(1).tolist()}))
+    many = scratch / "many.json"
+    many.write_text(json.dumps({"instances": random_images(32).tolist()}))
+    payload = random_images(32).astype(np.uint8).tobytes()
+    header = json.dumps({"inputs": [{"name": "input", "shape": [32, 28, 28], "datatype": "UINT8", "parameters": {"binary_data_size": len(payload)}}]}).encode()
+    binary = scratch / "binary.bin"
+    binary.write_bytes(header + payload)
+
+    ceiling = in_process(checkpoint)
+    rows = []
+    for name in servers(checkpoint, sys.executable, 0):
+        if args.only and args.only not in name:
+            continue
+        port = free_port()
+        command, env, path = servers(checkpoint, sys.executable, port)[name]
+        process = subprocess.Popen(command, cwd=ROOT, env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        try:
+            wait_until_up(port, process, path, one.read_bytes())
+            url = f"http://127.0.0.1:{port}{path}"
+            wrk(url, one, 8, 3)  # warm-up
+            for concurrency in CONCURRENCY:
+                rows.append((name, "1 instance, JSON", concurrency, 1, wrk(url, one, concurrency, args.seconds)))
+            if name == "ours: onnx, batching":
+                rows.append((name, "32 instances, JSON", 8, 32, wrk(url, many, 8, args.seconds)))
+                binary_url = f"http://127.0.0.1:{port}/v2/models/mnist-bench/infer"
+                rows.append((name, "32 instances, v2 binary", 8, 32, wrk(binary_url, binary, 8, args.seconds, "application/octet-stream", len(header))))
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+        time.sleep(1)
+
+    best_ceiling = max(ceiling["instances_per_s"].values())
+    lines = [
+        "| server | request | concurrency | requests/s | instances/s | share of ceiling | p50 ms | p95 ms | p99 ms | errors |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, request, concurrency, per_request, r in rows:
+        instances = r["requests_per_s"] * per_request
+        lines.append(
+            f"| {name} | {request} | {concurrency} | {r['requests_per_s']:.0f} | {instances:.0f} | {instances / best_ceiling:.2f} | "
+            f"{r['p50_ms']:.2f} | {r['p95_ms']:.2f} | {r['p99_ms']:.2f} | {r['errors']} |"
+        )
+    ceiling_lines = ["| in-process run | instances/s |", "|---|---:|"] + [f"| {k} | {v:.0f} |" for k, v in ceiling["instances_per_s"].items()]
+    ceiling_lines += [f"| single instance, {k} backend (service threads) | {1000 / v:.0f} ({v:.2f} ms) |" for k, v in ceiling["single_instance_ms"].items()]
+    table, ceiling_table = "\n".join(lines), "\n".join(ceiling_lines)
+    print(ceiling_table)
+    print(table)
+    (scratch / "rows.json").write_text(json.dumps({"rows": rows, "ceiling": ceiling}, indent=1))
+    print(f"raw numbers: {scratch / 'rows.json'}")
+    if args.write:
+        from training.docs import update_section
+
+        machine = f"{os.cpu_count()} CPU cores ({platform.machine()}), Python {platform.python_version()}"
+        update_section(
+            ROOT / "docs" / "benchmarks.md",
+            "serve",
+            f"## Serving: ours vs plain FastAPI and LitServe (`bench/serve.py`)\n\n"
+            f"Model: MNIST-size Glow hybrid (`mnist-cpu` architecture, 28x28, L=2, K=4, 64 hidden), random weights. Load: wrk, one "
+            f"thread, Lua POST body, {args.seconds:.0f} s per row after a 3 s warm-up; client and server share the {machine} "
+            f"unpinned; one server at a time. Ceiling: the raw model in-process with all cores, no HTTP. "
+            f"Ours: `python -m service` defaults (one inference thread, CPU threads = usable cores - 1, batching up to 64 instances, no added delay).\n\n"
+            f"Command: `make bench-serve`\n\n{ceiling_table}\n\n{table}\n",
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,203 @@
+"""ONNX export and backend parity, dynamic batching, queue overflow and the binary tensor input."""
+import asyncio
+import json
+import shutil
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import torch
+from fastapi.testclient import TestClient
+
+from models.checkpoint import CheckpointError, load_checkpoint, read_manifest
+from models.config import FlowConfig, HeadConfig, ModelConfig, PreprocessingConfig
+from models.hybrid import HybridModel
+from service.app import create_app
+from service.batching import DynamicBatcher, QueueFull
+from service.runtime import ModelRuntime
+from service.settings import ServiceSettings
+from training.cli import main as training_main
+from training.config import DataConfig
+from training.data import load_dataset
+from training.export import DensityGraph, export_onnx, parity
+
+CONFIGS = Path(__file__).resolve().parents[1] / "training" / "configs"
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("fast") / "tiny"
+    assert training_main(["train", "--config", str(CONFIGS / "tiny.yaml"), "--out", str(out), "--quiet", "--set", "train.epochs=2", "--onnx"]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def digits() -> np.ndarray:
+    return load_dataset(DataConfig(name="digits")).x[:40]
+
+
+def test_export_is_recorded_and_hashed(exported):
+    manifest = read_manifest(exported)
+    assert manifest["onnx"]["file"] == "model.onnx" and "model.onnx" in manifest["files"]
+    assert manifest["onnx"]["parity_max_abs_difference"]["log_px"] <= 1e-3
+    assert manifest["onnx"]["parity_max_abs_difference"]["probabilities"] <= 1e-5
+
+
+def test_onnx_and_torch_backends_agree_on_real_and_random_inputs(exported, digits):
+    torch_runtime = ModelRuntime.load(exported, "cpu", 1, "torch")
+    onnx_runtime = ModelRuntime.load(exported, "cpu", 1, "onnx")
+    random = np.random.default_rng(1).integers(0, 17, size=(40, 8, 8)).astype(np.float32)
+    for x in (digits, random, digits[:1]):
+        ours, theirs = torch_runtime.predict(x), onnx_runtime.predict(x)
+        np.testing.assert_allclose(ours["log_px"], theirs["log_px"], atol=1e-3)
+        np.testing.assert_allclose(ours["model_probabilities"], theirs["model_probabilities"], atol=1e-5)
+        np.testing.assert_array_equal(ours["label"], theirs["label"])
+    assert ModelRuntime.load(exported, "cpu", 1, "auto").backend.name in {"torch", "onnx"}
+
+
+def test_bayesian_regression_head_exports(tmp_path):
+    config = ModelConfig(input_shape=[3], preprocessing=PreprocessingConfig(kind="standardize"), flow=FlowConfig(kind="realnvp", steps=2, hidden=8), head=HeadConfig(kind="bayesian"))
+    model = HybridModel(config)
+    x = torch.randn(64, 3)
+    model.preprocessing.fit(x)
+    model.train()
+    model.loss(x, x.sum(1), torch.ones(64, dtype=torch.bool), 1.0)  # actnorm init, posterior from the batch
+    model.eval()
+    path = tmp_path / "model.onnx"
+    names = export_onnx(model, path, x[:2])
+    assert names == ["log_px", "mean", "variance"]
+    differences = parity(model, path, x.numpy())
+    assert differences["log_px"] < 1e-3 and differences["mean"] < 1e-5 and differences["variance"] < 1e-5
+    with torch.no_grad():
+        torch.testing.assert_close(DensityGraph(model)(x)[2], model.head.predict(model(x).z)["variance"], rtol=1e-5, atol=1e-5)
+
+
+def test_onnx_backend_without_an_export_is_a_clear_error(tmp_path, exported):
+    plain = tmp_path / "plain"
+    shutil.copytree(exported, plain)
+    manifest = json.loads((plain / "manifest.json").read_text())
+    loaded = load_checkpoint(exported)
+    from models.checkpoint import save_checkpoint
+
+    save_checkpoint(plain, loaded.model, {k: v for k, v in manifest.items() if k != "onnx"})
+    with pytest.raises(CheckpointError, match="training export"):
+        ModelRuntime.load(plain, "cpu", 1, "onnx")
+
+
+def run_app(settings: ServiceSettings, runtime: ModelRuntime, requests):
+    """Start the app's lifespan, wait until ready, and run ``requests(client)`` concurrently."""
+    app = create_app(settings, runtime)
+
+    async def go():
+        async with app.router.lifespan_context(app):
+            while not app.state.service.ready:
+                await asyncio.sleep(0.01)
+            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as client:
+                return await requests(client), app
+
+    return asyncio.run(go())
+
+
+@pytest.mark.parametrize("backend", ["torch", "onnx"])
+def test_batched_requests_get_their_own_results_in_order(exported, digits, backend):
+    settings = ServiceSettings(model_dir=exported, device="cpu", max_batch_size=16, max_delay_ms=2.0, backend=backend)
+    runtime = ModelRuntime.load(exported, "cpu", 1, backend)
+    expected = runtime.predict(digits)
+
+    async def requests(client):
+        single = [client.post("/v1/models/tiny:predict", json={"instances": [digits[i].tolist()]}) for i in range(len(digits))]
+        many = client.post("/v1/models/tiny:predict", json={"instances": digits.tolist()})
+        return await asyncio.gather(*single, many)
+
+    responses, app = run_app(settings, runtime, requests)
+    *single, many = responses
+    for i, response in enumerate(single):
+        prediction = response.json()["predictions"][0]
+        assert prediction["log_px"] == pytest.approx(float(expected["log_px"][i]), abs=1e-4)
+        assert prediction["label"] == int(expected["label"][i])
+    many_log_px = [p["log_px"] for p in many.json()["predictions"]]
+    np.testing.assert_allclose(many_log_px, [r.json()["predictions"][0]["log_px"] for r in single], atol=1e-4)
+    metrics = app.state.service.metrics
+    batches = metrics.batch_size.labels(**metrics.labels).collect()[0].samples
+    count = next(s.value for s in batches if s.name.endswith("_count"))
+    assert count < len(digits) + 2  # some requests shared a forward pass
+
+
+def test_full_queue_is_503_with_retry_after(exported, digits):
+    runtime = ModelRuntime.load(exported, "cpu", 1, "torch")
+    release = threading.Event()
+    release.set()  # the warm-up batch goes through
+    original = runtime.predict
+
+    def held_predict(x):
+        release.wait(5)
+        return original(x)
+
+    runtime.predict = held_predict
+    settings = ServiceSettings(model_dir=exported, device="cpu", max_queue=2, warmup_batch=1)
+    body = {"instances": [digits[0].tolist()]}
+
+    async def requests(client):
+        release.clear()
+        first = asyncio.ensure_future(client.post("/v1/models/tiny:predict", json=body))
+        await asyncio.sleep(0.3)  # the first batch is running, held
+        queued = [asyncio.ensure_future(client.post("/v1/models/tiny:predict", json=body)) for _ in range(2)]
+        await asyncio.sleep(0.3)  # two instances queued: the limit
+        overflow = await client.post("/v1/models/tiny:predict", json=body)
+        release.set()
+        return [overflow, await first, *(await asyncio.gather(*queued))]
+
+    (overflow, first, *queued), _ = run_app(settings, runtime, requests)
+    assert overflow.status_code == 503 and overflow.headers["retry-after"] == "1" and "queued" in overflow.json()["error"]
+    assert first.status_code == 200 and all(r.status_code == 200 for r in queued)
+
+
+def test_batcher_refuses_past_its_queue_limit():
+    async def go():
+        started = threading.Event()
+        release = threading.Event()
+
+        def run_batch(x):
+            started.set()
+            release.wait(5)
+            return {"value": x.sum(axis=1)}
+
+        with ThreadPoolExecutor(1) as executor:
+            batcher = DynamicBatcher(run_batch, executor, max_batch_size=4, max_delay_s=0, max_queue=3)
+            batcher.start()
+            first = asyncio.ensure_future(batcher.submit(np.ones((2, 2))))
+            while not started.is_set():
+                await asyncio.sleep(0.01)
+            second = asyncio.ensure_future(batcher.submit(np.full((3, 2), 2.0)))
+            await asyncio.sleep(0.01)
+            with pytest.raises(QueueFull):
+                await batcher.submit(np.ones((1, 2)))
+            release.set()
+            results = await asyncio.gather(first, second)
+            await batcher.stop()
+            return results
+
+    first, second = asyncio.run(go())
+    np.testing.assert_array_equal(first["value"], [2, 2])
+    np.testing.assert_array_equal(second["value"], [4, 4, 4])
+
+
+def test_binary_tensor_input_equals_json(exported, digits):
+    with TestClient(create_app(ServiceSettings(model_dir=exported, device="cpu"))) as client:
+        for _ in range(200):
+            if client.get("/v2/health/ready").status_code == 200:
+                break
+            time.sleep(0.02)
+        payload = digits[:5].astype(np.uint8).tobytes()
+        header = json.dumps({"inputs": [{"name": "input", "shape": [5, 8, 8], "datatype": "UINT8", "parameters": {"binary_data_size": len(payload)}}], "outputs": [{"name": "log_px"}]}).encode()
+        binary = client.post("/v2/models/tiny/infer", content=header + payload, headers={"Inference-Header-Content-Length": str(len(header)), "content-type": "application/octet-stream"})
+        assert binary.status_code == 200, binary.text
+        as_json = client.post("/v2/models/tiny/infer", json={"inputs": [{"name": "input", "shape": [5, 8, 8], "datatype": "FP32", "data": digits[:5].ravel().tolist()}], "outputs": [{"name": "log_px"}]})
+        assert binary.json()["outputs"][0]["data"] == as_json.json()["outputs"][0]["data"]
+        wrong = client.post("/v2/models/tiny/infer", content=header + payload[:-1], headers={"Inference-Header-Content-Length": str(len(header))})
+        assert wrong.status_code == 400 and "binary_data_size" in wrong.json()["error"]
+        assert client.post("/v2/models/tiny/infer", content=b"{}", headers={"Inference-Header-Content-Length": "99"}).status_code == 400
