@@ -89,9 +89,8 @@ def in_process_ms(model_dir: str, instance: list, repeats: int = 200) -> float:
     import torch
 
     from service.runtime import ModelRuntime
-    from service.settings import ServiceSettings
 
-    runtime = ModelRuntime.load(model_dir, "cpu", ServiceSettings().cpu_threads())
+    runtime = ModelRuntime.load(model_dir, "cpu")
     x = np.asarray([instance], dtype=np.float32)
     times = []
     for _ in range(repeats):

@@ -96,17 +96,20 @@ class HybridModel(nn.Module):
         self,
         x: torch.Tensor,
         y: torch.Tensor,
-        labeled: torch.Tensor,
+        labeled: torch.Tensor | None,
         lambda_per_dim: float,
         entropy_weight: float = 0.0,
         noise: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, HybridOutput]:
         """-(mean_labeled log p(y|x) + lambda mean_all log p(x) - w mean_unlabeled H[p(y|x)]) with
         lambda = lambda_per_dim / D (eq. 7 and sec. 3.1). Each term is a mean over its own rows, so
-        a few labeled rows among many unlabeled ones keep their weight. ``labeled``: boolean ``(N,)``;
-        with every row labeled this is the mean of eq. 7 over the batch."""
+        a few labeled rows among many unlabeled ones keep their weight. ``labeled``: boolean ``(N,)``,
+        or None when every row is labeled (then this is the mean of eq. 7 over the batch, with no
+        data-dependent branch, so it compiles into one graph)."""
         output = self(x, noise)
         objective = (lambda_per_dim / self.dims) * output.log_px.mean()
+        if labeled is None:
+            return -(objective + self.head.batch_log_likelihood(output.z, y)), output
         if bool(labeled.any()):
             objective = objective + self.head.batch_log_likelihood(output.z[labeled], y[labeled])
         if entropy_weight and not bool(labeled.all()):

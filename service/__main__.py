@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = defaults.model_copy(update={k: v for k, v in vars(args).items()})
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        runtime = ModelRuntime.load(settings.model_dir, settings.device, settings.cpu_threads(), settings.backend)
+        runtime = ModelRuntime.load(settings.model_dir, settings.device, settings.backend, settings.inference_threads)
     except (CheckpointError, DeviceUnavailable) as error:
         print(f"error: {error}", file=sys.stderr)
         print(f"to retrain: move {settings.model_dir} away, then run `make train` (or python -m training train ...)", file=sys.stderr)

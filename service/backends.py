@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
 from pathlib import Path
 
@@ -23,12 +24,21 @@ from models.hybrid import HybridModel
 log = logging.getLogger(__name__)
 
 
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity mask, not the host's count)."""
+    return len(os.sched_getaffinity(0))
+
+
 class TorchBackend:
     name = "torch"
 
-    def __init__(self, model: HybridModel, device: torch.device):
+    def __init__(self, model: HybridModel, device: torch.device, threads: int | None = None):
+        """``threads``: torch's CPU threads (process-wide); default the usable CPUs minus one, as
+        idle torch threads spin and would starve the event loop."""
         self.model = model.to(device).eval()
         self.device = device
+        if device.type == "cpu":
+            torch.set_num_threads(threads or max(1, usable_cpus() - 1))
 
     def forward(self, x: np.ndarray) -> dict[str, np.ndarray]:
         with torch.inference_mode():
@@ -42,11 +52,13 @@ class TorchBackend:
 class OnnxBackend:
     name = "onnx"
 
-    def __init__(self, path: Path, device: torch.device, cpu_threads: int):
+    def __init__(self, path: Path, device: torch.device, threads: int | None = None):
+        """``threads``: ONNX Runtime's intra-op threads; default all usable CPUs (with spinning off,
+        idle threads sleep)."""
         import onnxruntime
 
         options = onnxruntime.SessionOptions()
-        options.intra_op_num_threads = cpu_threads
+        options.intra_op_num_threads = threads or usable_cpus()
         options.inter_op_num_threads = 1
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.log_severity_level = 3

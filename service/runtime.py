@@ -17,7 +17,7 @@ log = logging.getLogger(__name__)
 
 
 class ModelRuntime:
-    def __init__(self, checkpoint: LoadedCheckpoint, device: torch.device, backend: str = "torch", cpu_threads: int = 1):
+    def __init__(self, checkpoint: LoadedCheckpoint, device: torch.device, backend: str = "torch", threads: int | None = None):
         self.manifest = checkpoint.manifest
         self.model = checkpoint.model
         self.device = device
@@ -27,12 +27,12 @@ class ModelRuntime:
         self.input_shape: tuple[int, ...] = tuple(self.manifest["input_shape"])
         self.dims = int(np.prod(self.input_shape))
         self.tau: float = float(self.manifest["gate"]["tau"])
-        self.backend = self._build_backend(backend, checkpoint, cpu_threads)
+        self.backend = self._build_backend(backend, checkpoint, threads)
 
-    def _build_backend(self, kind: str, checkpoint: LoadedCheckpoint, cpu_threads: int):
+    def _build_backend(self, kind: str, checkpoint: LoadedCheckpoint, threads: int | None):
         candidates = []
         if kind in ("torch", "auto"):
-            candidates.append(TorchBackend(checkpoint.model, self.device))
+            candidates.append(TorchBackend(checkpoint.model, self.device, threads))
         if kind in ("onnx", "auto"):
             onnx = self.manifest.get("onnx")
             if onnx is None:
@@ -41,19 +41,17 @@ class ModelRuntime:
                         f"checkpoint {checkpoint.path} has no ONNX model; run: python -m training export --checkpoint {checkpoint.path}"
                     )
             else:
-                candidates.append(OnnxBackend(checkpoint.path / onnx["file"], self.device, cpu_threads))
+                candidates.append(OnnxBackend(checkpoint.path / onnx["file"], self.device, threads))
         if len(candidates) == 1:
             return candidates[0]
         return fastest(candidates, [self.midrange_inputs(1), self.midrange_inputs(32)])
     @classmethod
-    def load(cls, model_dir, device: str = "auto", cpu_threads: int = 1, backend: str = "torch") -> "ModelRuntime":
+    def load(cls, model_dir, device: str = "auto", backend: str = "torch", threads: int | None = None) -> "ModelRuntime":
         """Load and verify a checkpoint (``CheckpointError`` on any problem) and start ``backend``
-        (``torch``, ``onnx`` or ``auto``: the faster on a warm-up measurement). ``cpu_threads`` is
-        the thread count for CPU inference (spinning extra threads starve the event loop)."""
+        (``torch``, ``onnx`` or ``auto``: the faster on a warm-up measurement). ``threads``: CPU
+        threads for model math (default per backend, see ``service.backends``)."""
         resolved = resolve_device(device)
-        if resolved.type == "cpu":
-            torch.set_num_threads(cpu_threads)
-        runtime = cls(load_checkpoint(model_dir, resolved), resolved, backend, cpu_threads)
+        runtime = cls(load_checkpoint(model_dir, resolved), resolved, backend, threads)
         log.info("loaded %s version %s from %s: %s backend on %s", runtime.name, runtime.version, model_dir, runtime.backend.name, resolved)
         return runtime
 

@@ -1,7 +1,6 @@
 """Service settings from environment variables (prefix ``DIGLM_``) or the command line."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Literal
 
@@ -19,8 +18,8 @@ class ServiceSettings(BaseSettings):
     backend: Literal["torch", "onnx", "auto"] = Field("torch", description="inference runtime; auto: the faster on a warm-up measurement")
     max_instances: int = Field(1024, ge=1, description="most instances in one request")
     max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024, description="largest request body (413 above)")
-    torch_threads: int | None = Field(
-        None, ge=1, description="CPU threads for model math; default: the CPUs this process may use, minus one for the event loop"
+    inference_threads: int | None = Field(
+        None, ge=1, description="CPU threads for model math; default: torch the usable CPUs minus one (its idle threads spin), ONNX Runtime all of them (spinning off)"
     )
     batching: bool = Field(True, description="gather concurrent requests into one forward pass")
     max_batch_size: int = Field(64, ge=1, description="most instances in one batched forward pass")
@@ -28,7 +27,3 @@ class ServiceSettings(BaseSettings):
     max_queue: int = Field(4096, ge=1, description="most queued instances before answering 503")
     warmup_batch: int = Field(8, ge=1, description="instances in the warm-up batch run before reporting ready")
     log_level: str = "info"
-
-    def cpu_threads(self) -> int:
-        """Threads for torch on the CPU: the setting, else the usable CPUs minus one (at least one)."""
-        return self.torch_threads or max(1, len(os.sched_getaffinity(0)) - 1)

@@ -48,15 +48,15 @@ def test_export_is_recorded_and_hashed(exported):
 
 
 def test_onnx_and_torch_backends_agree_on_real_and_random_inputs(exported, digits):
-    torch_runtime = ModelRuntime.load(exported, "cpu", 1, "torch")
-    onnx_runtime = ModelRuntime.load(exported, "cpu", 1, "onnx")
+    torch_runtime = ModelRuntime.load(exported, "cpu", "torch")
+    onnx_runtime = ModelRuntime.load(exported, "cpu", "onnx")
     random = np.random.default_rng(1).integers(0, 17, size=(40, 8, 8)).astype(np.float32)
     for x in (digits, random, digits[:1]):
         ours, theirs = torch_runtime.predict(x), onnx_runtime.predict(x)
         np.testing.assert_allclose(ours["log_px"], theirs["log_px"], atol=1e-3)
         np.testing.assert_allclose(ours["model_probabilities"], theirs["model_probabilities"], atol=1e-5)
         np.testing.assert_array_equal(ours["label"], theirs["label"])
-    assert ModelRuntime.load(exported, "cpu", 1, "auto").backend.name in {"torch", "onnx"}
+    assert ModelRuntime.load(exported, "cpu", "auto").backend.name in {"torch", "onnx"}
 
 
 def test_bayesian_regression_head_exports(tmp_path):
@@ -85,7 +85,7 @@ def test_onnx_backend_without_an_export_is_a_clear_error(tmp_path, exported):
 
     save_checkpoint(plain, loaded.model, {k: v for k, v in manifest.items() if k != "onnx"})
     with pytest.raises(CheckpointError, match="training export"):
-        ModelRuntime.load(plain, "cpu", 1, "onnx")
+        ModelRuntime.load(plain, "cpu", "onnx")
 
 
 def run_app(settings: ServiceSettings, runtime: ModelRuntime, requests):
@@ -105,7 +105,7 @@ def run_app(settings: ServiceSettings, runtime: ModelRuntime, requests):
 @pytest.mark.parametrize("backend", ["torch", "onnx"])
 def test_batched_requests_get_their_own_results_in_order(exported, digits, backend):
     settings = ServiceSettings(model_dir=exported, device="cpu", max_batch_size=16, max_delay_ms=2.0, backend=backend)
-    runtime = ModelRuntime.load(exported, "cpu", 1, backend)
+    runtime = ModelRuntime.load(exported, "cpu", backend)
     expected = runtime.predict(digits)
 
     async def requests(client):
@@ -128,7 +128,7 @@ def test_batched_requests_get_their_own_results_in_order(exported, digits, backe
 
 
 def test_full_queue_is_503_with_retry_after(exported, digits):
-    runtime = ModelRuntime.load(exported, "cpu", 1, "torch")
+    runtime = ModelRuntime.load(exported, "cpu", "torch")
     release = threading.Event()
     release.set()  # the warm-up batch goes through
     original = runtime.predict

@@ -112,6 +112,8 @@ class Trainer:
         warmup = max(train.warmup_steps, 1)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
         generator = torch.Generator().manual_seed(self.config.seed)
+        loss_fn = torch.compile(model.loss) if train.compile else model.loss
+        all_labeled = bool(splits.train.labeled.all())
         best = {"loss": math.inf, "epoch": start_epoch, "state": copy.deepcopy(model.state_dict())}
         history, bad_steps, started = [], 0, time.perf_counter()
         epochs = range(start_epoch, start_epoch + train.epochs)
@@ -120,8 +122,9 @@ class Trainer:
         for epoch in epochs:
             model.train()
             for x, y, labeled in _batches(splits.train, train.batch_size, generator):
-                x, y, labeled = x.to(self.device), y.to(self.device), labeled.to(self.device)
-                loss, output = model.loss(x, y, labeled, train.lambda_per_dim, train.entropy_weight, self._noise(x, generator))
+                x, y = x.to(self.device), y.to(self.device)
+                labeled = None if all_labeled else labeled.to(self.device)
+                loss, output = loss_fn(x, y, labeled, train.lambda_per_dim, train.entropy_weight, self._noise(x, generator))
                 optimizer.zero_grad(set_to_none=True)
                 finite = bool(torch.isfinite(loss))
                 if finite:

@@ -32,6 +32,7 @@ class ActNorm(Flow):
         self.bias = nn.Parameter(torch.zeros(channels))
         self.log_scale = nn.Parameter(torch.zeros(channels))
         self.register_buffer("initialized", torch.tensor(0, dtype=torch.uint8))
+        self._known_initialized = False  # Python mirror of the buffer: no tensor read per step (torch.compile)
 
     @torch.no_grad()
     def _initialize(self, x: torch.Tensor) -> None:
@@ -41,8 +42,10 @@ class ActNorm(Flow):
         self.initialized.fill_(1)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.training and not bool(self.initialized):
-            self._initialize(x)
+        if self.training and not self._known_initialized:
+            if not bool(self.initialized):
+                self._initialize(x)
+            self._known_initialized = True
         y = (x + _broadcast(self.bias, x)) * _broadcast(self.log_scale.exp(), x)
         logabsdet = _pixels_per_channel(x) * self.log_scale.sum()
         return y, logabsdet.expand(x.shape[0])
