@@ -128,7 +128,15 @@ def test_tiny_evaluation_rejects_noise_more_than_digits(tiny_checkpoint, tmp_pat
         assert 0 <= report["ood"][name]["auroc"] <= 1
 
 
-def test_resume_continues_the_epoch_count(tiny_checkpoint, tmp_path):
+def test_resume_continues_epochs_optimizer_and_schedule(tiny_checkpoint, tmp_path):
+    from safetensors.torch import load_file
+
     out = tmp_path / "resumed"
     assert main(["train", "--config", str(CONFIGS / "tiny.yaml"), "--out", str(out), "--quiet", "--resume", str(tiny_checkpoint), "--set", "train.epochs=1"]) == 0
-    assert load_checkpoint(out).manifest["training"]["epochs_completed"] == 5
+    before, after = load_checkpoint(tiny_checkpoint).manifest, load_checkpoint(out).manifest
+    assert after["training"]["epochs_completed"] == 5
+    steps_per_epoch = before["training"]["optimizer"]["scheduler_last_epoch"] // 4
+    assert after["training"]["optimizer"]["scheduler_last_epoch"] == 5 * steps_per_epoch
+    old_steps = load_file(tiny_checkpoint / "optimizer.safetensors")["state.0.step"]
+    new_steps = load_file(out / "optimizer.safetensors")["state.0.step"]
+    assert float(new_steps) == float(old_steps) + steps_per_epoch

@@ -6,6 +6,7 @@ import copy
 import logging
 import math
 import random
+import tempfile
 import time
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from models.checkpoint import load_checkpoint, save_checkpoint
+from models.checkpoint import LoadedCheckpoint, load_checkpoint, save_checkpoint
 from models.config import ModelConfig
 from models.device import resolve_device
 from models.gate import bits_per_dim, calibrate_gate
@@ -23,6 +24,7 @@ from models.preprocessing import Standardize
 from training.config import ExperimentConfig
 from training.data import Dataset, Split, Splits, load_dataset, split_dataset
 from training.evaluate import evaluate_split, model_outputs
+from training.optimizer_state import OPTIMIZER_FILE, load_optimizer_state, save_optimizer_state
 
 log = logging.getLogger(__name__)
 
@@ -102,15 +104,20 @@ class Trainer:
             result["accuracy"] = correct / count
         return result
 
-    def fit(self, splits: Splits, start_epoch: int = 0) -> dict:
+    def fit(self, splits: Splits, start_epoch: int = 0, resume_from: LoadedCheckpoint | None = None) -> dict:
         """Train with warm-up, clipping, a NaN guard and early stopping; keep the best state by
-        validation loss. Returns the training record for the manifest."""
+        validation loss. ``resume_from``: continue its optimizer state and schedule. Returns the
+        training record for the manifest; the optimizer and schedule stay in ``self``."""
         train = self.config.train
         model = self.model
         optimizer_class = torch.optim.Adamax if train.optimizer == "adamax" else torch.optim.Adam
         optimizer = optimizer_class(model.parameters(), lr=train.learning_rate, weight_decay=train.weight_decay)
         warmup = max(train.warmup_steps, 1)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
+        saved = resume_from.manifest["training"].get("optimizer") if resume_from is not None else None
+        if saved is not None:
+            load_optimizer_state(optimizer, scheduler, resume_from.path / saved["file"], saved)
+        self.optimizer, self.scheduler = optimizer, scheduler
         generator = torch.Generator().manual_seed(self.config.seed)
         loss_fn = torch.compile(model.loss) if train.compile else model.loss
         all_labeled = bool(splits.train.labeled.all())
@@ -189,7 +196,7 @@ class Trainer:
         dataset = load_dataset(config.data, config.seed)
         splits = split_dataset(dataset, config.data, config.seed)
         model_config = complete_model_config(config.model, dataset)
-        start_epoch = 0
+        start_epoch, previous = 0, None
         if resume is not None:
             previous = load_checkpoint(resume, self.device)
             if previous.model.config != model_config:
@@ -205,7 +212,7 @@ class Trainer:
                 first = torch.from_numpy(splits.train.x[: min(len(splits.train), 512)]).to(self.device)
                 self.model(first, self._noise(first, torch.Generator().manual_seed(config.seed)))
         _set_output_fallbacks(self.model, splits.train)
-        record = self.fit(splits, start_epoch)
+        record = self.fit(splits, start_epoch, previous)
         bayesian = self.fit_bayesian_head(splits.train)
         batch_size = config.evaluation.batch_size
         train_log_px = model_outputs(self.model, splits.train.x, batch_size)["log_px"]
@@ -236,4 +243,7 @@ class Trainer:
             "training": {**record, "bayesian_head": bayesian, "device": str(self.device), "config": config.model_dump(mode="json")},
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
-        return save_checkpoint(out_dir, self.model, manifest)
+        with tempfile.TemporaryDirectory() as scratch:
+            optimizer_path = Path(scratch) / OPTIMIZER_FILE
+            manifest["training"]["optimizer"] = save_optimizer_state(self.optimizer, self.scheduler, optimizer_path)
+            return save_checkpoint(out_dir, self.model, manifest, extra_files={OPTIMIZER_FILE: optimizer_path})
