@@ -83,3 +83,15 @@ def test_glow_latent_has_all_dimensions():
     glow = Glow((1, 8, 8), levels=2, steps=1, hidden=4)
     z, _ = glow(torch.randn(2, 1, 8, 8))
     assert z.shape == (2, 64)
+
+
+def test_lu_weight_cache_follows_parameter_changes():
+    layer = InvertibleLinearLU(4).eval()
+    x = torch.randn(3, 4)
+    with torch.no_grad():
+        first, _ = layer(x)
+        layer.log_s.add_(0.5)  # an optimizer step or load_state_dict changes parameters in place
+        second, _ = layer(x)
+    layer.train()
+    torch.testing.assert_close(second, layer(x)[0].detach())
+    assert not torch.allclose(first, second)

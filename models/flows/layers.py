@@ -71,9 +71,19 @@ class InvertibleLinearLU(Flow):
         self.lower = nn.Parameter(lower * self.lower_mask)
         self.upper = nn.Parameter(torch.triu(upper, 1))
         self.log_s = nn.Parameter(torch.log(diagonal.abs()))
+        self._cached: tuple | None = None  # (parameter versions, W) for inference
 
     def weight(self) -> torch.Tensor:
-        """The C x C matrix W, built once per call."""
+        """The C x C matrix W: built once per call while training; in inference (eval mode, no
+        gradients) kept until a parameter changes (their version counters say when)."""
+        if self.training or torch.is_grad_enabled():
+            return self._build_weight()
+        key = (self.lower._version, self.upper._version, self.log_s._version, self.lower.device, self.lower.dtype)
+        if self._cached is None or self._cached[0] != key:
+            self._cached = (key, self._build_weight())
+        return self._cached[1]
+
+    def _build_weight(self) -> torch.Tensor:
         eye = torch.eye(self.log_s.shape[0], device=self.log_s.device, dtype=self.log_s.dtype)
         lower = self.lower * self.lower_mask + eye
         upper = self.upper * self.lower_mask.T + torch.diag(self.sign_s * self.log_s.exp())
