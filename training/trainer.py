@@ -67,6 +67,16 @@ def _set_output_fallbacks(model: HybridModel, train: Split) -> None:
             model.target_moments.copy_(torch.tensor([labels.mean(), labels.var()]))
 
 
+TRAIN_METRICS_ROWS = 10_000  # training-split metrics are reported on a seeded subsample of this size
+
+
+def _subsample(split: Split, rows: int, seed: int) -> Split:
+    if len(split) <= rows:
+        return split
+    index = np.sort(np.random.default_rng(seed).choice(len(split), size=rows, replace=False))
+    return Split(split.x[index], split.y[index], split.labeled[index])
+
+
 def _batches(split: Split, batch_size: int, generator: torch.Generator | None):
     order = torch.randperm(len(split), generator=generator).numpy() if generator is not None else np.arange(len(split))
     for start in range(0, len(split), batch_size):
@@ -219,7 +229,7 @@ class Trainer:
         validation_log_px = model_outputs(self.model, splits.validation.x, batch_size)["log_px"]
         gate = calibrate_gate(train_log_px, validation_log_px, config.gate.method, config.gate.slack, config.gate.false_rejection_rate)
         metrics = {}
-        for name, split in (("train", splits.train), ("validation", splits.validation), ("test", splits.test)):
+        for name, split in (("train", _subsample(splits.train, TRAIN_METRICS_ROWS, config.seed)), ("validation", splits.validation), ("test", splits.test)):
             metrics[name], _ = evaluate_split(
                 self.model, split.x, split.y, gate, config.evaluation.dequantization_samples, batch_size, config.seed
             )
