@@ -33,4 +33,7 @@ def test_dockerfiles_copy_existing_paths_and_check_readiness():
                     assert (ROOT / source).exists(), f"{dockerfile} copies missing {source}"
         assert "/v2/health/ready" in text and "/v2/health/ready" in routes
         assert "USER 10001" in text
-    assert "onnxruntime-gpu==" in (ROOT / "docker" / "Dockerfile.gpu").read_text()
+    gpu, cpu = (ROOT / "docker" / "Dockerfile.gpu").read_text(), (ROOT / "docker" / "Dockerfile.cpu").read_text()
+    assert ".[onnx-gpu]" in gpu and "onnx-cpu" not in gpu and ".[onnx-cpu]" in cpu and "onnx-gpu" not in cpu
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    assert pyproject.count("onnxruntime==1.31.1") == 1 and pyproject.count("onnxruntime-gpu==1.31.1") == 1
