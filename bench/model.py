@@ -10,11 +10,11 @@ import torch
 
 from models.checkpoint import load_checkpoint, save_checkpoint
 from models.gate import calibrate_gate
+from models.hybrid import HybridModel
 from training.config import load_config
+from training.data.registry import Dataset
 from training.evaluate import model_outputs
 from training.trainer import complete_model_config
-from training.data.registry import Dataset
-from models.hybrid import HybridModel
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -13,7 +13,7 @@ import torch
 from models.hybrid import HybridModel
 from training.data import load_dataset, split_dataset
 from training.data.mnist import notmnist_test
-from training.evaluate import evaluate_split, model_outputs, ood_metrics
+from training.evaluate import evaluate_split, ood_metrics
 from training.experiments.common import ExperimentContext, Stopwatch, pyplot
 
 SWEEP = {"discriminative": 0.0, "hybrid-0.01": 0.01, "hybrid-1": 1.0, "hybrid-10": 10.0}
