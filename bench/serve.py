@@ -131,9 +131,10 @@ def in_process(checkpoint: Path) -> dict:
     return {"instances_per_s": ceiling, "single_instance_ms": single}
 
 
-def servers(checkpoint: Path, python: str, port: int) -> dict:
-    """Name -> (command, extra environment, predict path) of each server, listening on ``port``."""
-    ours = [python, "-m", "service", "--model-dir", str(checkpoint), "--device", "cpu", "--port", str(port)]
+def servers(checkpoint: Path, python: str, port: int, device: str = "cpu") -> dict:
+    """Name -> (command, extra environment, predict path) of each server, listening on ``port``.
+    ``device`` applies to our service (the peers run on the CPU)."""
+    ours = [python, "-m", "service", "--model-dir", str(checkpoint), "--device", device, "--port", str(port)]
     quiet = {"DIGLM_LOG_LEVEL": "warning"}
     our_path = "/v1/models/mnist-bench:predict"
     return {
@@ -152,6 +153,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=8.0, help="measuring time per row")
     parser.add_argument("--checkpoint", default=str(ROOT / "artifacts" / "bench" / "mnist-bench"))
     parser.add_argument("--only", help="run only the servers whose name contains this text")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="our service's device (cuda: the GPU variant; pair it with bench/gpu.py)")
     parser.add_argument("--write", action="store_true", help="rewrite the serve section of docs/benchmarks.md")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
@@ -167,13 +169,13 @@ def main() -> None:
     binary = scratch / "binary.bin"
     binary.write_bytes(header + payload)
 
-    ceiling = in_process(checkpoint)
+    ceiling = in_process(checkpoint)  # CPU ceiling; on a GPU see bench/gpu.py
     rows = []
-    for name in servers(checkpoint, sys.executable, 0):
+    for name in servers(checkpoint, sys.executable, 0, args.device):
         if args.only and args.only not in name:
             continue
         port = free_port()
-        command, env, path = servers(checkpoint, sys.executable, port)[name]
+        command, env, path = servers(checkpoint, sys.executable, port, args.device)[name]
         process = subprocess.Popen(command, cwd=ROOT, env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
         try:
             wait_until_up(port, process, path, one.read_bytes())
@@ -217,7 +219,7 @@ def main() -> None:
         machine = f"{os.cpu_count()} CPU cores ({platform.machine()}), Python {platform.python_version()}"
         update_section(
             ROOT / "docs" / "benchmarks.md",
-            "serve",
+            "serve" if args.device == "cpu" else "serve-http-gpu",
             f"## Serving: ours vs plain FastAPI and LitServe (`bench/serve.py`)\n\n"
             f"Model: MNIST-size Glow hybrid (`mnist-cpu` architecture, 28x28, L=2, K=4, 64 hidden), random weights. Load: wrk, one "
             f"thread, Lua POST body, {args.seconds:.0f} s per row after a 3 s warm-up; client and server share the {machine} "
