@@ -136,7 +136,7 @@ def test_mnist_experiments_pipeline_and_resume(tmp_path):
     write_fake_mnist(data)
     ctx = context(tmp_path, [f"data.data_dir={data}"])
     results = EXPERIMENTS["mnist-sweep"](ctx)
-    assert set(results["models"]) == {"discriminative", "hybrid-0.01", "hybrid-1", "hybrid-10"}
+    assert set(results["models"]) == {"discriminative", "hybrid-0.01", "hybrid-0.1", "hybrid-1", "hybrid-10"}
     for row in results["models"].values():
         assert 0 <= row["ood"]["auroc"] <= 1 and row["notmnist"]["selective_nll"] > 0
     curves = results["confidence_curves"]
