@@ -20,7 +20,7 @@ test: install
 
 train: install
 	@if [ -e $(MODEL_DIR) ]; then echo "$(MODEL_DIR) exists: not retraining (delete it to retrain)"; \
-	else $(PY) -m training train --config $(CONFIG) --out $(MODEL_DIR); fi
+	else $(PY) -m training train --config $(CONFIG) --out $(MODEL_DIR) --onnx; fi
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache

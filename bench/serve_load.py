@@ -84,13 +84,14 @@ def summarize(latencies: list[float], seconds: float) -> dict:
     }
 
 
-def in_process_ms(model_dir: str, instance: list, repeats: int = 200) -> float:
-    """Median time of the model call alone, with the service's default thread count."""
+def in_process_ms(model_dir: str, instance: list, repeats: int = 200) -> tuple[float, str]:
+    """Median time of the model call alone and the backend, chosen as the service chooses it."""
     import torch
 
     from service.runtime import ModelRuntime
+    from service.settings import ServiceSettings
 
-    runtime = ModelRuntime.load(model_dir, "cpu")
+    runtime = ModelRuntime.load(model_dir, "cpu", ServiceSettings().backend)
     x = np.asarray([instance], dtype=np.float32)
     times = []
     for _ in range(repeats):
@@ -98,7 +99,7 @@ def in_process_ms(model_dir: str, instance: list, repeats: int = 200) -> float:
         runtime.predict(x)
         times.append(time.perf_counter() - started)
     torch.set_num_threads(os.cpu_count() or 1)
-    return float(np.median(times[20:]) * 1000)
+    return float(np.median(times[20:]) * 1000), runtime.backend.name
 
 
 def main() -> None:
@@ -129,9 +130,9 @@ def main() -> None:
     lines = [f"| {c} | {r['requests_per_s']:.0f} | {r['p50_ms']:.2f} | {r['p95_ms']:.2f} | {r['p99_ms']:.2f} | {r['requests']} |" for c, r in rows.items()]
     table = "\n".join([header, *lines])
     print(table)
-    model_ms = in_process_ms(args.model_dir, instance)
-    print(f"in-process ModelRuntime.predict, one instance: {model_ms:.2f} ms")
-    table += f"\n\nIn-process `ModelRuntime.predict` of one instance (no HTTP): {model_ms:.2f} ms."
+    model_ms, backend = in_process_ms(args.model_dir, instance)
+    print(f"in-process ModelRuntime.predict, one instance ({backend} backend): {model_ms:.2f} ms")
+    table += f"\n\nIn-process `ModelRuntime.predict` of one instance (no HTTP, {backend} backend): {model_ms:.2f} ms."
     if args.write:
         machine = f"{os.cpu_count()} CPU cores, {platform.processor() or platform.machine()}, Python {platform.python_version()}"
         update_section(
@@ -139,7 +140,7 @@ def main() -> None:
             "serve-load",
             f"## Service latency and throughput (`bench/serve_load.py`)\n\n"
             f"Model `{manifest['name']}` ({manifest['input_shape']} input, version {manifest['version']}), one instance per "
-            f"request, JSON over loopback, torch backend, one inference thread, no batching. Client (async httpx) and "
+            f"request, JSON over loopback, service defaults (backend auto, dynamic batching, one inference thread). Client (async httpx) and "
             f"server (uvicorn) share the machine's cores unpinned: {machine}. {args.seconds:.0f} s per row after a 2 s warm-up.\n\n"
             f"Command: `.venv/bin/python -m bench.serve_load --model-dir {args.model_dir} --write`\n\n{table}\n",
         )

@@ -15,7 +15,7 @@ class ServiceSettings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    backend: Literal["torch", "onnx", "auto"] = Field("torch", description="inference runtime; auto: the faster on a warm-up measurement")
+    backend: Literal["torch", "onnx", "auto"] = Field("auto", description="inference runtime; auto: the faster on a warm-up measurement (torch when the checkpoint has no model.onnx)")
     max_instances: int = Field(1024, ge=1, description="most instances in one request")
     max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024, description="largest request body (413 above)")
     inference_threads: int | None = Field(
