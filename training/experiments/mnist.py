@@ -192,6 +192,8 @@ rejected by the active gate (validation tau at 1% false rejections).
 {chr(10).join(rows)}
 
 Best hybrid (lowest MNIST error among the hybrids with AUROC >= {TARGETS['auroc']} and >= {TARGETS['accepted']:.0%} of MNIST accepted): `{best}`.
+Rebuild it alone (a normal checkpoint the service loads, with its ONNX export):
+`python -m training train --config training/configs/mnist-cpu.yaml --data-dir ../shared/data --set train.lambda_per_dim={SWEEP[best]} --out artifacts/mnist-best --onnx`.
 Under the paper's tau (minimum training log p(x)), the share of NotMNIST rejected is: {', '.join(f"{n} {r['ood_min_train_tau']['rejected']:.1%}" for n, r in results['models'].items())}.
 
 ![log p(x) histograms]({context.figure_link('mnist_histograms')})
