@@ -125,8 +125,9 @@ def export_checkpoint(loaded: LoadedCheckpoint, tolerance_log_px: float = 1e-3, 
         differences = parity(model, path, inputs)
         magnitude = differences.pop("log_px_magnitude")
         for name, difference in differences.items():
-            # log p(x) of thousands of nats is summed in float32: allow 1e-6 of its size on top.
-            limit = tolerance_log_px + 1e-6 * magnitude if name == "log_px" else tolerance_head
+            # log p(x) of thousands of nats (random inputs lie far out of distribution) is summed in
+            # float32 through every layer: allow 1e-5 of its size on top of the absolute tolerance.
+            limit = tolerance_log_px + 1e-5 * magnitude if name == "log_px" else tolerance_head
             if not difference <= limit:
                 raise ExportError(f"ONNX Runtime and torch disagree on {name} by {difference:.3g} (limit {limit:.3g})")
         section = {"file": ONNX_FILE, "input": INPUT_NAME, "outputs": names, "dynamic_batch": True, "parity_max_abs_difference": differences}
