@@ -18,7 +18,6 @@ import platform
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -28,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.model import ROOT, build_benchmark_checkpoint, random_images
+from bench.serve_load import free_port
 
 CONCURRENCY = (1, 8, 32, 128)
 LUA = """
@@ -44,12 +44,6 @@ done = function(summary, latency, requests)
     latency:percentile(50), latency:percentile(95), latency:percentile(99), errors))
 end
 """
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def wait_until_up(port: int, process: subprocess.Popen, path: str, body: bytes, timeout: float = 120) -> None:

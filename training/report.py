@@ -14,18 +14,15 @@ from training.data.files import read_images
 from training.evaluate import builtin_ood_sets, evaluate_split, model_outputs, ood_metrics
 
 
-def load_ood_set(name_or_path: str, test_x: np.ndarray, levels: int | None, seed: int) -> np.ndarray:
-    """A built-in OOD set by name, or images from a file reshaped to the model's input shape."""
-    if levels is not None:
-        builtin = builtin_ood_sets(test_x, levels, seed)
-        if name_or_path in builtin:
-            return builtin[name_or_path]
+def load_ood_set(name_or_path: str, builtin: dict[str, np.ndarray], input_shape: tuple[int, ...]) -> np.ndarray:
+    """A built-in OOD set by name (from ``builtin``), or images from a file reshaped to ``input_shape``."""
+    if name_or_path in builtin:
+        return builtin[name_or_path]
     path = Path(name_or_path)
     if not path.exists():
-        known = "uniform-noise, gaussian-noise, shuffled-pixels, inverted" if levels else "none for continuous data"
+        known = ", ".join(builtin) or "none for continuous data"
         raise DataError(f"OOD set {name_or_path!r} is neither a built-in set ({known}) nor an existing file")
     images = read_images(path)
-    input_shape = test_x.shape[1:]
     if images[0].size != int(np.prod(input_shape)):
         raise DataError(f"{path} holds inputs of shape {images.shape[1:]}, the model takes {tuple(input_shape)}")
     return images.reshape(len(images), *input_shape)
@@ -77,10 +74,11 @@ def evaluate_checkpoint(loaded: LoadedCheckpoint, ood_names: list[str] | None, d
         loaded.model, test.x, test.y, manifest["gate"], config.evaluation.dequantization_samples, config.evaluation.batch_size, config.seed
     )
     levels = manifest["preprocessing"].get("levels") if manifest["preprocessing"]["kind"] == "dequantize" else None
-    names = ood_names if ood_names is not None else (["uniform-noise", "gaussian-noise", "shuffled-pixels", "inverted"] if levels else [])
+    builtin = builtin_ood_sets(test.x, levels, config.seed) if levels else {}
+    names = ood_names if ood_names is not None else list(builtin)
     ood, ood_log_px = {}, {}
     for name in names:
-        x = load_ood_set(name, test.x, levels, config.seed)
+        x = load_ood_set(name, builtin, test.x.shape[1:])
         ood_log_px[name] = model_outputs(loaded.model, x, config.evaluation.batch_size)["log_px"]
         ood[name] = ood_metrics(test_outputs["log_px"], ood_log_px[name], tau)
     report = {

@@ -5,9 +5,23 @@ from typing import Any
 
 import orjson
 from fastapi import Request, Response
+from pydantic import BaseModel
 
 from service.inputs import InputError, parse_json
+from service.schemas import ErrorResponse
 from service.state import ServiceState
+
+ERRORS = {status: {"model": ErrorResponse} for status in (400, 404, 413, 503)}
+
+
+def json_post(response: type[BaseModel], request: type[BaseModel]) -> dict:
+    """``router.post`` options of a hot-path endpoint: orjson response, documented response and error
+    models, and the request schema for OpenAPI (the body itself is decoded by ``service.inputs``)."""
+    return {
+        "response_class": JSONBody,
+        "responses": {200: {"model": response}, **ERRORS},
+        "openapi_extra": {"requestBody": {"content": {"application/json": {"schema": request.model_json_schema()}}, "required": True}},
+    }
 
 
 class JSONBody(Response):

@@ -3,21 +3,15 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request
 
-from service.api.common import JSONBody, json_body, service_state
+from service.api.common import ERRORS, JSONBody, json_body, json_post, service_state
 from service.encoding import instance_records
 from service.inputs import decode_v1
-from service.schemas import ErrorResponse, PredictRequest, PredictResponse
+from service.schemas import PredictRequest, PredictResponse
 
 router = APIRouter(prefix="/v1", tags=["v1"])
-ERRORS = {status: {"model": ErrorResponse} for status in (400, 404, 413, 503)}
 
 
-@router.post(
-    "/models/{name}:predict",
-    response_class=JSONBody,
-    responses={200: {"model": PredictResponse}, **ERRORS},
-    openapi_extra={"requestBody": {"content": {"application/json": {"schema": PredictRequest.model_json_schema()}}, "required": True}},
-)
+@router.post("/models/{name}:predict", **json_post(PredictResponse, PredictRequest))
 async def predict(name: str, request: Request) -> JSONBody:
     """Predictions, log p(x) (nats) and the gate's decision for each instance, in request order."""
     state = service_state(request)

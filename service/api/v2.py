@@ -3,13 +3,12 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request
 
-from service.api.common import JSONBody, json_body, read_body, service_state
+from service.api.common import ERRORS, JSONBody, json_body, json_post, read_body, service_state
 from service.encoding import output_tensors, v2_output
 from service.inputs import InputError, decode_v2_tensor, split_binary_request
 from service.schemas import ErrorResponse, InferRequest, InferResponse
 
 router = APIRouter(prefix="/v2", tags=["v2"])
-ERRORS = {status: {"model": ErrorResponse} for status in (400, 404, 413, 503)}
 INPUT_NAME = "input"
 CLASSIFICATION_OUTPUTS = ["label", "probabilities", "model_probabilities"]
 REGRESSION_OUTPUTS = ["mean", "variance", "model_mean", "model_variance"]
@@ -64,12 +63,7 @@ async def model_metadata(name: str, request: Request) -> dict:
     }
 
 
-@router.post(
-    "/models/{name}/infer",
-    response_class=JSONBody,
-    responses={200: {"model": InferResponse}, **ERRORS},
-    openapi_extra={"requestBody": {"content": {"application/json": {"schema": InferRequest.model_json_schema()}}, "required": True}},
-)
+@router.post("/models/{name}/infer", **json_post(InferResponse, InferRequest))
 async def infer(name: str, request: Request) -> JSONBody:
     """One input tensor named ``input`` of shape ``[N, *input_shape]``, as JSON data or raw bytes (the
     binary tensor extension: header ``Inference-Header-Content-Length``); outputs as JSON tensors."""
