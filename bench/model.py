@@ -9,11 +9,11 @@ import numpy as np
 import torch
 
 from models.checkpoint import load_checkpoint, save_checkpoint
-from models.gate import calibrate_gate
+from models.gate import GATE_FILE
 from models.hybrid import HybridModel
-from training.config import load_config
-from training.data.registry import Dataset
-from training.evaluate import model_outputs
+from training.calibration import fit_gate
+from training.config import GateSettings, load_config
+from training.data.registry import Dataset, Split, Splits
 from training.trainer import complete_model_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -26,8 +26,9 @@ def random_images(count: int, seed: int = 0) -> np.ndarray:
     return images.astype(np.float32)
 
 
-def build_benchmark_checkpoint(out: Path) -> Path:
-    """Write (once) and return the benchmark checkpoint folder, with model.onnx."""
+def build_benchmark_checkpoint(out: Path, gate: GateSettings | None = None) -> Path:
+    """Write (once) and return the benchmark checkpoint folder, with model.onnx; ``gate``: the gate's
+    settings (default: the default conformal gate)."""
     if (out / "manifest.json").is_file() and (out / "model.onnx").is_file():
         return out
     from training.export import export_checkpoint
@@ -41,13 +42,18 @@ def build_benchmark_checkpoint(out: Path) -> Path:
     with torch.no_grad():
         model(torch.from_numpy(images), torch.rand(images.shape))
     model.eval()
-    log_px = model_outputs(model, images)["log_px"]
-    gate = calibrate_gate(log_px[:256], log_px[256:])
+    labels = np.arange(len(images)) % 10
+    thirds = [Split(part, labels[: len(part)]) for part in np.array_split(images, 3)]
+    fitted = fit_gate(model, Splits(train=thirds[0], validation=thirds[1], test=thirds[2], calibration=thirds[2]), gate or GateSettings())
     manifest = {
         "name": "mnist-bench", "task": "classification", "input_shape": [28, 28], "input_range": [0, 255],
-        "classes": dataset.classes, "preprocessing": model.config.preprocessing.model_dump(mode="json"), "gate": gate,
+        "classes": dataset.classes, "preprocessing": model.config.preprocessing.model_dump(mode="json"), "gate": fitted.summary,
         "label_prior": model.label_prior.tolist(), "metrics": {}, "training": {"note": "random weights for serving benchmarks"},
     }
-    save_checkpoint(out, model, manifest)
+    gate_path = out.parent / f".{out.name}-{GATE_FILE}"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fitted.save(gate_path)
+    save_checkpoint(out, model, manifest, extra_files={GATE_FILE: gate_path})
+    gate_path.unlink()
     export_checkpoint(load_checkpoint(out))
     return out

@@ -1,5 +1,6 @@
-"""The checkpoint: one folder holding ``manifest.json`` and ``weights.safetensors`` (plus optional
-files such as ``model.onnx``), each listed in the manifest with its sha256.
+"""The checkpoint: one folder holding ``manifest.json``, ``weights.safetensors`` and
+``gate.safetensors`` (the gate's latent Gaussian and calibration arrays, ``models.gate``), plus
+optional files such as ``model.onnx``, each listed in the manifest with its sha256.
 
 The folder is written atomically (a temporary sibling folder, then a rename), so a crash never
 leaves a half-written checkpoint. Loading checks the format version and every hash and raises
@@ -20,9 +21,10 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from models.config import ModelConfig
+from models.gate import GATE_FILE, Gate
 from models.hybrid import HybridModel
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the conformal gate (gate.safetensors, gate.scores / alpha / combine)
 MANIFEST_FILE = "manifest.json"
 WEIGHTS_FILE = "weights.safetensors"
 
@@ -34,6 +36,7 @@ class CheckpointError(Exception):
 @dataclass
 class LoadedCheckpoint:
     model: HybridModel
+    gate: Gate
     manifest: dict
     path: Path
 
@@ -101,8 +104,9 @@ def read_manifest(directory: str | Path) -> dict:
             f"checkpoint {directory} has format version {found!r}, this code reads version {FORMAT_VERSION}; retrain it"
         )
     files = manifest.get("files")
-    if not isinstance(files, dict) or WEIGHTS_FILE not in files:
-        raise CheckpointError(f"{manifest_path} does not list {WEIGHTS_FILE} with its sha256")
+    for required in (WEIGHTS_FILE, GATE_FILE):
+        if not isinstance(files, dict) or required not in files:
+            raise CheckpointError(f"{manifest_path} does not list {required} with its sha256")
     for name, expected in files.items():
         path = directory / name
         if not path.is_file():
@@ -120,9 +124,14 @@ def load_checkpoint(directory: str | Path, device: str | torch.device = "cpu") -
         config = ModelConfig.model_validate(manifest.get("model"))
         model = HybridModel(config)
         model.load_state_dict(load_file(directory / WEIGHTS_FILE))
+        gate = Gate.load(manifest["gate"], directory / GATE_FILE)
+    except KeyError as error:
+        raise CheckpointError(f"checkpoint {directory} has an incomplete gate section in its manifest (missing {error})") from None
     except ValidationError as error:
         raise CheckpointError(f"checkpoint {directory} has an invalid model config: {error.errors()[0]['msg']}") from None
     except (SafetensorError, RuntimeError, ValueError) as error:
         first_line = str(error).strip().splitlines()[0]
         raise CheckpointError(f"checkpoint {directory} weights do not fit its model config: {first_line}") from None
-    return LoadedCheckpoint(model=model.to(device).eval(), manifest=manifest, path=directory)
+    if gate.fitted is not None:
+        gate.fitted.to(device)
+    return LoadedCheckpoint(model=model.to(device).eval(), gate=gate, manifest=manifest, path=directory)

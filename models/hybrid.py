@@ -1,7 +1,9 @@
 """The DIGLM: preprocessing -> flow -> GLM head, giving z, log p(x) and p(y|x) in one pass.
 
 log p(x) = log N(z; 0, I) + log|det dz/dx| (flow) + the preprocessing's log-det, in nats per example,
-a density of the data as users send it (see ``models.preprocessing``).
+a density of the data as users send it (see ``models.preprocessing``). For a multi-scale Glow it is
+also split by level: level l's term is the log-det of its steps plus log N of the latents it factors
+out (the preprocessing's log-det joins the finest level), so the terms sum to log p(x).
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ from models.preprocessing import Dequantize, Standardize
 class HybridOutput:
     z: torch.Tensor  # (N, D) latents
     log_px: torch.Tensor  # (N,) nats
+    level_log_px: torch.Tensor  # (N, L) nats per level, finest first (L = 1 unless a multi-scale Glow); sums to log_px
 
 
 def _flow_input_shape(config: ModelConfig) -> tuple[int, ...]:
@@ -88,9 +91,22 @@ class HybridModel(nn.Module):
         if noise is not None:
             noise = noise.reshape_as(x)
         h, log_det_preprocessing = self.preprocessing(x, noise)
-        z, log_det_flow = self.flow(h)
-        log_pz = -0.5 * (z**2 + math.log(2 * math.pi)).sum(dim=1)
-        return HybridOutput(z=z, log_px=log_pz + log_det_flow + log_det_preprocessing)
+        if isinstance(self.flow, Glow):
+            z, level_logdets = self.flow.forward_levels(h)
+        else:
+            z, log_det_flow = self.flow(h)
+            level_logdets = log_det_flow[:, None]
+        log_pz = torch.stack(
+            [-0.5 * (part**2 + math.log(2 * math.pi)).sum(dim=1) for part in z.split(self.level_sizes, dim=1)], dim=1
+        )
+        level_log_px = log_pz + level_logdets
+        level_log_px = torch.cat([level_log_px[:, :1] + log_det_preprocessing[:, None], level_log_px[:, 1:]], dim=1)
+        return HybridOutput(z=z, log_px=level_log_px.sum(dim=1), level_log_px=level_log_px)
+
+    @property
+    def level_sizes(self) -> list[int]:
+        """Latents per level of ``level_log_px``, finest first; they sum to D."""
+        return self.flow.latent_sizes if isinstance(self.flow, Glow) else [self.dims]
 
     def loss(
         self,

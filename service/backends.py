@@ -1,6 +1,7 @@
 """Inference backends behind one small interface: ``name``, ``device`` and ``forward(x)`` with x
-``(N, *input_shape)`` float32 in data units, returning ``{"log_px": (N,) float64, "probabilities":
-(N, K)}`` for classification or ``{"log_px", "mean", "variance"}`` for regression.
+``(N, *input_shape)`` float32 in data units, returning the head's outputs (``probabilities`` ``(N, K)``
+for classification, ``mean`` and ``variance`` for regression) and every score of ``models.scores``
+(``log_px`` float64 ``(N,)`` nats, the level terms, head evidence, ``latent_distance``, ``complexity``, ``likelihood_ratio``).
 
 - ``TorchBackend``: the checkpoint's model in eager mode under ``torch.inference_mode`` (CUDA when
   the device says so).
@@ -20,6 +21,7 @@ import torch
 
 from models.device import DeviceUnavailable
 from models.hybrid import HybridModel
+from models.scores import ScoreFit, forward_scores
 
 log = logging.getLogger(__name__)
 
@@ -32,20 +34,20 @@ def usable_cpus() -> int:
 class TorchBackend:
     name = "torch"
 
-    def __init__(self, model: HybridModel, device: torch.device, threads: int | None = None):
-        """``threads``: torch's CPU threads (process-wide); default the usable CPUs minus one, as
-        idle torch threads spin and would starve the event loop."""
+    def __init__(self, model: HybridModel, fitted: ScoreFit | None, device: torch.device, threads: int | None = None):
+        """``fitted``: the gate's fitted score parts. ``threads``: torch's CPU threads (process-wide);
+        default the usable CPUs minus one, as idle torch threads spin and would starve the event loop."""
         self.model = model.to(device).eval()
+        self.fitted = None if fitted is None else fitted.to(device)
         self.device = device
         if device.type == "cpu":
             torch.set_num_threads(threads or max(1, usable_cpus() - 1))
 
     def forward(self, x: np.ndarray) -> dict[str, np.ndarray]:
         with torch.inference_mode():
-            output = self.model(torch.from_numpy(x).to(self.device))
-            prediction = self.model.head.predict(output.z)
-            prediction.pop("logits", None)
-            results = {"log_px": output.log_px.double(), **prediction}
+            results = forward_scores(self.model, torch.from_numpy(x).to(self.device), self.fitted)
+            results.pop("z")
+            results["log_px"] = results["log_px"].double()
             return {key: value.cpu().numpy() for key, value in results.items()}
 
 

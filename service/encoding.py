@@ -1,54 +1,95 @@
 """Turning ``ModelRuntime.predict`` arrays into response bodies: v1 prediction records and v2 output
-tensors. Non-finite log p(x) becomes null (JSON has no infinity); such instances are never accepted."""
+tensors. Non-finite floats become null (JSON has no infinity): log p(x) outside the support, and
+its outlier score. ``output_table`` is the one list of v2 outputs that metadata and infer share."""
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 
+CLASSIFICATION_HEAD = ("label", "probabilities", "model_probabilities")
+REGRESSION_HEAD = ("mean", "variance", "model_mean", "model_variance")
 
-def _nullable(values: np.ndarray) -> list:
+
+@dataclass(frozen=True)
+class OutputSpec:
+    """A v2 output tensor: its name, datatype, and shape with -1 for the batch axis."""
+
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+
+
+def output_table(task: str, classes: int | None, gate_scores: list[str]) -> list[OutputSpec]:
+    """Every v2 output, in response order: the head's, log p(x), the gate's decision and evidence
+    (``rejected_by`` is "" when accepted), and the outlier convention (``instance_score`` and
+    ``threshold`` in the same units, ``is_outlier`` iff score > threshold)."""
+    if task == "classification":
+        head = [OutputSpec("label", "INT64", (-1,)), OutputSpec("probabilities", "FP64", (-1, classes)), OutputSpec("model_probabilities", "FP64", (-1, classes))]
+    else:
+        head = [OutputSpec(name, "FP64", (-1,)) for name in REGRESSION_HEAD]
+    common = [
+        OutputSpec("log_px", "FP64", (-1,)),
+        OutputSpec("bits_per_dim", "FP64", (-1,)),
+        OutputSpec("accepted", "BOOL", (-1,)),
+        OutputSpec("p_value", "FP64", (-1,)),
+        OutputSpec("rejected_by", "BYTES", (-1,)),
+        OutputSpec("is_outlier", "BOOL", (-1,)),
+        OutputSpec("instance_score", "FP64", (-1,)),
+        OutputSpec("threshold", "FP64", (-1,)),
+    ]
+    evidence = [OutputSpec(f"{kind}_{name}", "FP64", (-1,)) for name in gate_scores for kind in ("score", "p_value")]
+    return head + common + evidence
+
+
+def _nullable(values) -> list:
     return [float(v) if np.isfinite(v) else None for v in values]
 
 
-def instance_records(result: dict[str, np.ndarray], tau: float) -> list[dict]:
+def instance_records(result: dict[str, np.ndarray], gate_scores: list[str], threshold: float) -> list[dict]:
     """One dict per instance with every prediction field, in request order."""
-    log_px = _nullable(result["log_px"])
-    bits = _nullable(result["bits_per_dim"])
-    accepted = result["accepted"].tolist()
     if "label" in result:
         head_fields = zip(result["label"].tolist(), result["probabilities"].tolist(), result["model_probabilities"].tolist())
         head_records = [{"label": l, "probabilities": p, "model_probabilities": m} for l, p, m in head_fields]
     else:
-        columns = ("mean", "variance", "model_mean", "model_variance")
-        head_records = [dict(zip(columns, row)) for row in zip(*(result[c].tolist() for c in columns))]
+        head_records = [dict(zip(REGRESSION_HEAD, row)) for row in zip(*(result[c].tolist() for c in REGRESSION_HEAD))]
+    scores = [dict(zip(gate_scores, row)) for row in zip(*(_nullable(result[f"score_{n}"]) for n in gate_scores))]
+    p_values = [dict(zip(gate_scores, row)) for row in zip(*(result[f"p_value_{n}"].tolist() for n in gate_scores))]
+    columns = zip(
+        head_records, _nullable(result["log_px"]), _nullable(result["bits_per_dim"]), result["accepted"].tolist(),
+        result["p_value"].tolist(), result["rejected_by"].tolist(), _nullable(result["instance_score"]), scores, p_values,
+    )
     return [
         {
             **head,
-            "log_px": lp,
-            "bits_per_dim": bpd,
-            "accepted": ok,
-            "threshold": tau,
-            "outlier": {"is_outlier": not ok, "instance_score": None if lp is None else -lp, "threshold": -tau},
+            "log_px": log_px,
+            "bits_per_dim": bits,
+            "accepted": accepted,
+            "p_value": p_value,
+            "rejected_by": reason,
+            "scores": score,
+            "p_values": p,
+            "outlier": {"is_outlier": not accepted, "instance_score": instance_score, "threshold": threshold},
         }
-        for head, lp, bpd, ok in zip(head_records, log_px, bits, accepted)
+        for head, log_px, bits, accepted, p_value, reason, instance_score, score, p in columns
     ]
 
 
-_V2_TYPES = {"label": "INT64", "accepted": "BOOL", "is_outlier": "BOOL"}
-
-
-def output_tensors(result: dict[str, np.ndarray], tau: float) -> dict[str, np.ndarray]:
-    """Named output arrays of the v2 protocol (``instance_score`` = -log_px, ``threshold`` = tau)."""
+def output_tensors(result: dict[str, np.ndarray], threshold: float) -> dict[str, np.ndarray]:
+    """Named output arrays of the v2 protocol, by ``output_table`` name."""
     tensors = dict(result)
-    count = len(result["log_px"])
-    tensors["threshold"] = np.full(count, tau)
+    tensors["threshold"] = np.full(len(result["log_px"]), threshold)
     tensors["is_outlier"] = ~result["accepted"]
-    tensors["instance_score"] = -result["log_px"]
     return tensors
 
 
-def v2_output(name: str, array: np.ndarray) -> dict:
+def v2_output(spec: OutputSpec, array: np.ndarray) -> dict:
     """One output tensor: flat row-major data, shape, datatype; non-finite floats become null."""
-    datatype = _V2_TYPES.get(name, "FP64" if array.dtype == np.float64 else "FP32")
     flat = array.reshape(-1)
-    data = _nullable(flat) if datatype.startswith("FP") else flat.tolist()
-    return {"name": name, "shape": list(array.shape), "datatype": datatype, "data": data}
+    if spec.datatype == "FP64":
+        data = _nullable(flat)
+    elif spec.datatype == "BYTES":
+        data = ["" if value is None else str(value) for value in flat]
+    else:
+        data = flat.tolist()
+    return {"name": spec.name, "shape": list(array.shape), "datatype": spec.datatype, "data": data}

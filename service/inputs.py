@@ -74,6 +74,13 @@ def decode_v1(body: Any, input_shape: tuple[int, ...], limit: int) -> np.ndarray
     return conform(to_array(instances, "instances"), input_shape, "instances")
 
 
+def batch_test_flag(value: Any, what: str) -> bool:
+    """The optional request flag that asks for the batch typicality test: absent, true or false."""
+    if value is None or isinstance(value, bool):
+        return bool(value)
+    raise InputError(f"{what} must be true or false")
+
+
 # Open Inference Protocol datatypes and their little-endian layouts (binary tensor extension).
 V2_DTYPES = {
     "FP16": "<f2", "FP32": "<f4", "FP64": "<f8", "UINT8": "u1", "UINT16": "<u2", "UINT32": "<u4", "UINT64": "<u8",

@@ -15,7 +15,7 @@ def log_px_buckets(gate: dict) -> list[float]:
     tau = gate["tau"]
     edges = {tau - offset for offset in (1000, 500, 200, 100, 50, 20, 10, 5, 2, 1)}
     edges |= {tau, gate["min_train"]["tau"], gate["validation"]["tau"]}
-    for split in ("train", "validation"):
+    for split in ("train", "validation", "calibration"):
         statistics = gate["statistics"][split]
         edges |= {statistics["min"], statistics["max"], *statistics["quantiles"].values()}
     return sorted(round(edge, 3) for edge in edges if np.isfinite(edge))
@@ -30,7 +30,7 @@ class ServiceMetrics:
         self.request_seconds = Histogram("diglm_request_duration_seconds", "Request latency", ["endpoint", *names], buckets=LATENCY_BUCKETS, registry=self.registry)
         self.inference_seconds = Histogram("diglm_inference_duration_seconds", "Model forward time per batch", names, buckets=LATENCY_BUCKETS, registry=self.registry)
         self.instances = Counter("diglm_instances", "Instances predicted", names, registry=self.registry)
-        self.rejected = Counter("diglm_instances_rejected", "Instances the density gate rejected", names, registry=self.registry)
+        self.rejected = Counter("diglm_instances_rejected", "Instances the gate rejected, by reason (the score with the smallest p-value, log_px for a tau gate, or support)", ["reason", *names], registry=self.registry)
         self.log_px = Histogram("diglm_log_px_nats", "log p(x) of served instances (nats; non-finite ones are not observed)", names, buckets=log_px_buckets(gate), registry=self.registry)
         self.batch_size = Histogram("diglm_batch_size", "Instances per model forward pass", names, buckets=BATCH_BUCKETS, registry=self.registry)
         self.queue_seconds = Histogram("diglm_queue_duration_seconds", "Time a request waited for its batch to start", names, buckets=LATENCY_BUCKETS, registry=self.registry)
@@ -46,7 +46,9 @@ class ServiceMetrics:
             self.queue_seconds.labels(**self.labels).observe(waited)
         self.batch_size.labels(**self.labels).observe(len(log_px))
         self.instances.labels(**self.labels).inc(len(log_px))
-        self.rejected.labels(**self.labels).inc(int((~accepted).sum()))
+        reasons, counts = np.unique(result["rejected_by"][~accepted].astype(str), return_counts=True)
+        for reason, count in zip(reasons, counts):
+            self.rejected.labels(reason=reason, **self.labels).inc(int(count))
         histogram = self.log_px.labels(**self.labels)
         for value in log_px[np.isfinite(log_px)]:
             histogram.observe(float(value))

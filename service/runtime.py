@@ -1,5 +1,6 @@
 """The model runtime: a verified checkpoint on a device behind a backend (``service.backends``), and
-``predict`` that returns every per-instance field of a prediction as arrays."""
+``predict`` that returns every per-instance field of a prediction as arrays, the gate's decision
+included (``models.gate.Gate.decide``)."""
 from __future__ import annotations
 
 import logging
@@ -10,8 +11,9 @@ import torch
 
 from models.checkpoint import CheckpointError, LoadedCheckpoint, load_checkpoint
 from models.device import resolve_device
-from models.gate import accept, bits_per_dim, gated_probabilities, gated_regression
+from models.gate import bits_per_dim, gated_probabilities, gated_regression
 from service.backends import OnnxBackend, TorchBackend, fastest
+from service.encoding import output_table
 
 log = logging.getLogger(__name__)
 
@@ -26,13 +28,16 @@ class ModelRuntime:
         self.task: str = self.manifest["task"]
         self.input_shape: tuple[int, ...] = tuple(self.manifest["input_shape"])
         self.dims = int(np.prod(self.input_shape))
-        self.tau: float = float(self.manifest["gate"]["tau"])
+        self.gate = checkpoint.gate
+        self.gate_scores = list(self.gate.tails)
+        classes = len(self.manifest["classes"]) if self.task == "classification" else None
+        self.outputs = output_table(self.task, classes, self.gate_scores)
         self.backend = self._build_backend(backend, checkpoint, threads)
 
     def _build_backend(self, kind: str, checkpoint: LoadedCheckpoint, threads: int | None):
         candidates = []
         if kind in ("torch", "auto"):
-            candidates.append(TorchBackend(checkpoint.model, self.device, threads))
+            candidates.append(TorchBackend(checkpoint.model, checkpoint.gate.fitted, self.device, threads))
         if kind in ("onnx", "auto"):
             onnx = self.manifest.get("onnx")
             if onnx is None:
@@ -45,6 +50,7 @@ class ModelRuntime:
         if len(candidates) == 1:
             return candidates[0]
         return fastest(candidates, [self.midrange_inputs(1), self.midrange_inputs(32)])
+
     @classmethod
     def load(cls, model_dir, device: str = "auto", backend: str = "torch", threads: int | None = None) -> "ModelRuntime":
         """Load and verify a checkpoint (``CheckpointError`` on any problem) and start ``backend``
@@ -56,24 +62,33 @@ class ModelRuntime:
         return runtime
 
     def predict(self, x: np.ndarray) -> dict[str, np.ndarray]:
-        """Per-instance arrays: ``log_px`` (nats; -inf outside the support), ``bits_per_dim``,
-        ``accepted``, and for classification ``label`` (the head's argmax), ``probabilities``
-        (eq. 10: the label prior when rejected), ``model_probabilities``; for regression ``mean``,
-        ``variance`` (training target moments when rejected), ``model_mean``, ``model_variance``."""
+        """Per-instance arrays: ``log_px`` (nats; -inf outside the support), ``bits_per_dim``, the
+        gate's ``accepted``, ``p_value`` (combined), ``rejected_by`` (None, a score name or
+        ``support``), ``instance_score`` (outlier convention, see ``models.gate.GateDecision``), and
+        per gate score ``score_<name>`` and ``p_value_<name>``; for classification ``label`` (the
+        head's argmax), ``probabilities`` (eq. 10: the label prior when rejected),
+        ``model_probabilities``; for regression ``mean``, ``variance`` (training target moments when
+        rejected), ``model_mean``, ``model_variance``."""
         raw = self.backend.forward(x)
-        log_px = torch.from_numpy(raw["log_px"])
-        accepted = accept(log_px, self.tau)
-        result = {"log_px": raw["log_px"], "bits_per_dim": bits_per_dim(raw["log_px"], self.dims), "accepted": accepted.numpy()}
+        decision = self.gate.decide(raw)
+        accepted = decision.accepted
+        result = {
+            "log_px": raw["log_px"],
+            "bits_per_dim": bits_per_dim(raw["log_px"], self.dims),
+            "accepted": accepted,
+            "p_value": decision.p_value,
+            "rejected_by": decision.rejected_by,
+            "instance_score": decision.instance_score,
+            **{f"score_{name}": raw[name] for name in self.gate.tails},
+            **{f"p_value_{name}": values for name, values in decision.p_values.items()},
+        }
         if self.task == "classification":
-            probabilities = torch.from_numpy(raw["probabilities"])
             result["label"] = raw["probabilities"].argmax(axis=1)
             result["model_probabilities"] = raw["probabilities"]
-            result["probabilities"] = gated_probabilities(probabilities, accepted, self.model.label_prior.cpu()).numpy()
+            result["probabilities"] = gated_probabilities(raw["probabilities"], accepted, self.model.label_prior.cpu().numpy())
         else:
-            mean, variance = gated_regression(
-                torch.from_numpy(raw["mean"]), torch.from_numpy(raw["variance"]), accepted, self.model.target_moments.cpu()
-            )
-            result.update(model_mean=raw["mean"], model_variance=raw["variance"], mean=mean.numpy(), variance=variance.numpy())
+            mean, variance = gated_regression(raw["mean"], raw["variance"], accepted, self.model.target_moments.cpu().numpy())
+            result.update(model_mean=raw["mean"], model_variance=raw["variance"], mean=mean, variance=variance)
         return result
 
     def midrange_inputs(self, batch: int) -> np.ndarray:

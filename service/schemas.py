@@ -8,9 +8,11 @@ from pydantic import BaseModel, Field
 
 
 class Outlier(BaseModel):
-    is_outlier: bool
-    instance_score: float | None = Field(description="-log p(x) in nats: higher is more unusual")
-    threshold: float = Field(description="-tau")
+    is_outlier: bool = Field(description="instance_score > threshold (= not accepted)")
+    instance_score: float | None = Field(
+        description="higher is more unusual: -log10 of the combined p-value (conformal gate) or -log p(x) in nats (tau gate); null when infinite"
+    )
+    threshold: float = Field(description="-log10 alpha (conformal gate) or -tau (tau gate)")
 
 
 class Prediction(BaseModel):
@@ -23,19 +25,30 @@ class Prediction(BaseModel):
     model_variance: float | None = None
     log_px: float | None = Field(description="log p(x) in nats; null outside the model's support")
     bits_per_dim: float | None
-    accepted: bool = Field(description="log_px >= threshold")
-    threshold: float = Field(description="tau in log p(x) units (nats)")
+    accepted: bool = Field(description="the gate's decision (conformal: p_value >= alpha; tau gate: log_px >= tau)")
+    p_value: float = Field(description="combined conformal p-value of the gate's scores (0 outside the support)")
+    rejected_by: str | None = Field(description="null if accepted; else the score with the smallest p-value, 'log_px' (tau gate) or 'support'")
+    scores: dict[str, float | None] = Field(description="each gate score (models.scores; log_px and level terms in nats)")
+    p_values: dict[str, float] = Field(description="each gate score's conformal p-value")
     outlier: Outlier
 
 
 class PredictRequest(BaseModel):
     instances: list[Any] = Field(description="inputs of the model's input_shape (a leading channel of 1 optional) or flat")
+    batch_test: bool = Field(False, description="also test the whole request for typicality (mean log p(x) against the calibration split)")
+
+
+class BatchTest(BaseModel):
+    is_outlier: bool = Field(description="p_value < alpha")
+    p_value: float = Field(description="two-sided bootstrap p-value of the request's mean log p(x)")
+    size: int
 
 
 class PredictResponse(BaseModel):
     predictions: list[Prediction]
     model_name: str
     model_version: str
+    batch: BatchTest | None = Field(None, description="present when the request asked for batch_test")
 
 
 class InferTensor(BaseModel):
@@ -49,6 +62,7 @@ class InferRequest(BaseModel):
     id: str | None = None
     inputs: list[InferTensor]
     outputs: list[dict] | None = Field(None, description="requested outputs by name; default all")
+    parameters: dict[str, Any] | None = Field(None, description='{"batch_test": true} adds the batch typicality test')
 
 
 class InferResponse(BaseModel):
@@ -56,6 +70,7 @@ class InferResponse(BaseModel):
     model_version: str
     id: str | None = None
     outputs: list[InferTensor]
+    parameters: dict[str, Any] | None = Field(None, description="batch_p_value and batch_is_outlier when batch_test was asked")
 
 
 class ErrorResponse(BaseModel):

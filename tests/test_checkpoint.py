@@ -5,7 +5,17 @@ import pytest
 import torch
 
 from models.checkpoint import FORMAT_VERSION, CheckpointError, load_checkpoint, save_checkpoint
+from models.gate import GATE_FILE, calibrate_gate
 from tests.test_heads import classifier
+from training.evaluate import model_outputs
+
+
+def gated_manifest(model, folder) -> tuple[dict, dict]:
+    """A manifest with a gate calibrated on random digits, and the gate file to save beside it."""
+    outputs = model_outputs(model, torch.randint(0, 17, (60, 8, 8)).float().numpy())
+    gate = calibrate_gate(outputs["log_px"], outputs, outputs, {"log_px": "both"}, "conformal", 0.05)
+    gate.save(folder / "gate-source.safetensors")
+    return {"name": "digits", "gate": gate.summary}, {GATE_FILE: folder / "gate-source.safetensors"}
 
 
 @pytest.fixture
@@ -14,8 +24,10 @@ def saved(tmp_path):
     model.train()
     model(torch.randint(0, 17, (32, 8, 8)).float())  # actnorm initialisation
     model.eval()
-    manifest = save_checkpoint(tmp_path / "ckpt", model, {"name": "digits"})
-    return tmp_path / "ckpt", model, manifest
+    (tmp_path / "source").mkdir()
+    manifest, files = gated_manifest(model, tmp_path / "source")
+    written = save_checkpoint(tmp_path / "ckpt", model, manifest, extra_files=files)
+    return tmp_path / "ckpt", model, written
 
 
 def test_round_trip_gives_identical_outputs(saved):
@@ -25,7 +37,7 @@ def test_round_trip_gives_identical_outputs(saved):
     torch.testing.assert_close(loaded.model(x).log_px, model(x).log_px, rtol=0, atol=0)
     torch.testing.assert_close(loaded.model.head.predict(loaded.model(x).z)["probabilities"], model.head.predict(model(x).z)["probabilities"], rtol=0, atol=0)
     assert manifest["format_version"] == FORMAT_VERSION and len(manifest["version"]) == 12
-    assert set(manifest["files"]) == {"weights.safetensors"}
+    assert set(manifest["files"]) == {"weights.safetensors", "gate.safetensors"}
 
 
 def test_reloaded_actnorm_is_not_initialised_again(saved):
@@ -61,10 +73,22 @@ def test_missing_checkpoint_is_a_clear_error(tmp_path):
         load_checkpoint(tmp_path / "nothing")
 
 
+def test_changed_gate_file_or_missing_gate_section_is_refused(saved):
+    path, _, _ = saved
+    manifest = json.loads((path / "manifest.json").read_text())
+    del manifest["gate"]["combine"]
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(CheckpointError, match="incomplete gate section.*combine"):
+        load_checkpoint(path)
+    (path / "gate.safetensors").write_bytes(b"changed")
+    with pytest.raises(CheckpointError, match="gate.safetensors does not match its sha256"):
+        load_checkpoint(path)
+
+
 def test_failed_write_keeps_the_old_checkpoint(saved, monkeypatch):
     path, model, manifest = saved
     monkeypatch.setattr("models.checkpoint.save_file", lambda *a, **k: (_ for _ in ()).throw(OSError("disk full")))
     with pytest.raises(OSError):
         save_checkpoint(path, model, {"name": "digits"})
     assert load_checkpoint(path).manifest["version"] == manifest["version"]
-    assert [p.name for p in path.parent.iterdir()] == ["ckpt"]
+    assert sorted(p.name for p in path.parent.iterdir()) == ["ckpt", "source"]

@@ -34,7 +34,7 @@ def test_update_section_keeps_other_sections(tmp_path):
 def test_gmm1d_data_and_true_density():
     dataset = load_dataset(DataConfig(name="gmm1d", options={"n_test": 2000}), seed=3)
     splits = split_dataset(dataset, DataConfig(name="gmm1d"), seed=3)
-    assert (len(splits.train), len(splits.validation), len(splits.test)) == (250, 250, 2000)
+    assert (len(splits.train), len(splits.validation), len(splits.calibration), len(splits.test)) == (225, 250, 25, 2000)
     grid = np.linspace(-10, 10, 20001)
     assert abs(np.trapezoid(np.exp(gmm1d_log_density(grid)), grid) - 1) < 1e-6
     middle = np.abs(splits.test.x[:, 0]) < 1.5
@@ -97,7 +97,7 @@ def test_flights_experiment_pipeline(tmp_path):
     data = tmp_path / "data"
     data.mkdir()
     write_flights(data, rows=1200)
-    results = EXPERIMENTS["flights"](context(tmp_path, [f"data.data_dir={data}", "data.options.path=.", "data.validation_fraction=0.2"]))
+    results = EXPERIMENTS["flights"](context(tmp_path, [f"data.data_dir={data}", "data.options.path=.", "data.validation_fraction=0.2", "gate.alpha=0.05"]))
     assert set(results["models"]) == set(results["models_in_distribution"]) == {"b_diglm", "b_diglm_gated", "diglm_gaussian_head", "bayesian_linear_regression", "gradient_boosted_tree", "deep_ensemble"}
     for metrics in results["models"].values():
         assert metrics["rmse"] > 0 and np.isfinite(metrics["nll"])
@@ -134,7 +134,7 @@ def test_mnist_data_set_needs_its_folder(tmp_path):
 def test_mnist_experiments_pipeline_and_resume(tmp_path):
     data = tmp_path / "data"
     write_fake_mnist(data)
-    ctx = context(tmp_path, [f"data.data_dir={data}"])
+    ctx = context(tmp_path, [f"data.data_dir={data}", "gate.alpha=0.1"])  # 200 training images: a calibration split of 20
     results = EXPERIMENTS["mnist-sweep"](ctx)
     assert set(results["models"]) == {"discriminative", "hybrid-0.01", "hybrid-0.1", "hybrid-1", "hybrid-10"}
     for row in results["models"].values():

@@ -13,6 +13,7 @@ from fastapi.testclient import TestClient
 
 from models.checkpoint import load_checkpoint
 from models.gate import gated_probabilities
+from models.scores import forward_scores
 from service.app import create_app
 from service.runtime import ModelRuntime
 from service.settings import ServiceSettings
@@ -51,18 +52,18 @@ def digits() -> np.ndarray:
 
 
 def direct(checkpoint: Path, x: np.ndarray) -> dict:
+    """The model, its scores and the gate called directly, without the service."""
     loaded = load_checkpoint(checkpoint)
     with torch.no_grad():
-        output = loaded.model(torch.from_numpy(x))
-        probabilities = loaded.model.head.predict(output.z)["probabilities"]
-    tau = loaded.manifest["gate"]["tau"]
-    accepted = output.log_px >= tau
+        scores = {k: v.numpy() for k, v in forward_scores(loaded.model, torch.from_numpy(x), loaded.gate.fitted).items()}
+    decision = loaded.gate.decide(scores)
+    prior = loaded.model.label_prior.numpy()
     return {
-        "log_px": output.log_px.numpy(),
-        "model_probabilities": probabilities.numpy(),
-        "probabilities": gated_probabilities(probabilities, accepted, loaded.model.label_prior).numpy(),
-        "accepted": accepted.numpy(),
-        "tau": tau,
+        **scores,
+        "model_probabilities": scores["probabilities"],
+        "probabilities": gated_probabilities(scores["probabilities"], decision.accepted, prior),
+        "decision": decision,
+        "gate": loaded.gate,
     }
 
 
@@ -77,15 +78,29 @@ def test_v1_predictions_equal_the_model_called_directly(client, checkpoint, digi
     manifest = load_checkpoint(checkpoint).manifest
     assert body["model_name"] == "tiny" and body["model_version"] == manifest["version"]
     expected = direct(checkpoint, digits)
+    # the gate applied to the scores the service reports gives the p-values and decisions it reports
+    reported = {name: np.array([p["scores"][name] for p in body["predictions"]]) for name in expected["gate"].tails}
+    reported["log_px"] = np.array([p["log_px"] for p in body["predictions"]])
+    recomputed = expected["gate"].decide(reported)
     for i, prediction in enumerate(body["predictions"]):
         assert prediction["log_px"] == pytest.approx(float(expected["log_px"][i]), abs=1e-4)
         assert prediction["bits_per_dim"] == pytest.approx(-prediction["log_px"] / (64 * math.log(2)))
         np.testing.assert_allclose(prediction["model_probabilities"], expected["model_probabilities"][i], atol=1e-6)
         np.testing.assert_allclose(prediction["probabilities"], expected["probabilities"][i], atol=1e-6)
         assert prediction["label"] == int(np.argmax(expected["model_probabilities"][i]))
-        assert prediction["accepted"] == bool(expected["accepted"][i]) == (prediction["log_px"] >= prediction["threshold"])
-        assert prediction["threshold"] == pytest.approx(expected["tau"])
-        assert prediction["outlier"] == {"is_outlier": not prediction["accepted"], "instance_score": -prediction["log_px"], "threshold": -prediction["threshold"]}
+        decision, gate = recomputed, expected["gate"]
+        assert prediction["accepted"] == bool(decision.accepted[i]) == (prediction["p_value"] >= gate.alpha)
+        assert abs(prediction["p_value"] - expected["decision"].p_value[i]) <= 2 / (gate.summary["calibration_size"] + 1)
+        assert prediction["p_value"] == pytest.approx(float(decision.p_value[i]))
+        assert prediction["rejected_by"] == decision.rejected_by[i]
+        assert set(prediction["scores"]) == set(prediction["p_values"]) == set(gate.tails)
+        for name in gate.tails:
+            assert prediction["scores"][name] == pytest.approx(float(expected[name][i]), rel=1e-5, abs=1e-4)
+            assert prediction["p_values"][name] == pytest.approx(float(decision.p_values[name][i]))
+        outlier = prediction["outlier"]
+        assert outlier["threshold"] == pytest.approx(-math.log10(gate.alpha))
+        assert outlier["instance_score"] == pytest.approx(-math.log10(prediction["p_value"]))
+        assert outlier["is_outlier"] == (not prediction["accepted"]) == (outlier["instance_score"] > outlier["threshold"])
 
 
 def test_v2_infer_gives_the_same_numbers_as_v1(client, digits):
@@ -99,6 +114,13 @@ def test_v2_infer_gives_the_same_numbers_as_v1(client, digits):
     np.testing.assert_allclose(outputs["log_px"]["data"], [p["log_px"] for p in v1])
     np.testing.assert_allclose(np.reshape(outputs["probabilities"]["data"], (-1, 10)), [p["probabilities"] for p in v1])
     assert outputs["accepted"]["data"] == [p["accepted"] for p in v1]
+    assert outputs["is_outlier"]["data"] == [p["outlier"]["is_outlier"] for p in v1]
+    assert outputs["rejected_by"]["data"] == [p["rejected_by"] or "" for p in v1]
+    np.testing.assert_allclose(outputs["p_value"]["data"], [p["p_value"] for p in v1])
+    np.testing.assert_allclose(outputs["threshold"]["data"], [p["outlier"]["threshold"] for p in v1])
+    for name in v1[0]["scores"]:
+        np.testing.assert_allclose(outputs[f"score_{name}"]["data"], [p["scores"][name] for p in v1])
+        np.testing.assert_allclose(outputs[f"p_value_{name}"]["data"], [p["p_values"][name] for p in v1])
     nested = dict(body, inputs=[dict(body["inputs"][0], shape=[len(digits), 8, 8], datatype="FP32", data=digits.tolist())], outputs=[{"name": "log_px"}])
     only = client.post("/v2/models/tiny/infer", json=nested).json()["outputs"]
     assert [o["name"] for o in only] == ["log_px"]
@@ -194,10 +216,37 @@ def test_health_and_metadata(client, checkpoint):
     assert client.get("/v1/models/tiny").json()["version"] == manifest["version"]
     metadata = client.get("/v2/models/tiny").json()
     assert metadata["inputs"] == [{"name": "input", "datatype": "FP32", "shape": [-1, 8, 8]}]
-    assert metadata["gate"]["tau"] == manifest["gate"]["tau"] and metadata["gate"]["method"] == "validation"
+    assert metadata["gate"] == manifest["gate"] and metadata["gate"]["method"] == "conformal"
     assert metadata["classes"] == [str(d) for d in range(10)] and metadata["input_range"] == [0, 16]
     assert metadata["files"] == manifest["files"] and "test" in metadata["metrics"]
     assert client.get("/v2").json()["models"] == ["tiny"]
+
+
+def test_v2_metadata_lists_exactly_what_infer_returns(client, digits):
+    """Every output's name, datatype and shape (batch axis -1) as infer returns them."""
+    metadata = {o["name"]: o for o in client.get("/v2/models/tiny").json()["outputs"]}
+    body = {"inputs": [{"name": "input", "shape": [3, 8, 8], "datatype": "FP32", "data": digits[:3].ravel().tolist()}]}
+    outputs = client.post("/v2/models/tiny/infer", json=body).json()["outputs"]
+    assert [o["name"] for o in outputs] == list(metadata)
+    for output in outputs:
+        described = metadata[output["name"]]
+        assert output["datatype"] == described["datatype"], output["name"]
+        assert output["shape"] == [3, *described["shape"][1:]] and described["shape"][0] == -1
+        assert len(output["data"]) == math.prod(output["shape"])
+
+
+def test_batch_typicality_test_on_request(client, digits):
+    typical = client.post("/v1/models/tiny:predict", json={"instances": digits.tolist(), "batch_test": True}).json()
+    assert set(typical["batch"]) == {"is_outlier", "p_value", "size"} and typical["batch"]["size"] == len(digits)
+    noise = np.random.default_rng(1).integers(0, 17, size=(8, 8, 8)).tolist()
+    noisy = client.post("/v1/models/tiny:predict", json={"instances": noise, "batch_test": True}).json()
+    assert noisy["batch"]["is_outlier"] and noisy["batch"]["p_value"] < typical["batch"]["p_value"]
+    assert "batch" not in client.post("/v1/models/tiny:predict", json={"instances": digits.tolist()}).json()
+    body = {"inputs": [{"name": "input", "shape": [8, 8, 8], "datatype": "FP32", "data": np.ravel(noise).tolist()}], "parameters": {"batch_test": True}}
+    parameters = client.post("/v2/models/tiny/infer", json=body).json()["parameters"]
+    assert parameters == {"batch_p_value": pytest.approx(noisy["batch"]["p_value"]), "batch_is_outlier": True}
+    assert client.post("/v1/models/tiny:predict", json={"instances": digits.tolist(), "batch_test": "yes"}).status_code == 400
+    assert client.post("/v2/models/tiny/infer", json={**body, "parameters": [1]}).status_code == 400
 
 
 def metric(client, name: str, **labels) -> float:
@@ -212,17 +261,20 @@ def test_metrics_move_after_requests(client, digits):
         "ok": metric(client, "diglm_requests_total", endpoint="/v1/models/{name}:predict", status="200"),
         "bad": metric(client, "diglm_requests_total", endpoint="/v1/models/{name}:predict", status="400"),
         "instances": metric(client, "diglm_instances_total"),
-        "rejected": metric(client, "diglm_instances_rejected_total"),
+        "rejected": sum(metric(client, "diglm_instances_rejected_total", reason=r) for r in ("support", "log_px", "complexity", "likelihood_ratio", "latent_distance", "level_1", "level_2", "max_probability")),
+        "support": metric(client, "diglm_instances_rejected_total", reason="support"),
         "log_px": metric(client, "diglm_log_px_nats_count"),
     }
     predict(client, digits[:3].tolist())
-    predict(client, [[[16] * 8] * 8])
+    predict(client, [[[17] * 8] * 8])  # outside the 0-16 support
     predict(client, [[1]])
     assert metric(client, "diglm_requests_total", endpoint="/v1/models/{name}:predict", status="200") == before["ok"] + 2
     assert metric(client, "diglm_requests_total", endpoint="/v1/models/{name}:predict", status="400") == before["bad"] + 1
     assert metric(client, "diglm_instances_total") == before["instances"] + 4
-    assert metric(client, "diglm_instances_rejected_total") >= before["rejected"] + 1
-    assert metric(client, "diglm_log_px_nats_count") == before["log_px"] + 4
+    assert metric(client, "diglm_instances_rejected_total", reason="support") == before["support"] + 1  # 16 is in range, the flat [1] input is 400
+    rejected = sum(metric(client, "diglm_instances_rejected_total", reason=r) for r in ("support", "log_px", "complexity", "likelihood_ratio", "latent_distance", "level_1", "level_2", "max_probability"))
+    assert rejected >= before["rejected"] + 1
+    assert metric(client, "diglm_log_px_nats_count") == before["log_px"] + 3  # the unsupported input has no log p(x)
     text = client.get("/metrics").text
     for name in ("diglm_request_duration_seconds_bucket", "diglm_inference_duration_seconds_bucket", "diglm_batch_size_bucket", "diglm_requests_in_flight", "diglm_model_info"):
         assert name in text

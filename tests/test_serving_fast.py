@@ -51,11 +51,17 @@ def test_onnx_and_torch_backends_agree_on_real_and_random_inputs(exported, digit
     torch_runtime = ModelRuntime.load(exported, "cpu", "torch")
     onnx_runtime = ModelRuntime.load(exported, "cpu", "onnx")
     random = np.random.default_rng(1).integers(0, 17, size=(40, 8, 8)).astype(np.float32)
-    for x in (digits, random, digits[:1]):
+    blank = np.zeros((3, 8, 8), dtype=np.float32)
+    for x in (digits, random, digits[:1], blank):
         ours, theirs = torch_runtime.predict(x), onnx_runtime.predict(x)
         np.testing.assert_allclose(ours["log_px"], theirs["log_px"], atol=1e-3)
         np.testing.assert_allclose(ours["model_probabilities"], theirs["model_probabilities"], atol=1e-5)
         np.testing.assert_array_equal(ours["label"], theirs["label"])
+        assert set(ours) == set(theirs)
+        for name in torch_runtime.gate_scores:  # every gate score and its p-value, from the ONNX graph too
+            np.testing.assert_allclose(ours[f"score_{name}"], theirs[f"score_{name}"], rtol=1e-5, atol=1e-3)
+            np.testing.assert_allclose(ours[f"p_value_{name}"], theirs[f"p_value_{name}"], atol=2 / 73)  # at most a rank apart
+        np.testing.assert_allclose(ours["p_value"], theirs["p_value"], atol=2 / 73)
     assert ModelRuntime.load(exported, "cpu", "auto").backend.name in {"torch", "onnx"}
 
 
@@ -68,12 +74,12 @@ def test_bayesian_regression_head_exports(tmp_path):
     model.loss(x, x.sum(1), torch.ones(64, dtype=torch.bool), 1.0)  # actnorm init, posterior from the batch
     model.eval()
     path = tmp_path / "model.onnx"
-    names = export_onnx(model, path, x[:2])
+    names = export_onnx(model, None, path, x[:2])
     assert names == ["log_px", "mean", "variance"]
-    differences = parity(model, path, x.numpy())
+    differences = parity(model, None, path, x.numpy())
     assert differences["log_px"] < 1e-3 and differences["mean"] < 1e-5 and differences["variance"] < 1e-5
     with torch.no_grad():
-        torch.testing.assert_close(DensityGraph(model)(x)[2], model.head.predict(model(x).z)["variance"], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(DensityGraph(model, None)(x)[2], model.head.predict(model(x).z)["variance"], rtol=1e-5, atol=1e-5)
 
 
 def test_onnx_backend_without_an_export_is_a_clear_error(tmp_path, exported):
@@ -83,7 +89,7 @@ def test_onnx_backend_without_an_export_is_a_clear_error(tmp_path, exported):
     loaded = load_checkpoint(exported)
     from models.checkpoint import save_checkpoint
 
-    save_checkpoint(plain, loaded.model, {k: v for k, v in manifest.items() if k != "onnx"})
+    save_checkpoint(plain, loaded.model, {k: v for k, v in manifest.items() if k != "onnx"}, extra_files={"gate.safetensors": exported / "gate.safetensors"})
     with pytest.raises(CheckpointError, match="training export"):
         ModelRuntime.load(plain, "cpu", "onnx")
 

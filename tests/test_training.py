@@ -62,7 +62,10 @@ def test_split_is_stratified_seeded_and_semi_supervised():
     dataset = load_dataset(config)
     first, second = split_dataset(dataset, config, seed=3), split_dataset(dataset, config, seed=3)
     np.testing.assert_array_equal(first.test.x, second.test.x)
-    assert len(first.train) + len(first.validation) + len(first.test) == len(dataset.x)
+    assert len(first.train) + len(first.validation) + len(first.calibration) + len(first.test) == len(dataset.x)
+    everything = np.concatenate([first.train.x, first.validation.x, first.calibration.x, first.test.x]).reshape(len(dataset.x), -1)
+    assert len(np.unique(everything, axis=0)) == len(np.unique(dataset.x.reshape(len(dataset.x), -1), axis=0))  # disjoint
+    assert len(first.calibration) == round(0.1 * (len(dataset.x) - len(first.test)))
     assert np.abs(np.bincount(first.test.y) - len(first.test) / 10).max() <= 2
     labeled_per_class = np.bincount(first.train.y[first.train.labeled], minlength=10)
     assert (labeled_per_class == 5).all()
@@ -109,7 +112,9 @@ def test_tiny_run_writes_a_complete_manifest(tiny_checkpoint):
     assert manifest["name"] == "tiny" and manifest["task"] == "classification" and manifest["input_shape"] == [8, 8]
     assert manifest["preprocessing"]["levels"] == 17
     gate = manifest["gate"]
-    assert gate["method"] == "validation" and gate["tau"] == gate["validation"]["tau"]
+    assert gate["method"] == "conformal" and gate["alpha"] == 0.05 and gate["tau"] == gate["validation"]["tau"]
+    assert gate["calibration_size"] == manifest["data"]["sizes"]["calibration"] == 72
+    assert set(gate["scores"]) == {"log_px", "level_1", "level_2", "likelihood_ratio", "complexity", "max_probability", "latent_distance"}
     assert gate["min_train"]["tau"] == gate["statistics"]["train"]["min"]
     assert abs(sum(manifest["label_prior"]) - 1) < 1e-6
     test = manifest["metrics"]["test"]
@@ -124,8 +129,11 @@ def test_tiny_evaluation_rejects_noise_more_than_digits(tiny_checkpoint, tmp_pat
     assert "AUROC" in capsys.readouterr().out and out.with_suffix(".png").is_file()
     accepted_test = report["test"]["accepted"]
     for name in ("uniform-noise", "inverted"):
-        assert 1 - report["ood"][name]["rejected"] < accepted_test
-        assert 0 <= report["ood"][name]["auroc"] <= 1
+        assert 1 - report["ood"][name]["gate"]["rejected"] < accepted_test
+        assert 0 <= report["ood"][name]["gate"]["auroc"] <= 1
+        assert set(report["ood"][name]["scores"]) == set(report["gate"]["scores"])
+    rejections = report["gate"]["false_rejection"]
+    assert rejections["count"] == report["test"]["count"] and rejections["interval_95"][0] <= rejections["rate"] <= rejections["interval_95"][1]
 
 
 def test_resume_continues_epochs_optimizer_and_schedule(tiny_checkpoint, tmp_path):

@@ -29,13 +29,26 @@ def _train(args: argparse.Namespace) -> None:
         overrides.append(f"train.device={args.device}")
     config = load_config(args.config, overrides)
     manifest = Trainer(config, progress=not args.quiet).run(args.out, resume=args.resume)
+    print(f"wrote {args.out} ({manifest['name']} version {manifest['version']}); {_summary(manifest)}")
     if args.onnx:
-        from training.export import export_checkpoint
+        _export_after_writing(args.out)
 
-        export_checkpoint(load_checkpoint(args.out))
-    test = manifest["metrics"]["test"]
-    summary = ", ".join(f"{k} {test[k]:.4f}" for k in ("error", "rmse", "nll", "bits_per_dim", "accepted") if k in test)
-    print(f"wrote {args.out} ({manifest['name']} version {manifest['version']}); test: {summary}; tau {manifest['gate']['tau']:.2f} nats ({manifest['gate']['method']})")
+
+def _summary(manifest: dict) -> str:
+    test, gate = manifest["metrics"]["test"], manifest["gate"]
+    metrics = ", ".join(f"{k} {test[k]:.4f}" for k in ("error", "rmse", "nll", "bits_per_dim", "accepted") if k in test)
+    decision = f"alpha {gate['alpha']} on {', '.join(gate['scores'])}" if gate["method"] == "conformal" else f"tau {gate['tau']:.2f} nats"
+    return f"test: {metrics}; gate {gate['method']} ({decision})"
+
+
+def _export_after_writing(checkpoint: str) -> None:
+    """ONNX export of a checkpoint just written: a failure leaves it complete and servable by torch."""
+    from training.export import export_checkpoint
+
+    try:
+        export_checkpoint(load_checkpoint(checkpoint))
+    except ExportError as error:
+        print(f"warning: {error}; the checkpoint {checkpoint} is complete and serves with --backend torch", file=sys.stderr)
 
 
 def _export(args: argparse.Namespace) -> None:
@@ -44,6 +57,13 @@ def _export(args: argparse.Namespace) -> None:
     section = export_checkpoint(load_checkpoint(args.checkpoint))
     differences = ", ".join(f"{k} {v:.2g}" for k, v in section["parity_max_abs_difference"].items())
     print(f"wrote {Path(args.checkpoint) / section['file']} (ONNX Runtime vs torch, largest difference: {differences})")
+
+
+def _calibrate(args: argparse.Namespace) -> None:
+    from training.calibration import recalibrate
+
+    manifest = recalibrate(load_checkpoint(args.checkpoint), list(args.set), args.data_dir)
+    print(f"wrote {args.checkpoint} ({manifest['name']} version {manifest['version']}); {_summary(manifest)}")
 
 
 def _evaluate(args: argparse.Namespace) -> None:
@@ -93,6 +113,12 @@ def build_parser() -> argparse.ArgumentParser:
     export = commands.add_parser("export", help="export a checkpoint to ONNX", description="Export the checkpoint's density direction (log p(x) and the head's output, dynamic batch) to model.onnx inside the checkpoint, check ONNX Runtime against torch, and record the file's hash in the manifest.")
     export.add_argument("--checkpoint", required=True, help="checkpoint folder")
     export.set_defaults(handler=_export)
+
+    calibrate = commands.add_parser("calibrate", help="refit the gate of a checkpoint", description="Refit the gate of a checkpoint on the calibration split it was trained beside (rebuilt from its config and seed): latent Gaussian, conformal calibration, taus; rewrite the checkpoint (and its ONNX model) atomically. Weights do not change.")
+    calibrate.add_argument("--checkpoint", required=True, help="checkpoint folder")
+    calibrate.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a gate.* or evaluation.* setting, e.g. --set gate.combine=min (repeatable)")
+    calibrate.add_argument("--data-dir", help="folder with the training data files, if the data set reads files")
+    calibrate.set_defaults(handler=_calibrate)
 
     evaluate = commands.add_parser("evaluate", help="evaluate a checkpoint on its test split and OOD sets", description="Evaluate a checkpoint on the test split of its training data and on out-of-distribution sets; print a table and write JSON and a log p(x) histogram.")
     evaluate.add_argument("--checkpoint", required=True, help="checkpoint folder")

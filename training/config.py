@@ -11,7 +11,9 @@ import yaml
 from pydantic import Field, ValidationError
 
 from models.config import ModelConfig, StrictModel
+from models.conformal import Combine, Tail
 from models.gate import GateMethod
+from models.scores import LatentSpace
 
 
 class ConfigError(ValueError):
@@ -21,7 +23,10 @@ class ConfigError(ValueError):
 class DataConfig(StrictModel):
     name: str = Field("digits", description="registered data set (see training.data.DATASETS)")
     data_dir: Path | None = Field(None, description="folder with data files, for data sets that read files")
-    validation_fraction: float = Field(0.15, gt=0, lt=1)
+    validation_fraction: float = Field(0.15, gt=0, lt=1, description="share of the non-test rows for early stopping")
+    calibration_fraction: float = Field(
+        0.1, ge=0, lt=0.5, description="share of the non-test rows held out for the gate's conformal calibration (0: none)"
+    )
     test_fraction: float = Field(0.2, gt=0, lt=1, description="ignored when the data set has its own test split")
     limit: int | None = Field(None, ge=10, description="keep only this many examples (stratified), for quick runs")
     labels_per_class: int | None = Field(None, ge=1, description="semi-supervised: keep labels for N training examples per class")
@@ -46,9 +51,17 @@ class TrainConfig(StrictModel):
 
 
 class GateSettings(StrictModel):
-    method: GateMethod = Field("validation", description="which tau is active")
+    method: GateMethod = Field("conformal", description="conformal p-values of several scores, or a tau on log p(x) (validation, min_train)")
+    alpha: float = Field(0.01, gt=0, lt=1, description="target false-rejection rate (conformal: p-value level; validation: tau quantile)")
+    scores: dict[str, Tail] | None = Field(
+        None, description="conformal: gate scores and the tail that counts as outlying; default models.gate.DEFAULT_SCORES where available"
+    )
+    combine: Combine = Field("fisher", description="conformal: how per-score p-values combine (fisher, min: calibrated; bonferroni)")
+    latent_space: LatentSpace | None = Field(
+        None, description="latent_distance: the head's logit space (default for classification), all of z (default for regression), the coarsest level's latents, or a PCA projection"
+    )
+    latent_dims: int | None = Field(None, ge=1, description="latent_distance with latent_space=pca: principal directions kept")
     slack: float = Field(0.0, ge=0, description="min_train tau: slack c in nats below the training minimum")
-    false_rejection_rate: float = Field(0.01, gt=0, lt=1, description="validation tau: target share of held-out data rejected")
 
 
 class EvaluationConfig(StrictModel):

@@ -1,15 +1,18 @@
-"""Evaluation: classification / regression metrics, bits per dimension, the gate's acceptance, and
-out-of-distribution detection from log p(x) (scikit-learn metrics, in-distribution = positive)."""
+"""Evaluation: classification / regression metrics, bits per dimension, the gate's acceptance and
+realised false-rejection rate, and out-of-distribution detection per gate score and for the combined
+gate (scikit-learn metrics, in-distribution = positive)."""
 from __future__ import annotations
 
 import math
 
 import numpy as np
 import torch
+from scipy.stats import binomtest
 from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
-from models.gate import accept, bits_per_dim, gated_probabilities
+from models.gate import GATE_METHODS, Gate, bits_per_dim, gated_probabilities, gated_regression
 from models.hybrid import HybridModel
+from models.scores import ScoreFit, forward_scores
 
 
 @torch.no_grad()
@@ -19,21 +22,22 @@ def model_outputs(
     batch_size: int = 512,
     dequantization_samples: int = 0,
     generator: torch.Generator | None = None,
+    fitted: ScoreFit | None = None,
 ) -> dict[str, np.ndarray]:
-    """``log_px`` (u = 1/2) and the head's predictions for ``x`` ``(N, *input_shape)``; with
-    ``dequantization_samples`` > 0 also ``log_px_dequantized``, averaged over that many random u."""
+    """``z``, the head's predictions and every score (``models.scores``; ``log_px`` at u = 1/2) for
+    ``x`` ``(N, *input_shape)``; with ``dequantization_samples`` > 0 also ``log_px_dequantized``,
+    averaged over that many random u. ``log_px`` is float64, the rest float32."""
     model.eval()
     device = next(model.parameters()).device
     chunks: dict[str, list[np.ndarray]] = {}
     for start in range(0, len(x), batch_size):
         batch = torch.as_tensor(x[start : start + batch_size], dtype=torch.float32, device=device)
-        output = model(batch)
-        results = {"log_px": output.log_px, "z": output.z, **model.head.predict(output.z)}
+        results = forward_scores(model, batch, fitted)
         if dequantization_samples:
             draws = [model(batch, torch.rand(batch.shape, generator=generator).to(device)).log_px for _ in range(dequantization_samples)]
             results["log_px_dequantized"] = torch.stack(draws).mean(dim=0)
         for key, value in results.items():
-            chunks.setdefault(key, []).append(value.float().cpu().numpy())
+            chunks.setdefault(key, []).append(value.cpu().numpy().astype(np.float64 if key == "log_px" else np.float32))
     return {key: np.concatenate(parts) for key, parts in chunks.items()}
 
 
@@ -55,71 +59,92 @@ def regression_metrics(mean: np.ndarray, variance: np.ndarray, y: np.ndarray) ->
 
 def evaluate_split(
     model: HybridModel,
+    gate: Gate,
     x: np.ndarray,
     y: np.ndarray,
-    gate: dict,
     dequantization_samples: int = 4,
     batch_size: int = 512,
     seed: int = 0,
 ) -> tuple[dict[str, float], dict[str, np.ndarray]]:
-    """Metrics of one split (fractions, nats, bits/dim) and the raw outputs they came from.
+    """Metrics of one split (fractions, nats, bits/dim) and the raw outputs they came from (with the
+    gate's ``accepted`` and ``p_value``).
 
     ``bits_per_dim`` averages over random dequantization noise (as the literature reports it);
     ``bits_per_dim_midpoint`` uses u = 1/2, as the gate does. ``accepted`` is the share the active
-    gate (``gate["tau"]``) accepts; ``accepted_min_train`` and ``accepted_validation`` the shares
-    under each calibration.
-    Classification also reports the eq.-10 output (label prior when rejected) as ``selective_*``.
+    gate accepts; ``accepted_<method>`` the share under each method. The eq.-10 output (label prior
+    or target moments when rejected) is reported as ``selective_*``; ``accepted_error`` is the error
+    among accepted inputs (classification).
     """
     generator = torch.Generator().manual_seed(seed)
     if model.config.preprocessing.kind != "dequantize":
         dequantization_samples = 0  # continuous data: no noise to average over
-    outputs = model_outputs(model, x, batch_size, dequantization_samples, generator)
-    log_px = torch.from_numpy(outputs["log_px"])
-    accepted = accept(log_px, gate["tau"])
+    outputs = model_outputs(model, x, batch_size, dequantization_samples, generator, gate.fitted)
+    decision = gate.decide(outputs)
+    accepted = decision.accepted
+    outputs.update(accepted=accepted, p_value=decision.p_value)
     metrics = {
         "count": int(len(x)),
         "bits_per_dim": float(np.mean(bits_per_dim(outputs.get("log_px_dequantized", outputs["log_px"]), model.dims))),
         "bits_per_dim_midpoint": float(np.mean(bits_per_dim(outputs["log_px"], model.dims))),
         "log_px_mean": float(np.mean(outputs["log_px"])),
-        "accepted": float(accepted.float().mean()),
-        **{f"accepted_{method}": float(accept(log_px, gate[method]["tau"]).float().mean()) for method in ("min_train", "validation")},
+        "accepted": float(accepted.mean()),
+        **{f"accepted_{method}": float(gate.with_method(method).decide(outputs).accepted.mean()) for method in GATE_METHODS},
     }
     if model.task == "classification":
         metrics.update(classification_metrics(outputs["probabilities"], y))
-        gated = gated_probabilities(torch.from_numpy(outputs["probabilities"]), accepted, model.label_prior.cpu()).numpy()
+        gated = gated_probabilities(outputs["probabilities"], accepted, model.label_prior.cpu().numpy())
         metrics.update({f"selective_{k}": v for k, v in classification_metrics(gated, y).items()})
+        if accepted.any():
+            metrics["accepted_error"] = float(np.mean(outputs["probabilities"][accepted].argmax(axis=1) != y[accepted]))
     else:
         metrics.update(regression_metrics(outputs["mean"], outputs["variance"], y))
+        mean, variance = gated_regression(outputs["mean"], outputs["variance"], accepted, model.target_moments.cpu().numpy())
+        metrics.update({f"selective_{k}": v for k, v in regression_metrics(mean, variance, y).items()})
     return metrics, outputs
 
 
-def ood_metrics(in_log_px: np.ndarray, out_log_px: np.ndarray, tau: float) -> dict[str, float]:
-    """Detection of OOD inputs by log p(x): AUROC and AUPR with in-distribution as the positive
-    class and log p(x) as the score; FPR at 95% TPR = share of OOD inputs accepted by a threshold that
-    keeps 95% of in-distribution inputs; ``rejected`` = share of OOD inputs the gate at tau rejects."""
-    floor = np.finfo(np.float64).min  # -inf (outside the support) ranks lowest
-    scores = np.nan_to_num(np.concatenate([in_log_px, out_log_px]).astype(np.float64), nan=floor, neginf=floor)
-    labels = np.concatenate([np.ones(len(in_log_px)), np.zeros(len(out_log_px))])
+def false_rejections(accepted: np.ndarray, alpha: float) -> dict:
+    """The realised false-rejection rate on in-distribution inputs with its exact (Clopper-Pearson)
+    95% binomial interval, and whether alpha lies within or above it."""
+    rejected = int((~accepted).sum())
+    interval = binomtest(rejected, len(accepted), alpha).proportion_ci(confidence_level=0.95, method="exact")
+    return {
+        "rate": rejected / len(accepted),
+        "rejected": rejected,
+        "count": int(len(accepted)),
+        "interval_95": [float(interval.low), float(interval.high)],
+        "alpha": alpha,
+        "consistent_with_alpha": bool(interval.low <= alpha),
+    }
+
+
+def detection_metrics(in_statistic: np.ndarray, out_statistic: np.ndarray) -> dict[str, float]:
+    """AUROC, AUPR and FPR at 95% TPR of a statistic that is higher for in-distribution inputs
+    (the positive class); non-finite values rank lowest."""
+    floor = np.finfo(np.float64).min
+    scores = np.nan_to_num(np.concatenate([in_statistic, out_statistic]).astype(np.float64), nan=floor, neginf=floor, posinf=np.finfo(np.float64).max)
+    labels = np.concatenate([np.ones(len(in_statistic)), np.zeros(len(out_statistic))])
     false_positive, true_positive, _ = roc_curve(labels, scores)
     return {
         "auroc": float(roc_auc_score(labels, scores)),
         "aupr": float(average_precision_score(labels, scores)),
         "fpr_at_95_tpr": float(false_positive[np.searchsorted(true_positive, 0.95, side="left")]),
-        "rejected": float(1.0 - accept(torch.from_numpy(out_log_px.astype(np.float64)), tau).double().mean()),
     }
 
 
-def builtin_ood_sets(x: np.ndarray, levels: int, seed: int = 0) -> dict[str, np.ndarray]:
-    """Out-of-distribution sets made from in-distribution images ``x`` (values 0..levels-1):
-    uniform noise, Gaussian noise with the data's mean and std (rounded, clipped), each image's pixels
-    shuffled, and inverted images (levels - 1 - x)."""
-    rng = np.random.default_rng(seed)
-    flat = x.reshape(len(x), -1)
-    shuffled = np.stack([row[rng.permutation(row.size)] for row in flat]).reshape(x.shape)
-    gaussian = np.clip(np.round(rng.normal(x.mean(), x.std(), size=x.shape)), 0, levels - 1)
-    return {
-        "uniform-noise": rng.integers(0, levels, size=x.shape).astype(np.float32),
-        "gaussian-noise": gaussian.astype(np.float32),
-        "shuffled-pixels": shuffled.astype(np.float32),
-        "inverted": (levels - 1 - x).astype(np.float32),
+def ood_metrics(gate: Gate, in_outputs: dict[str, np.ndarray], out_outputs: dict[str, np.ndarray]) -> dict:
+    """Detection of an OOD set against in-distribution inputs: for the gate (its combined p-value)
+    and each gate score (its own p-value: higher = more in-distribution), AUROC / AUPR / FPR at 95%
+    TPR and ``rejected``, the share of the OOD set with p below alpha; ``log_px`` also as the raw
+    score (the paper's detector) with the share its active tau would reject."""
+    decisions = gate.decide(in_outputs), gate.decide(out_outputs)
+    result = {"gate": {**detection_metrics(decisions[0].p_value, decisions[1].p_value), "rejected": float(1 - decisions[1].accepted.mean())}}
+    result["scores"] = {
+        name: {**detection_metrics(decisions[0].p_values[name], decisions[1].p_values[name]), "rejected": float(np.mean(decisions[1].p_values[name] < gate.alpha))}
+        for name in gate.tails
     }
+    tau_gate = gate.with_method("validation")
+    result["log_px_raw"] = {**detection_metrics(in_outputs["log_px"], out_outputs["log_px"]), "rejected_by_tau": float(1 - tau_gate.decide(out_outputs).accepted.mean())}
+    reasons = decisions[1].rejected_by[~decisions[1].accepted]
+    result["rejected_by"] = {str(reason): int(count) for reason, count in zip(*np.unique(reasons.astype(str), return_counts=True))}
+    return result

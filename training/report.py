@@ -1,5 +1,6 @@
-"""Evaluation report of a checkpoint: test metrics, OOD detection per set, a printed table, JSON and
-a histogram of log p(x) (nats) for the test split against each OOD set with tau marked."""
+"""Evaluation report of a checkpoint: test metrics, the gate's realised false-rejection rate, OOD
+detection per set (per gate score and combined), a printed table, JSON and a figure of score
+histograms per OOD set."""
 from __future__ import annotations
 
 import json
@@ -8,10 +9,12 @@ from pathlib import Path
 import numpy as np
 
 from models.checkpoint import LoadedCheckpoint
+from models.gate import Gate
 from training.config import ExperimentConfig
 from training.data import DataError, load_dataset, split_dataset
 from training.data.files import read_images
-from training.evaluate import builtin_ood_sets, evaluate_split, model_outputs, ood_metrics
+from training.evaluate import evaluate_split, false_rejections, model_outputs, ood_metrics
+from training.ood_sets import builtin_ood_sets
 
 
 def load_ood_set(name_or_path: str, builtin: dict[str, np.ndarray], input_shape: tuple[int, ...]) -> np.ndarray:
@@ -28,70 +31,100 @@ def load_ood_set(name_or_path: str, builtin: dict[str, np.ndarray], input_shape:
     return images.reshape(len(images), *input_shape)
 
 
-def format_table(test: dict, ood: dict) -> str:
-    keys = [k for k in ("error", "rmse", "nll", "entropy", "bits_per_dim", "accepted") if k in test]
-    lines = ["test split: " + "  ".join(f"{k} {test[k]:.4f}" for k in keys)]
+def format_table(test: dict, gate: dict, ood: dict) -> str:
+    keys = [k for k in ("error", "accepted_error", "rmse", "nll", "entropy", "bits_per_dim", "accepted") if k in test]
+    rejections = gate["false_rejection"]
+    lines = [
+        "test split: " + "  ".join(f"{k} {test[k]:.4f}" for k in keys),
+        f"gate {gate['method']} (alpha {gate['alpha']}, {gate['combine']} of {', '.join(gate['scores'])}): false rejections "
+        f"{rejections['rate']:.4f} ({rejections['rejected']}/{rejections['count']}, 95% interval {rejections['interval_95'][0]:.4f}-{rejections['interval_95'][1]:.4f})",
+    ]
     if ood:
-        lines.append(f"{'OOD set':<20}{'AUROC':>8}{'AUPR':>8}{'FPR@95':>8}{'rejected':>10}")
+        names = list(gate["scores"])
+        lines.append(f"{'OOD set':<18}{'gate AUROC':>11}{'FPR@95':>8}{'rejected':>10}  " + "".join(f"{n[:14]:>15}" for n in names) + "   (per score: AUROC / rejected)")
         for name, row in ood.items():
-            lines.append(f"{name:<20}{row['auroc']:>8.4f}{row['aupr']:>8.4f}{row['fpr_at_95_tpr']:>8.4f}{row['rejected']:>10.4f}")
+            per_score = "".join(f"{row['scores'][n]['auroc']:>8.3f}/{row['scores'][n]['rejected']:<6.2f}" for n in names)
+            lines.append(f"{name:<18}{row['gate']['auroc']:>11.4f}{row['gate']['fpr_at_95_tpr']:>8.4f}{row['gate']['rejected']:>10.4f}  {per_score}")
     return "\n".join(lines)
 
 
-def plot_log_px_histograms(in_log_px: np.ndarray, ood_log_px: dict[str, np.ndarray], tau: float, path: Path) -> None:
+def plot_score_histograms(gate: Gate, in_outputs: dict[str, np.ndarray], ood_outputs: dict[str, dict[str, np.ndarray]], path: Path) -> None:
+    """One row per gate score (and the combined p-value), one column per OOD set: the set's
+    histogram over the in-distribution test split's, with the score's alpha-level rejection bounds."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    finite = [v[np.isfinite(v)] for v in (in_log_px, *ood_log_px.values())]
-    low, high = np.percentile(np.concatenate(finite), [0.5, 100])
-    bins = np.linspace(low, high, 60)
-    figure, axis = plt.subplots(figsize=(7, 4))
-    axis.hist(np.clip(in_log_px, low, high), bins=bins, alpha=0.6, density=True, label="test (in-distribution)")
-    for name, values in ood_log_px.items():
-        axis.hist(np.clip(values[np.isfinite(values)], low, high), bins=bins, alpha=0.4, density=True, label=name)
-    axis.axvline(tau, color="black", linestyle="--", label=f"tau = {tau:.1f}")
-    axis.set_xlabel("log p(x) [nats]")
-    axis.set_ylabel("density")
-    axis.legend(fontsize=8)
+    rows = [*gate.tails, "p_value"]
+    in_decision = gate.decide(in_outputs)
+    values_in = {**{n: in_outputs[n] for n in gate.tails}, "p_value": np.log10(np.maximum(in_decision.p_value, 1e-12))}
+    figure, axes = plt.subplots(len(rows), len(ood_outputs), figsize=(2.2 * len(ood_outputs), 1.7 * len(rows)), squeeze=False)
+    for column, (name, outputs) in enumerate(ood_outputs.items()):
+        decision = gate.decide(outputs)
+        values_out = {**{n: outputs[n] for n in gate.tails}, "p_value": np.log10(np.maximum(decision.p_value, 1e-12))}
+        for row, score in enumerate(rows):
+            axis = axes[row, column]
+            inside, outside = (np.asarray(v[score], dtype=np.float64) for v in (values_in, values_out))
+            finite = np.concatenate([inside[np.isfinite(inside)], outside[np.isfinite(outside)]])
+            low, high = np.percentile(finite, [0.5, 99.5]) if finite.size else (0.0, 1.0)
+            bins = np.linspace(low, high if high > low else low + 1, 40)
+            axis.hist(np.clip(inside[np.isfinite(inside)], low, high), bins=bins, density=True, color="0.6", label="test")
+            axis.hist(np.clip(outside[np.isfinite(outside)], low, high), bins=bins, density=True, color="C3", alpha=0.6, label=name)
+            if score == "p_value":
+                axis.axvline(np.log10(gate.alpha), color="black", linestyle="--", linewidth=0.8)
+            axis.set_yticks([])
+            axis.tick_params(labelsize=6)
+            if row == 0:
+                axis.set_title(name, fontsize=8)
+            if column == 0:
+                axis.set_ylabel("log10 p" if score == "p_value" else score, fontsize=7)
+    figure.suptitle("gate scores: in-distribution test (grey) vs each OOD set (red); dashed: alpha", fontsize=9)
     figure.tight_layout()
-    figure.savefig(path, dpi=120)
+    figure.savefig(path, dpi=80)
     plt.close(figure)
+
+
+def ood_sets_for(loaded: LoadedCheckpoint, names: list[str] | None, x: np.ndarray, seed: int) -> dict[str, np.ndarray]:
+    """The OOD sets to evaluate: ``names`` (built-in families or image files), default all built-in."""
+    manifest = loaded.manifest
+    levels = manifest["preprocessing"].get("levels") if manifest["preprocessing"]["kind"] == "dequantize" else None
+    builtin = builtin_ood_sets(x, levels, seed) if levels and len(manifest["input_shape"]) == 2 else {}
+    return {name: load_ood_set(name, builtin, x.shape[1:]) for name in (names if names is not None else list(builtin))}
+
+
+def gate_report(loaded: LoadedCheckpoint, config: ExperimentConfig, test_x: np.ndarray, test_y: np.ndarray, ood_sets: dict[str, np.ndarray]) -> tuple[dict, dict, dict]:
+    """The gate on an in-distribution test set and OOD sets: the report, and the raw outputs."""
+    evaluation = config.evaluation
+    gate = loaded.gate
+    test_metrics, test_outputs = evaluate_split(loaded.model, gate, test_x, test_y, evaluation.dequantization_samples, evaluation.batch_size, config.seed)
+    ood_outputs = {name: model_outputs(loaded.model, x, evaluation.batch_size, fitted=gate.fitted) for name, x in ood_sets.items()}
+    report = {
+        "model": {"name": loaded.manifest["name"], "version": loaded.manifest["version"]},
+        "gate": {
+            "method": gate.method, "alpha": gate.alpha, "combine": gate.combine, "scores": gate.tails,
+            "calibration_size": gate.summary["calibration_size"], "false_rejection": false_rejections(test_outputs["accepted"], gate.alpha),
+        },
+        "test": test_metrics,
+        "ood": {name: ood_metrics(gate, test_outputs, outputs) for name, outputs in ood_outputs.items()},
+        "ood_positive_class": "in-distribution; each score's statistic is its conformal p-value, the gate's the combined p-value",
+    }
+    return report, test_outputs, ood_outputs
 
 
 def evaluate_checkpoint(loaded: LoadedCheckpoint, ood_names: list[str] | None, data_dir: str | None, out: Path) -> dict:
     """Rebuild the checkpoint's test split from its training config, evaluate it and each OOD set,
-    write the JSON report to ``out`` and the histogram beside it; returns the report (with ``table``)."""
-    manifest = loaded.manifest
-    config = ExperimentConfig.model_validate(manifest["training"]["config"])
+    write the JSON report to ``out`` and the score histograms beside it; returns the report (with
+    ``table``)."""
+    config = ExperimentConfig.model_validate(loaded.manifest["training"]["config"])
     if data_dir is not None:
         config.data.data_dir = Path(data_dir)
-    dataset = load_dataset(config.data, config.seed)
-    test = split_dataset(dataset, config.data, config.seed).test
-    tau = manifest["gate"]["tau"]
-    test_metrics, test_outputs = evaluate_split(
-        loaded.model, test.x, test.y, manifest["gate"], config.evaluation.dequantization_samples, config.evaluation.batch_size, config.seed
-    )
-    levels = manifest["preprocessing"].get("levels") if manifest["preprocessing"]["kind"] == "dequantize" else None
-    builtin = builtin_ood_sets(test.x, levels, config.seed) if levels else {}
-    names = ood_names if ood_names is not None else list(builtin)
-    ood, ood_log_px = {}, {}
-    for name in names:
-        x = load_ood_set(name, builtin, test.x.shape[1:])
-        ood_log_px[name] = model_outputs(loaded.model, x, config.evaluation.batch_size)["log_px"]
-        ood[name] = ood_metrics(test_outputs["log_px"], ood_log_px[name], tau)
-    report = {
-        "checkpoint": str(loaded.path),
-        "model": {"name": manifest["name"], "version": manifest["version"]},
-        "tau": tau,
-        "gate_method": manifest["gate"]["method"],
-        "test": test_metrics,
-        "ood": ood,
-        "ood_positive_class": "in-distribution (score: log p(x))",
-    }
+    test = split_dataset(load_dataset(config.data, config.seed), config.data, config.seed).test
+    ood_sets = ood_sets_for(loaded, ood_names, test.x, config.seed)
+    report, test_outputs, ood_outputs = gate_report(loaded, config, test.x, test.y, ood_sets)
+    report = {"checkpoint": str(loaded.path), **report}
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
-    if ood_log_px:
-        plot_log_px_histograms(test_outputs["log_px"], ood_log_px, tau, out.with_suffix(".png"))
-    return {**report, "table": format_table(test_metrics, ood)}
+    if ood_outputs:
+        plot_score_histograms(loaded.gate, test_outputs, ood_outputs, out.with_suffix(".png"))
+    return {**report, "table": format_table(report["test"], report["gate"], report["ood"])}

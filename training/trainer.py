@@ -14,16 +14,16 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from models.checkpoint import LoadedCheckpoint, load_checkpoint, save_checkpoint
+from models.checkpoint import LoadedCheckpoint, load_checkpoint
 from models.config import ModelConfig
 from models.device import resolve_device
-from models.gate import bits_per_dim, calibrate_gate
+from models.gate import bits_per_dim
 from models.heads import BayesianLinearHead, SufficientStatistics
 from models.hybrid import HybridModel
 from models.preprocessing import Standardize
 from training.config import ExperimentConfig
+from training.calibration import fit_gate, write_gated_checkpoint
 from training.data import Dataset, Split, Splits, load_dataset, split_dataset
-from training.evaluate import evaluate_split, model_outputs
 from training.optimizer_state import OPTIMIZER_FILE, load_optimizer_state, save_optimizer_state
 
 log = logging.getLogger(__name__)
@@ -65,16 +65,6 @@ def _set_output_fallbacks(model: HybridModel, train: Split) -> None:
             model.label_prior.copy_(torch.from_numpy(counts / counts.sum()))
         else:
             model.target_moments.copy_(torch.tensor([labels.mean(), labels.var()]))
-
-
-TRAIN_METRICS_ROWS = 10_000  # training-split metrics are reported on a seeded subsample of this size
-
-
-def _subsample(split: Split, rows: int, seed: int) -> Split:
-    if len(split) <= rows:
-        return split
-    index = np.sort(np.random.default_rng(seed).choice(len(split), size=rows, replace=False))
-    return Split(split.x[index], split.y[index], split.labeled[index])
 
 
 def _batches(split: Split, batch_size: int, generator: torch.Generator | None):
@@ -224,15 +214,7 @@ class Trainer:
         _set_output_fallbacks(self.model, splits.train)
         record = self.fit(splits, start_epoch, previous)
         bayesian = self.fit_bayesian_head(splits.train)
-        batch_size = config.evaluation.batch_size
-        train_log_px = model_outputs(self.model, splits.train.x, batch_size)["log_px"]
-        validation_log_px = model_outputs(self.model, splits.validation.x, batch_size)["log_px"]
-        gate = calibrate_gate(train_log_px, validation_log_px, config.gate.method, config.gate.slack, config.gate.false_rejection_rate)
-        metrics = {}
-        for name, split in (("train", _subsample(splits.train, TRAIN_METRICS_ROWS, config.seed)), ("validation", splits.validation), ("test", splits.test)):
-            metrics[name], _ = evaluate_split(
-                self.model, split.x, split.y, gate, config.evaluation.dequantization_samples, batch_size, config.seed
-            )
+        gate = fit_gate(self.model, splits, config.gate, config.evaluation.batch_size)
         manifest = {
             "name": config.name,
             "task": dataset.task,
@@ -240,14 +222,12 @@ class Trainer:
             "input_range": [0, dataset.levels - 1] if dataset.levels else None,
             "classes": dataset.classes,
             "preprocessing": model_config.preprocessing.model_dump(mode="json"),
-            "gate": gate,
             "label_prior": self.model.label_prior.tolist() if dataset.task == "classification" else None,
             "target_moments": self.model.target_moments.tolist() if dataset.task == "regression" else None,
-            "metrics": metrics,
             "data": {
                 "name": config.data.name,
                 "description": dataset.description,
-                "sizes": {"train": len(splits.train), "validation": len(splits.validation), "test": len(splits.test)},
+                "sizes": {name: len(split) for name, split in vars(splits).items()},
                 "labeled_train": int(splits.train.labeled.sum()),
             },
             "training": {**record, "bayesian_head": bayesian, "device": str(self.device), "config": config.model_dump(mode="json")},
@@ -256,4 +236,5 @@ class Trainer:
         with tempfile.TemporaryDirectory() as scratch:
             optimizer_path = Path(scratch) / OPTIMIZER_FILE
             manifest["training"]["optimizer"] = save_optimizer_state(self.optimizer, self.scheduler, optimizer_path)
-            return save_checkpoint(out_dir, self.model, manifest, extra_files={OPTIMIZER_FILE: optimizer_path})
+            return write_gated_checkpoint(out_dir, self.model, gate, splits, config, manifest, {OPTIMIZER_FILE: optimizer_path})
+

@@ -46,25 +46,36 @@ class Glow(Flow):
                 channels //= 2
         self.latent_shapes.append((channels, height, width))
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        total = x.new_zeros(x.shape[0])
+    @property
+    def latent_sizes(self) -> list[int]:
+        """Latents factored out per level, finest first; they sum to C*H*W."""
+        return [math.prod(shape) for shape in self.latent_shapes]
+
+    def forward_levels(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """z ``(N, C*H*W)`` and the log-det of each level's steps ``(N, L)`` (nats), finest first."""
+        level_logdets = []
         latents = []
         h = x
         for index, steps in enumerate(self.levels):
             h, _ = self.squeeze(h)
+            total = x.new_zeros(x.shape[0])
             for step in steps:
                 h, logabsdet = step(h)
                 total = total + logabsdet
+            level_logdets.append(total)
             if index < len(self.levels) - 1:
                 factored = self.latent_shapes[index][0]
                 latents.append(h[:, :factored].flatten(1))
                 h = h[:, factored:]
         latents.append(h.flatten(1))
-        return torch.cat(latents, dim=1), total
+        return torch.cat(latents, dim=1), torch.stack(level_logdets, dim=1)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        z, level_logdets = self.forward_levels(x)
+        return z, level_logdets.sum(dim=1)
 
     def inverse(self, z: torch.Tensor) -> torch.Tensor:
-        sizes = [math.prod(shape) for shape in self.latent_shapes]
-        chunks = [c.reshape(-1, *shape) for c, shape in zip(z.split(sizes, dim=1), self.latent_shapes)]
+        chunks = [c.reshape(-1, *shape) for c, shape in zip(z.split(self.latent_sizes, dim=1), self.latent_shapes)]
         h = chunks[-1]
         for index in reversed(range(len(self.levels))):
             if index < len(self.levels) - 1:

@@ -5,7 +5,7 @@ from fastapi import APIRouter, Request
 
 from service.api.common import ERRORS, JSONBody, json_body, json_post, service_state
 from service.encoding import instance_records
-from service.inputs import decode_v1
+from service.inputs import batch_test_flag, decode_v1
 from service.schemas import PredictRequest, PredictResponse
 
 router = APIRouter(prefix="/v1", tags=["v1"])
@@ -13,14 +13,23 @@ router = APIRouter(prefix="/v1", tags=["v1"])
 
 @router.post("/models/{name}:predict", **json_post(PredictResponse, PredictRequest))
 async def predict(name: str, request: Request) -> JSONBody:
-    """Predictions, log p(x) (nats) and the gate's decision for each instance, in request order."""
+    """Predictions, log p(x) (nats), the gate's decision and its evidence for each instance, in
+    request order. ``"batch_test": true`` adds ``batch``: a typicality test of the whole request."""
     state = service_state(request)
     runtime = state.require_model(name)
-    x = decode_v1(await json_body(request), runtime.input_shape, state.settings.max_instances)
+    body = await json_body(request)
+    x = decode_v1(body, runtime.input_shape, state.settings.max_instances)
+    batch_test = batch_test_flag(body.get("batch_test"), '"batch_test"')
     result = await state.predict(runtime, x)
-    return JSONBody(
-        {"predictions": instance_records(result, runtime.tau), "model_name": runtime.name, "model_version": runtime.version}
-    )
+    response = {
+        "predictions": instance_records(result, runtime.gate_scores, runtime.gate.outlier_threshold),
+        "model_name": runtime.name,
+        "model_version": runtime.version,
+    }
+    if batch_test:
+        p_value = runtime.gate.batch_p_value(result["log_px"])
+        response["batch"] = {"is_outlier": p_value < runtime.gate.alpha, "p_value": p_value, "size": len(x)}
+    return JSONBody(response)
 
 
 @router.get("/models/{name}", responses=ERRORS)

@@ -5,14 +5,11 @@ from fastapi import APIRouter, Request
 
 from service.api.common import ERRORS, JSONBody, json_body, json_post, read_body, service_state
 from service.encoding import output_tensors, v2_output
-from service.inputs import InputError, decode_v2_tensor, split_binary_request
+from service.inputs import InputError, batch_test_flag, decode_v2_tensor, split_binary_request
 from service.schemas import ErrorResponse, InferRequest, InferResponse
 
 router = APIRouter(prefix="/v2", tags=["v2"])
 INPUT_NAME = "input"
-CLASSIFICATION_OUTPUTS = ["label", "probabilities", "model_probabilities"]
-REGRESSION_OUTPUTS = ["mean", "variance", "model_mean", "model_variance"]
-COMMON_OUTPUTS = ["log_px", "bits_per_dim", "accepted", "threshold", "is_outlier", "instance_score"]
 
 
 @router.get("/health/live")
@@ -42,16 +39,15 @@ async def model_ready(name: str, request: Request) -> dict:
 
 @router.get("/models/{name}", responses=ERRORS)
 async def model_metadata(name: str, request: Request) -> dict:
-    """Input and output tensors, classes, input range, tau with its calibration, metrics, hashes."""
+    """Input and output tensors, classes, input range, the gate with its calibration, metrics, hashes."""
     runtime = service_state(request).require_model(name)
     manifest = runtime.manifest
-    head_outputs = CLASSIFICATION_OUTPUTS if runtime.task == "classification" else REGRESSION_OUTPUTS
     return {
         "name": runtime.name,
         "versions": [runtime.version],
         "platform": "onnxruntime_onnx" if runtime.backend.name == "onnx" else "pytorch_torch",
         "inputs": [{"name": INPUT_NAME, "datatype": "FP32", "shape": [-1, *runtime.input_shape]}],
-        "outputs": [{"name": output, "datatype": "FP64" if output in COMMON_OUTPUTS else "FP32", "shape": [-1]} for output in head_outputs + COMMON_OUTPUTS],
+        "outputs": [{"name": spec.name, "datatype": spec.datatype, "shape": list(spec.shape)} for spec in runtime.outputs],
         "task": runtime.task,
         "classes": manifest.get("classes"),
         "input_range": manifest.get("input_range"),
@@ -66,7 +62,9 @@ async def model_metadata(name: str, request: Request) -> dict:
 @router.post("/models/{name}/infer", **json_post(InferResponse, InferRequest))
 async def infer(name: str, request: Request) -> JSONBody:
     """One input tensor named ``input`` of shape ``[N, *input_shape]``, as JSON data or raw bytes (the
-    binary tensor extension: header ``Inference-Header-Content-Length``); outputs as JSON tensors."""
+    binary tensor extension: header ``Inference-Header-Content-Length``); outputs as JSON tensors, as
+    listed in the model's metadata. ``parameters: {"batch_test": true}`` adds the batch typicality
+    test (``batch_p_value``, ``batch_is_outlier`` in the response's parameters)."""
     state = service_state(request)
     runtime = state.require_model(name)
     header_length = request.headers.get("inference-header-content-length")
@@ -80,12 +78,21 @@ async def infer(name: str, request: Request) -> JSONBody:
     if tensor.get("name") != INPUT_NAME:
         raise InputError(f"unknown input {tensor.get('name')!r}; the model's input is named {INPUT_NAME!r}")
     x = decode_v2_tensor(tensor, runtime.input_shape, state.settings.max_instances, binary)
-    tensors = output_tensors(await state.predict(runtime, x), runtime.tau)
-    requested = [output.get("name") for output in body.get("outputs") or [] if isinstance(output, dict)] or list(tensors)
-    unknown = [n for n in requested if n not in tensors]
+    parameters = body.get("parameters")
+    if parameters is not None and not isinstance(parameters, dict):
+        raise InputError('"parameters" must be an object')
+    batch_test = batch_test_flag((parameters or {}).get("batch_test"), 'parameters "batch_test"')
+    specs = {spec.name: spec for spec in runtime.outputs}
+    requested = [output.get("name") for output in body.get("outputs") or [] if isinstance(output, dict)] or list(specs)
+    unknown = [n for n in requested if n not in specs]
     if unknown:
-        raise InputError(f"unknown outputs {unknown}; available: {sorted(tensors)}")
-    response = {"model_name": runtime.name, "model_version": runtime.version, "outputs": [v2_output(n, tensors[n]) for n in requested]}
+        raise InputError(f"unknown outputs {unknown}; available: {list(specs)}")
+    result = await state.predict(runtime, x)
+    tensors = output_tensors(result, runtime.gate.outlier_threshold)
+    response = {"model_name": runtime.name, "model_version": runtime.version, "outputs": [v2_output(specs[n], tensors[n]) for n in requested]}
     if body.get("id") is not None:
         response["id"] = str(body["id"])
+    if batch_test:
+        p_value = runtime.gate.batch_p_value(result["log_px"])
+        response["parameters"] = {"batch_p_value": p_value, "batch_is_outlier": p_value < runtime.gate.alpha}
     return JSONBody(response)

@@ -51,8 +51,9 @@ class Split:
 @dataclass
 class Splits:
     train: Split
-    validation: Split
+    validation: Split  # early stopping and the validation tau (model selection)
     test: Split
+    calibration: Split | None = None  # the gate's conformal calibration: never trained on or selected with
 
 
 Loader = Callable[[DataConfig, int], Dataset]  # (config, seed) -> data set
@@ -80,26 +81,36 @@ def load_dataset(config: DataConfig, seed: int = 0) -> Dataset:
 
 
 def split_dataset(dataset: Dataset, config: DataConfig, seed: int) -> Splits:
-    """Stratified (for classification) train / validation / test split fixed by ``seed``; with
+    """Stratified (for classification) train / validation / calibration / test split fixed by
+    ``seed``. Validation and calibration are fractions of the rows outside the test split; the
+    calibration rows are drawn first, from the rows the model never trains on. With
     ``labels_per_class`` only that many training examples per class keep their label."""
-    stratify = dataset.y if dataset.task == "classification" else None
+    classification = dataset.task == "classification"
     indices = np.arange(len(dataset.x))
     if dataset.test is None:
-        indices, test_indices = train_test_split(indices, test_size=config.test_fraction, random_state=seed, stratify=stratify)
+        indices, test_indices = train_test_split(
+            indices, test_size=config.test_fraction, random_state=seed, stratify=dataset.y if classification else None
+        )
         test = Split(dataset.x[test_indices], dataset.y[test_indices])
-        stratify = None if stratify is None else stratify[indices]
     else:
         test = Split(*dataset.test)
+    calibration = None
+    if config.calibration_fraction > 0:
+        indices, calibration_indices = train_test_split(
+            indices, test_size=config.calibration_fraction, random_state=seed, stratify=dataset.y[indices] if classification else None
+        )
+        calibration = Split(dataset.x[calibration_indices], dataset.y[calibration_indices])
     if dataset.validation is None:
+        share = config.validation_fraction / (1.0 - config.calibration_fraction)
         train_indices, validation_indices = train_test_split(
-            indices, test_size=config.validation_fraction, random_state=seed, stratify=stratify
+            indices, test_size=share, random_state=seed, stratify=dataset.y[indices] if classification else None
         )
         validation = Split(dataset.x[validation_indices], dataset.y[validation_indices])
     else:
         train_indices, validation = indices, Split(*dataset.validation)
     train = Split(dataset.x[train_indices], dataset.y[train_indices])
     if config.labels_per_class is not None:
-        if dataset.task != "classification":
+        if not classification:
             raise DataError("labels_per_class applies to classification data only")
         rng = np.random.default_rng(seed)
         train.labeled = np.zeros(len(train), dtype=bool)
@@ -108,4 +119,4 @@ def split_dataset(dataset: Dataset, config: DataConfig, seed: int) -> Splits:
             train.labeled[members[: config.labels_per_class]] = True
         if config.unlabeled == "drop":
             train = Split(train.x[train.labeled], train.y[train.labeled])
-    return Splits(train, validation, test)
+    return Splits(train, validation, test, calibration)

@@ -3,7 +3,7 @@
 and its own section of the results document."""
 from __future__ import annotations
 
-from training.experiments import flights, gmm1d, mnist, moons
+from training.experiments import flights, gate, gmm1d, mnist, moons
 from training.experiments.common import ExperimentContext
 
 EXPERIMENTS = {
@@ -12,6 +12,7 @@ EXPERIMENTS = {
     "flights": flights.run,
     "mnist-sweep": mnist.run_sweep,
     "mnist-semi": mnist.run_semi,
+    "gate": gate.run,
 }
 
 __all__ = ["EXPERIMENTS", "ExperimentContext"]

@@ -14,7 +14,7 @@ import torch
 from sklearn.ensemble import HistGradientBoostingRegressor
 from sklearn.metrics import roc_auc_score
 
-from models.gate import accept, gated_regression
+from models.gate import Gate, gated_regression
 from models.heads import BayesianLinearHead, SufficientStatistics
 from training.data import load_dataset, split_dataset
 from training.evaluate import model_outputs, regression_metrics
@@ -75,14 +75,11 @@ def _mean_variance(outputs: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarr
     return outputs["mean"], outputs["variance"]
 
 
-def _gated(model, x: np.ndarray, tau: float, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Eq. 10's regression analogue: the head's predictive where log p(x) >= tau, else the training
+def _gated(model, gate: Gate, x: np.ndarray, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Eq. 10's regression analogue: the head's predictive where the gate accepts, else the training
     targets' mean and variance."""
-    outputs = model_outputs(model, x, batch_size)
-    mean, variance = gated_regression(
-        torch.from_numpy(outputs["mean"]), torch.from_numpy(outputs["variance"]), accept(torch.from_numpy(outputs["log_px"]), tau), model.target_moments.cpu()
-    )
-    return mean.numpy(), variance.numpy()
+    outputs = model_outputs(model, x, batch_size, fitted=gate.fitted)
+    return gated_regression(outputs["mean"], outputs["variance"], gate.decide(outputs).accepted, model.target_moments.cpu().numpy())
 
 
 def run(context: ExperimentContext) -> dict:
@@ -109,8 +106,8 @@ def run(context: ExperimentContext) -> dict:
         record(name, lambda x, model=loaded.model: _mean_variance(model_outputs(model, x, config.evaluation.batch_size)))
         results["seconds"][name] = started.seconds()
         if name == "b_diglm":
-            diglm, head_fit, tau = loaded.model, loaded.manifest["training"]["bayesian_head"], loaded.manifest["gate"]["tau"]
-            record("b_diglm_gated", lambda x: _gated(diglm, x, tau, config.evaluation.batch_size))
+            diglm, head_fit, gate = loaded.model, loaded.manifest["training"]["bayesian_head"], loaded.gate
+            record("b_diglm_gated", lambda x: _gated(diglm, gate, x, config.evaluation.batch_size))
             results["seconds"]["b_diglm_gated"] = 0.0
 
     started = Stopwatch()
@@ -133,14 +130,15 @@ def run(context: ExperimentContext) -> dict:
     results["deep_ensemble_training_rows"] = rows
 
     train_log_px = model_outputs(diglm, train.x, config.evaluation.batch_size)["log_px"]
-    test_log_px = model_outputs(diglm, test.x, config.evaluation.batch_size)["log_px"]
+    test_outputs = model_outputs(diglm, test.x, config.evaluation.batch_size, fitted=gate.fitted)
+    test_log_px = test_outputs["log_px"]
     results["covariate_shift"] = {
         "train_log_px_mean": float(train_log_px.mean()),
         "test_log_px_mean": float(test_log_px.mean()),
         "mean_shift": float(test_log_px.mean() - train_log_px.mean()),
         "auroc_train_vs_test": float(roc_auc_score(np.r_[np.ones(len(train_log_px)), np.zeros(len(test_log_px))], np.r_[train_log_px, test_log_px])),
         "auroc_note": "training rows positive, score log p(x): 0.5 = indistinguishable",
-        "test_rejected_by_gate": float(np.mean(test_log_px < tau)),
+        "test_rejected_by_gate": float(1 - gate.decide(test_outputs).accepted.mean()),
     }
     results["b_diglm_head"] = head_fit
     results["seconds"]["total"] = clock.seconds()

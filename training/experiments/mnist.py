@@ -13,7 +13,7 @@ import torch
 from models.hybrid import HybridModel
 from training.data import load_dataset, split_dataset
 from training.data.mnist import notmnist_test
-from training.evaluate import evaluate_split, ood_metrics
+from training.evaluate import detection_metrics, evaluate_split
 from training.experiments.common import ExperimentContext, Stopwatch, pyplot
 
 # The paper's lambdas, plus 0.1/D (ours) between the most accurate and the best-density hybrids.
@@ -62,16 +62,17 @@ def run_sweep(context: ExperimentContext) -> dict:
         loaded = context.train_or_load(config, f"mnist-{name}")
         results["seconds"][name] = loaded.manifest["training"]["seconds"]
         x, y, ood_x, ood_y = _test_sets(context, config)
-        gate = loaded.manifest["gate"]
-        mnist_metrics, mnist_out = evaluate_split(loaded.model, x, y, gate, config.evaluation.dequantization_samples, config.evaluation.batch_size, config.seed)
-        ood_split, ood_out = evaluate_split(loaded.model, ood_x, ood_y, gate, config.evaluation.dequantization_samples, config.evaluation.batch_size, config.seed)
+        gate = loaded.gate.with_method("validation")  # the paper's kind of gate: a tau on log p(x)
+        mnist_metrics, mnist_out = evaluate_split(loaded.model, gate, x, y, config.evaluation.dequantization_samples, config.evaluation.batch_size, config.seed)
+        ood_split, ood_out = evaluate_split(loaded.model, gate, ood_x, ood_y, config.evaluation.dequantization_samples, config.evaluation.batch_size, config.seed)
+        detection = detection_metrics(mnist_out["log_px"], ood_out["log_px"])
         results["models"][name] = {
             "lambda_per_dim": lam,
             "mnist": mnist_metrics,
             "notmnist": ood_split,
-            "ood": ood_metrics(mnist_out["log_px"], ood_out["log_px"], gate["tau"]),
-            "ood_min_train_tau": ood_metrics(mnist_out["log_px"], ood_out["log_px"], gate["min_train"]["tau"]),
-            "gate": {k: gate[k] for k in ("tau", "method")} | {"min_train_tau": gate["min_train"]["tau"]},
+            "ood": {**detection, "rejected": float(1 - ood_out["accepted"].mean())},
+            "ood_min_train_tau": {**detection, "rejected": float(1 - gate.with_method("min_train").decide(ood_out).accepted.mean())},
+            "gate": {"tau": gate.tau, "method": gate.method, "min_train_tau": gate.summary["min_train"]["tau"]},
             "epochs": loaded.manifest["training"]["epochs_completed"],
             "evaluation_seconds": started.seconds(),
         }
@@ -91,11 +92,8 @@ def run_sweep(context: ExperimentContext) -> dict:
         prior = loaded.model.label_prior.cpu().numpy()
         for gated in (False, True):
             key = f"{name}{'+gate' if gated else ''}"
-            tau = loaded.manifest["gate"]["tau"]
             def probabilities(out):
-                if not gated:
-                    return out["probabilities"]
-                return np.where((out["log_px"] >= tau)[:, None], out["probabilities"], prior[None, :])
+                return np.where(out["accepted"][:, None], out["probabilities"], prior[None, :]) if gated else out["probabilities"]
             mnist_probabilities = probabilities(mnist_out)
             mixed_probabilities = np.concatenate([mnist_probabilities, probabilities(ood_out)])
             mixed_correct = np.concatenate([mnist_probabilities.argmax(1) == y, np.zeros(len(ood_y), dtype=bool)])
@@ -218,7 +216,7 @@ def run_semi(context: ExperimentContext) -> dict:
         config = _config(context, [f"train.lambda_per_dim={SWEEP['hybrid-1']}", *overrides])
         loaded = context.train_or_load(config, run_name)
         x, y, _, _ = _test_sets(context, config)
-        metrics, _ = evaluate_split(loaded.model, x, y, loaded.manifest["gate"], config.evaluation.dequantization_samples, config.evaluation.batch_size, config.seed)
+        metrics, _ = evaluate_split(loaded.model, loaded.gate, x, y, config.evaluation.dequantization_samples, config.evaluation.batch_size, config.seed)
         results["models"][name] = {"error": metrics["error"], "nll": metrics["nll"], "bits_per_dim": metrics["bits_per_dim"], "labeled_train": loaded.manifest["data"]["labeled_train"], "train_rows": loaded.manifest["data"]["sizes"]["train"], "seconds": loaded.manifest["training"]["seconds"]}
     results["seconds"] = clock.seconds()
     rows = "\n".join(

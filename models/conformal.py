@@ -1,0 +1,107 @@
+"""Conformal p-values (Bates et al. 2023, "Testing for outliers with conformal p-values") and their
+combination, on numpy arrays.
+
+A score s(x) is compared with the same score on n calibration inputs that the model never trained
+on or was selected with. Its p-value is (1 + #{calibration scores at least as extreme}) / (n + 1),
+with "extreme" meaning low (``lower`` tail), high (``upper``) or either (``both``: twice the smaller
+one-sided p-value, capped at 1). On exchangeable in-distribution data P(p <= a) <= a for every a.
+
+Combining m scores (``fisher`` or ``min``) takes two held-out splits. A reference split (the
+validation split) fixes, per score, a monotone "surprise" -log p_ref(s): its empirical tail below
+its 10% / above its 90% quantile and, past that, an exponential tail with the mean excess of the
+reference (peaks over threshold), so that inputs beyond every reference value keep growing more
+surprising instead of tying at 1 / (n + 1). The statistic T is the sum of the surprises (Fisher's
+-2 sum log p, halved) or their maximum (the smallest p); its conformal p-value against the
+calibration inputs' T is exactly valid whatever the dependence between the scores, since the
+surprise functions do not depend on the calibration split. ``bonferroni`` needs no reference:
+m times the smallest per-score conformal p-value.
+"""
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import numpy as np
+
+Tail = Literal["lower", "upper", "both"]
+Combine = Literal["fisher", "min", "bonferroni"]
+TAIL_QUANTILE = 0.1  # the exponential tail starts beyond the reference's 10% / 90% quantile
+
+
+def _as_extreme(scores: np.ndarray, tail: Tail) -> np.ndarray:
+    """float64 scores; non-finite ones (an input outside the model's support) rank as the most
+    extreme value of the tail."""
+    scores = np.asarray(scores, dtype=np.float64)
+    if np.isfinite(scores).all():
+        return scores
+    extreme = np.inf if tail == "upper" else -np.inf
+    return np.where(np.isfinite(scores), scores, extreme)
+
+
+def p_values(sorted_calibration: np.ndarray, scores: np.ndarray, tail: Tail) -> np.ndarray:
+    """Conformal p-values ``(N,)`` of ``scores`` against ``sorted_calibration`` (ascending, finite)."""
+    n = len(sorted_calibration)
+    scores = _as_extreme(scores, tail)
+    lower = (1 + np.searchsorted(sorted_calibration, scores, side="right")) / (n + 1)
+    upper = (1 + n - np.searchsorted(sorted_calibration, scores, side="left")) / (n + 1)
+    return lower if tail == "lower" else upper if tail == "upper" else np.minimum(1.0, 2.0 * np.minimum(lower, upper))
+
+
+def _upper_surprise(sorted_reference: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """-log of the reference's upper-tail probability of each score, exponential past the 90% quantile."""
+    n = len(sorted_reference)
+    threshold = sorted_reference[min(n - 1, int(math.ceil((1 - TAIL_QUANTILE) * n)))]
+    excess = sorted_reference[sorted_reference > threshold] - threshold
+    scale = float(excess.mean()) if excess.size else max(float(np.std(sorted_reference)), 1e-12)
+    empirical = (1 + n - np.searchsorted(sorted_reference, scores, side="left")) / (n + 1)
+    at_threshold = (1 + n - np.searchsorted(sorted_reference, threshold, side="left")) / (n + 1)
+    with np.errstate(invalid="ignore"):
+        beyond = -math.log(at_threshold) + (scores - threshold) / scale
+    return np.where(scores > threshold, beyond, -np.log(empirical))
+
+
+def surprise(sorted_reference: np.ndarray, scores: np.ndarray, tail: Tail) -> np.ndarray:
+    """-log p_ref ``(N,)`` in nats: how far into ``tail`` each score lies against the reference
+    sample (ascending, finite); unbounded past the reference's range, inf for non-finite scores."""
+    scores = _as_extreme(scores, tail)
+    if tail == "upper":
+        return _upper_surprise(sorted_reference, scores)
+    lower = _upper_surprise(-sorted_reference[::-1], -scores)
+    if tail == "lower":
+        return lower
+    return np.maximum(0.0, np.maximum(lower, _upper_surprise(sorted_reference, scores)) - math.log(2))
+
+
+def combined_statistic(surprises: np.ndarray, combine: Combine) -> np.ndarray:
+    """T ``(N,)`` from per-score surprises ``(N, m)``; higher T = more outlying."""
+    if combine == "fisher":
+        return surprises.sum(axis=1)
+    if combine == "min":
+        return surprises.max(axis=1)
+    raise ValueError(f"combine {combine!r} has no calibrated statistic")
+
+
+def combined_p_values(
+    per_score: np.ndarray, surprises: np.ndarray | None, combine: Combine, sorted_calibration_statistic: np.ndarray | None
+) -> np.ndarray:
+    """One p-value ``(N,)``: Bonferroni over the per-score conformal p-values ``(N, m)`` (m times the
+    smallest, capped at 1), or the conformal p-value of T(surprises ``(N, m)``) against the
+    calibration inputs' sorted T."""
+    if combine == "bonferroni":
+        return np.minimum(1.0, per_score.shape[1] * per_score.min(axis=1))
+    statistic = combined_statistic(surprises, combine)
+    n = len(sorted_calibration_statistic)
+    return (1 + n - np.searchsorted(sorted_calibration_statistic, statistic, side="left")) / (n + 1)
+
+
+def batch_typicality_p_value(sorted_calibration_log_px: np.ndarray, batch_log_px: np.ndarray, draws: int = 2000, seed: int = 0) -> float:
+    """Two-sided p-value of a batch's mean log p(x) (Nalisnick et al. 2019b, typicality test): how
+    often the mean of ``len(batch)`` calibration values drawn with replacement lies at least as far
+    from the calibration mean. A non-finite value in the batch gives p = 1 / (draws + 1)."""
+    if not np.isfinite(batch_log_px).all():
+        return 1.0 / (draws + 1)
+    center = float(sorted_calibration_log_px.mean())
+    rng = np.random.default_rng(seed)
+    means = sorted_calibration_log_px[rng.integers(0, len(sorted_calibration_log_px), size=(draws, len(batch_log_px)))].mean(axis=1)
+    distance = abs(float(batch_log_px.mean()) - center)
+    return float((1 + np.count_nonzero(np.abs(means - center) >= distance)) / (draws + 1))

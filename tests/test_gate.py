@@ -1,0 +1,147 @@
+"""The conformal gate against independent computations: p-values uniform on exchangeable data, the
+false-rejection guarantee of the combined gate, the surprise functions, decision boundaries, and
+the save/load round trip."""
+import math
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from models.conformal import batch_typicality_p_value, p_values, surprise
+from models.gate import GATE_METHODS, Gate, calibrate_gate, gate_tails
+
+
+def draw_scores(rng: np.random.Generator, n: int) -> dict[str, np.ndarray]:
+    """Three dependent scores of one latent variable: Gaussian, heavy-tailed and skewed."""
+    common = rng.standard_normal(n)
+    return {
+        "log_px": -50 + 5 * (0.8 * common + 0.6 * rng.standard_normal(n)),
+        "heavy": common + rng.standard_t(2, n),
+        "skewed": np.exp(0.5 * common + 0.5 * rng.standard_normal(n)),
+    }
+
+
+TAILS = {"log_px": "both", "heavy": "upper", "skewed": "lower"}
+
+
+@pytest.mark.parametrize("tail", ["lower", "upper", "both"])
+def test_conformal_p_values_are_uniform_on_exchangeable_data(tail):
+    rng = np.random.default_rng(0)
+    n, repeats = 99, 3000
+    p = np.array([p_values(np.sort(rng.standard_normal(n)), rng.standard_normal(1), tail)[0] for _ in range(repeats)])
+    grid = np.arange(1, n + 2) / (n + 1)
+    if tail == "both":  # twice the smaller one-sided p-value: valid, conservative, not uniform
+        assert np.all([np.mean(p <= a) <= a + 3 * math.sqrt(a * (1 - a) / repeats) for a in (0.02, 0.05, 0.1, 0.2, 0.5)])
+        return
+    empirical = np.array([np.mean(p <= g + 1e-12) for g in grid])
+    assert np.max(np.abs(empirical - grid)) < 1.36 / math.sqrt(repeats)  # KS at the 5% level
+    assert stats.kstest(p, "uniform").pvalue > 0.001
+
+
+@pytest.mark.parametrize("combine", ["fisher", "min", "bonferroni"])
+def test_combined_gate_false_rejection_rate_is_at_most_alpha(combine):
+    """Fresh reference, calibration and test draws each time: P(reject) <= alpha (binomial margin)."""
+    rng = np.random.default_rng(1)
+    alpha, repeats, rejected = 0.05, 1500, 0
+    for _ in range(repeats):
+        reference, calibration, test = draw_scores(rng, 200), draw_scores(rng, 99), draw_scores(rng, 1)
+        gate = calibrate_gate(reference["log_px"], reference, calibration, TAILS, "conformal", alpha, combine)
+        rejected += int(not gate.decide(test).accepted[0])
+    rate = rejected / repeats
+    assert rate <= alpha + 3 * math.sqrt(alpha * (1 - alpha) / repeats)
+    if combine != "bonferroni":  # the calibrated combinations use their level, not a fraction of it
+        assert rate >= alpha - 3 * math.sqrt(alpha * (1 - alpha) / repeats) - 1 / 100
+
+
+def test_p_value_counts_ties_and_tails_against_a_direct_count():
+    calibration = np.sort(np.array([1.0, 2.0, 2.0, 3.0, 5.0]))
+    scores = np.array([0.0, 2.0, 4.0, 6.0, -np.inf])
+    lower = [(1 + np.sum(calibration <= s)) / 6 for s in scores]
+    upper = [(1 + np.sum(calibration >= s)) / 6 for s in scores[:-1]] + [6 / 6]  # -inf is extreme only as a low value
+    np.testing.assert_allclose(p_values(calibration, scores, "lower"), lower)
+    np.testing.assert_allclose(p_values(calibration, scores[:-1], "upper"), upper[:-1])
+    np.testing.assert_allclose(p_values(calibration, scores, "both"), np.minimum(1, 2 * np.minimum(lower, [(1 + np.sum(calibration >= s)) / 6 for s in scores[:-1]] + [1 / 6])))
+
+
+def test_surprise_is_monotone_and_keeps_growing_past_the_reference():
+    reference = np.sort(np.random.default_rng(2).standard_normal(500))
+    scores = np.linspace(-20, 20, 401)
+    upper = surprise(reference, scores, "upper")
+    lower = surprise(reference, scores, "lower")
+    assert np.all(np.diff(upper) >= 0) and np.all(np.diff(lower) <= 0)
+    assert upper[-1] > upper[scores.searchsorted(reference[-1])] + 10  # unbounded beyond the largest reference value
+    both = surprise(reference, scores, "both")
+    np.testing.assert_allclose(both, np.maximum(0, np.maximum(upper, lower) - math.log(2)))
+    assert surprise(reference, np.array([np.nan, -np.inf]), "lower").tolist() == [math.inf, math.inf]
+    # inside the reference's central range, the surprise is -log of the empirical tail probability
+    middle = np.array([0.0])
+    assert surprise(reference, middle, "upper")[0] == pytest.approx(-math.log((1 + np.sum(reference >= 0)) / 501))
+
+
+def make_gate(method="conformal", alpha=0.05):
+    rng = np.random.default_rng(3)
+    reference, calibration = draw_scores(rng, 300), draw_scores(rng, 300)
+    return calibrate_gate(reference["log_px"], reference, calibration, TAILS, method, alpha, "fisher")
+
+
+def test_tau_gates_accept_at_the_boundary_and_report_in_log_px_units():
+    gate = make_gate("validation")
+    scores = draw_scores(np.random.default_rng(4), 3)
+    scores["log_px"] = np.array([gate.tau, np.nextafter(gate.tau, -np.inf), -np.inf])
+    decision = gate.decide(scores)
+    assert decision.accepted.tolist() == [True, False, False]
+    assert decision.rejected_by.tolist() == [None, "log_px", "support"]
+    np.testing.assert_allclose(decision.instance_score[:2], -scores["log_px"][:2])
+    assert decision.threshold == -gate.tau
+    assert np.all((decision.instance_score > decision.threshold) == ~decision.accepted)
+
+
+def test_conformal_gate_accepts_p_equal_alpha_and_names_the_strongest_evidence():
+    gate = make_gate(alpha=0.05)
+    scores = draw_scores(np.random.default_rng(5), 2000)
+    decision = gate.decide(scores)
+    assert np.array_equal(decision.accepted, decision.p_value >= gate.alpha)
+    assert decision.threshold == pytest.approx(-math.log10(gate.alpha))
+    assert np.array_equal(decision.instance_score > decision.threshold, ~decision.accepted)
+    boundary = np.flatnonzero(decision.p_value == gate.alpha)
+    assert boundary.size == 0 or decision.accepted[boundary].all()
+    # an input far in one score's tail is rejected, and that score is named
+    far = {name: values[:1].copy() for name, values in scores.items()}
+    far["heavy"] = np.array([1e6])
+    outlier = gate.decide(far)
+    assert not outlier.accepted[0] and outlier.rejected_by[0] == "heavy"
+    assert outlier.p_value[0] == pytest.approx(1 / (len(gate.statistic) + 1))
+    outside = gate.decide({**far, "log_px": np.array([-np.inf])})
+    assert outside.p_value[0] == 0 and outside.rejected_by[0] == "support"
+
+
+def test_every_method_and_the_save_load_round_trip(tmp_path):
+    gate = make_gate()
+    path = tmp_path / "gate.safetensors"
+    gate.save(path)
+    loaded = Gate.load(gate.summary, path)
+    scores = draw_scores(np.random.default_rng(6), 500)
+    for method in GATE_METHODS:
+        first, second = gate.with_method(method).decide(scores), loaded.with_method(method).decide(scores)
+        np.testing.assert_array_equal(first.accepted, second.accepted)
+        np.testing.assert_array_equal(first.p_value, second.p_value)
+    assert gate.summary["validation"]["tau"] == pytest.approx(np.quantile(draw_scores(np.random.default_rng(3), 300)["log_px"], 0.05))
+
+
+def test_gate_tails_defaults_and_unknown_scores():
+    available = ["log_px", "level_1", "level_2", "max_probability", "latent_distance"]
+    defaults = gate_tails(None, available)
+    assert set(defaults) <= set(available) and "log_px" in defaults and "level_1" in defaults and "level_2" in defaults
+    assert gate_tails({"log_px": "lower"}, available) == {"log_px": "lower"}
+    with pytest.raises(ValueError, match="entropy"):
+        gate_tails({"entropy": "upper"}, available)
+
+
+def test_batch_typicality_detects_a_shifted_batch_and_not_a_typical_one():
+    rng = np.random.default_rng(7)
+    calibration = np.sort(rng.normal(-100, 10, 2000))
+    assert batch_typicality_p_value(calibration, rng.normal(-100, 10, 64)) > 0.05
+    assert batch_typicality_p_value(calibration, rng.normal(-95, 10, 64)) < 0.01  # each value is typical, the batch is not
+    assert batch_typicality_p_value(calibration, np.array([-100.0, -np.inf])) < 0.001
+    repeats = [batch_typicality_p_value(calibration, rng.choice(calibration, 32), seed=i) for i in range(300)]
+    assert np.mean(np.array(repeats) < 0.05) <= 0.05 + 3 * math.sqrt(0.05 * 0.95 / 300)

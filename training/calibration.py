@@ -1,0 +1,115 @@
+"""Fitting the gate after training: the latent Gaussian on the training latents, the paper's and the
+validation tau, and the conformal calibration on the calibration split (``models.gate``)."""
+from __future__ import annotations
+
+import math
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from pydantic import ValidationError
+
+from models.checkpoint import LoadedCheckpoint, load_checkpoint, save_checkpoint
+from models.gate import GATE_FILE, Gate, calibrate_gate, gate_tails
+from models.hybrid import HybridModel
+from models.scores import ScoreFit
+from training.config import ConfigError, ExperimentConfig, GateSettings, apply_override, validation_message
+from training.data import DataError, Split, Splits, load_dataset, split_dataset
+from training.evaluate import evaluate_split, model_outputs
+from training.export import ONNX_FILE, export_checkpoint
+
+
+def fit_gate(model: HybridModel, splits: Splits, settings: GateSettings, batch_size: int = 512) -> Gate:
+    """The calibrated gate of ``model``. The latent Gaussian sees the labelled training rows; the
+    conformal p-values the calibration split only (never trained on or selected with)."""
+    needed = math.ceil(1 / settings.alpha)  # a conformal p-value is at least 1 / (n + 1)
+    rows = 0 if splits.calibration is None else len(splits.calibration)
+    if rows < needed and (settings.method == "conformal" or rows < 2):
+        raise DataError(
+            f"the conformal gate needs a calibration split of at least {needed} rows to reject at alpha {settings.alpha}, "
+            f"this data gives {rows}: raise data.calibration_fraction or gate.alpha"
+        )
+    train = model_outputs(model, splits.train.x, batch_size)
+    labeled = splits.train.labeled
+    labels = splits.train.y[labeled] if model.task == "classification" else None
+    space = settings.latent_space or ("head" if model.task == "classification" else "all")
+    if space == "head" and model.task != "classification":
+        raise ConfigError("gate.latent_space 'head' needs a classification model; use all, coarse or pca")
+    fitted = ScoreFit.fit(model, splits.train.x[labeled], train["z"][labeled], labels, space, settings.latent_dims)
+    validation = model_outputs(model, splits.validation.x, batch_size, fitted=fitted)
+    calibration = model_outputs(model, splits.calibration.x, batch_size, fitted=fitted)
+    try:
+        tails = gate_tails(settings.scores, score_names(calibration))
+    except ValueError as error:
+        raise ConfigError(f"gate.scores: {error}") from None
+    fitted_summary = {
+        "latent_space": space, "latent_dims": int(fitted.latent.weight.shape[1]),
+        "latent_classes": int(fitted.latent.means.shape[0]), "neighbour_scale": fitted.neighbour_scale,
+    }
+    return calibrate_gate(
+        train["log_px"], validation, calibration, tails, settings.method, settings.alpha, settings.combine,
+        settings.slack, fitted, fitted_summary,
+    )
+
+
+TRAIN_METRICS_ROWS = 10_000  # training-split metrics are reported on a seeded subsample of this size
+
+
+def subsample(split: Split, rows: int, seed: int) -> Split:
+    if len(split) <= rows:
+        return split
+    index = np.sort(np.random.default_rng(seed).choice(len(split), size=rows, replace=False))
+    return Split(split.x[index], split.y[index], split.labeled[index])
+
+
+def split_metrics(model: HybridModel, gate: Gate, splits: Splits, config: ExperimentConfig) -> dict[str, dict]:
+    """The manifest's ``metrics``: train (a seeded subsample), validation, calibration and test."""
+    evaluation = config.evaluation
+    chosen = {"train": subsample(splits.train, TRAIN_METRICS_ROWS, config.seed), "validation": splits.validation, "calibration": splits.calibration, "test": splits.test}
+    return {
+        name: evaluate_split(model, gate, split.x, split.y, evaluation.dequantization_samples, evaluation.batch_size, config.seed)[0]
+        for name, split in chosen.items()
+    }
+
+
+def write_gated_checkpoint(
+    out_dir: str | Path, model: HybridModel, gate: Gate, splits: Splits, config: ExperimentConfig, manifest: dict, extra_files: dict[str, Path]
+) -> dict:
+    """Evaluate every split under ``gate`` and write the checkpoint with the gate file (atomically)."""
+    manifest = {**manifest, "gate": gate.summary, "metrics": split_metrics(model, gate, splits, config)}
+    with tempfile.TemporaryDirectory() as scratch:
+        gate_path = Path(scratch) / GATE_FILE
+        gate.save(gate_path)
+        return save_checkpoint(out_dir, model, manifest, extra_files={**extra_files, GATE_FILE: gate_path})
+
+
+def score_names(outputs: dict[str, np.ndarray]) -> list[str]:
+    """The per-instance score arrays among ``model_outputs``' results."""
+    return [name for name, values in outputs.items() if values.ndim == 1 and name not in ("mean", "variance", "log_px_dequantized", "accepted", "p_value")]
+
+
+def recalibrate(loaded: LoadedCheckpoint, overrides: list[str], data_dir: str | None = None) -> dict:
+    """Refit the gate of a checkpoint on the splits it was trained with (rebuilt from its config and
+    seed), with ``gate.*`` / ``evaluation.*`` overrides, and rewrite it (atomically). The weights do
+    not change; an ONNX model is exported again (its graph holds the fitted score parts). Returns the
+    manifest written."""
+    tree = dict(loaded.manifest["training"]["config"])
+    for assignment in overrides:
+        if not assignment.split("=", 1)[0].strip().startswith(("gate.", "evaluation.")):
+            raise ConfigError(f"calibrate changes only gate.* and evaluation.* settings, not {assignment!r}")
+        apply_override(tree, assignment)
+    try:
+        config = ExperimentConfig.model_validate(tree)
+    except ValidationError as error:
+        raise ConfigError(validation_message(error)) from None
+    if data_dir is not None:
+        config.data.data_dir = Path(data_dir)
+    splits = split_dataset(load_dataset(config.data, config.seed), config.data, config.seed)
+    gate = fit_gate(loaded.model, splits, config.gate, config.evaluation.batch_size)
+    manifest = {**loaded.manifest, "training": {**loaded.manifest["training"], "config": config.model_dump(mode="json")}}
+    manifest.pop("onnx", None)
+    keep = {name: loaded.path / name for name in loaded.manifest["files"] if name not in ("weights.safetensors", GATE_FILE, ONNX_FILE)}
+    written = write_gated_checkpoint(loaded.path, loaded.model, gate, splits, config, manifest, keep)
+    if "onnx" in loaded.manifest:
+        export_checkpoint(load_checkpoint(loaded.path))
+    return written
