@@ -28,6 +28,7 @@ import numpy as np
 
 from bench.model import ROOT, build_benchmark_checkpoint, random_images
 from bench.serve_load import free_port
+from training.config import GateSettings
 
 CONCURRENCY = (1, 8, 32, 128)
 LUA = """
@@ -125,10 +126,14 @@ def in_process(checkpoint: Path) -> dict:
     return {"instances_per_s": ceiling, "single_instance_ms": single}
 
 
+LOG_PX_GATE = GateSettings(scores={"log_px": "lower"})  # the paper's evidence alone, for the gate's cost
+
+
 def servers(checkpoint: Path, python: str, port: int, device: str = "cpu") -> dict:
     """Name -> (command, extra environment, predict path) of each server, listening on ``port``.
     ``device`` applies to our service (the peers run on the CPU)."""
     ours = [python, "-m", "service", "--model-dir", str(checkpoint), "--device", device, "--port", str(port)]
+    log_px_only = [python, "-m", "service", "--model-dir", str(log_px_checkpoint(checkpoint)), "--device", device, "--port", str(port)]
     quiet = {"DIGLM_LOG_LEVEL": "warning"}
     our_path = "/v1/models/mnist-bench:predict"
     return {
@@ -136,10 +141,27 @@ def servers(checkpoint: Path, python: str, port: int, device: str = "cpu") -> di
         "ours: torch, batching": (ours + ["--backend", "torch"], {**quiet, "DIGLM_BATCHING": "true"}, our_path),
         "ours: onnx, no batching": (ours + ["--backend", "onnx"], {**quiet, "DIGLM_BATCHING": "false"}, our_path),
         "ours: onnx, batching": (ours + ["--backend", "onnx"], {**quiet, "DIGLM_BATCHING": "true"}, our_path),
+        "ours: onnx, batching, gate on log p(x) alone": (log_px_only + ["--backend", "onnx"], {**quiet, "DIGLM_BATCHING": "true"}, our_path),
         "plain FastAPI + torch eager": ([python, "-m", "bench.peers.fastapi_plain", str(checkpoint), "torch", str(port)], {}, "/predict"),
         "plain FastAPI + ONNX Runtime": ([python, "-m", "bench.peers.fastapi_plain", str(checkpoint), "onnx", str(port)], {}, "/predict"),
         "LitServe + ONNX Runtime (batch 32 / 5 ms)": ([python, "-m", "bench.peers.litserve_onnx", str(checkpoint), str(port), "32", "0.005"], {}, "/predict"),
     }
+
+
+def log_px_checkpoint(checkpoint: Path) -> Path:
+    """The benchmark model with a gate of log p(x) alone, beside ``checkpoint``."""
+    return build_benchmark_checkpoint(checkpoint.parent / f"{checkpoint.name}-log-px-gate", LOG_PX_GATE)
+
+
+def gate_cost(rows: list) -> str:
+    """Throughput of the full gate over the gate on log p(x) alone, per concurrency (same run)."""
+    full = {c: r["requests_per_s"] for name, request, c, _, r in rows if name == "ours: onnx, batching" and request == "1 instance, JSON"}
+    alone = {c: r["requests_per_s"] for name, request, c, _, r in rows if name == "ours: onnx, batching, gate on log p(x) alone" and request == "1 instance, JSON"}
+    common = sorted(set(full) & set(alone))
+    if not common:
+        return ""
+    cells = ", ".join(f"c={c}: {full[c] / alone[c]:.2f}x" for c in common)
+    return f"Full gate vs gate on log p(x) alone (requests/s ratio, 1 instance per request): {cells}."
 
 
 def main() -> None:
@@ -203,8 +225,10 @@ def main() -> None:
     ceiling_lines = ["| in-process run | instances/s |", "|---|---:|"] + [f"| {k} | {v:.0f} |" for k, v in ceiling["instances_per_s"].items()]
     ceiling_lines += [f"| single instance, {k} backend (service threads) | {1000 / v:.0f} ({v:.2f} ms) |" for k, v in ceiling["single_instance_ms"].items()]
     table, ceiling_table = "\n".join(lines), "\n".join(ceiling_lines)
+    cost = gate_cost(rows)
     print(ceiling_table)
     print(table)
+    print(cost)
     (scratch / "rows.json").write_text(json.dumps({"rows": rows, "ceiling": ceiling}, indent=1))
     print(f"raw numbers: {scratch / 'rows.json'}")
     if args.write:
@@ -219,7 +243,7 @@ def main() -> None:
             f"thread, Lua POST body, {args.seconds:.0f} s per row after a 3 s warm-up; client and server share the {machine} "
             f"unpinned; one server at a time. Ceiling: the raw model in-process with all cores, no HTTP. "
             f"Ours: `python -m service` defaults (one inference thread; torch uses the usable cores minus one, ONNX Runtime all of them with spinning off; batching up to 64 instances, no added delay).\n\n"
-            f"Command: `make bench-serve`\n\n{ceiling_table}\n\n{table}\n",
+            f"Command: `make bench-serve`\n\n{ceiling_table}\n\n{table}\n\n{cost}\n",
         )
 
 

@@ -192,7 +192,7 @@ def calibrate_gate(
     tails: dict[str, Tail],
     method: GateMethod = "conformal",
     alpha: float = 0.01,
-    combine: Combine = "fisher",
+    combine: Combine = "min",
     slack: float = 0.0,
     fitted: ScoreFit | None = None,
     fitted_summary: dict | None = None,

@@ -148,3 +148,47 @@ def test_resume_continues_epochs_optimizer_and_schedule(tiny_checkpoint, tmp_pat
     old_steps = load_file(tiny_checkpoint / "optimizer.safetensors")["state.0.step"]
     new_steps = load_file(out / "optimizer.safetensors")["state.0.step"]
     assert float(new_steps) == float(old_steps) + steps_per_epoch
+
+
+def test_calibrate_refits_the_gate_and_keeps_the_weights(tiny_checkpoint, tmp_path, capsys):
+    import shutil
+
+    copy = tmp_path / "tiny"
+    shutil.copytree(tiny_checkpoint, copy)
+    before = load_checkpoint(copy)
+    assert main(["calibrate", "--checkpoint", str(copy), "--set", "gate.combine=fisher", "--set", "gate.alpha=0.1", "--set", "gate.scores={log_px: lower, complexity: both}"]) == 0
+    after = load_checkpoint(copy)
+    assert after.manifest["files"]["weights.safetensors"] == before.manifest["files"]["weights.safetensors"]
+    assert after.manifest["version"] == before.manifest["version"]
+    assert after.gate.combine == "fisher" and after.gate.alpha == 0.1 and after.gate.tails == {"log_px": "lower", "complexity": "both"}
+    assert after.manifest["training"]["config"]["gate"]["alpha"] == 0.1 and "wrote" in capsys.readouterr().out
+    assert main(["calibrate", "--checkpoint", str(copy), "--set", "train.epochs=9"]) == 2
+    assert "only gate.* and evaluation.*" in capsys.readouterr().err
+    assert main(["calibrate", "--checkpoint", str(copy), "--set", "gate.scores={entropy: upper}"]) == 2
+    assert "not computed for this model" in capsys.readouterr().err
+
+
+def test_a_failed_export_after_training_leaves_a_servable_checkpoint(tmp_path, monkeypatch, capsys):
+    from training.export import ExportError
+
+    def disagree(loaded):
+        raise ExportError("ONNX Runtime and torch disagree on log_px by 0.5 (limit 0.1)")
+
+    monkeypatch.setattr("training.export.export_checkpoint", disagree)
+    out = tmp_path / "tiny"
+    assert main(["train", "--config", str(CONFIGS / "tiny.yaml"), "--out", str(out), "--quiet", "--set", "train.epochs=1", "--onnx"]) == 0
+    err = capsys.readouterr().err
+    assert "warning: ONNX Runtime and torch disagree" in err and "--backend torch" in err
+    assert "onnx" not in load_checkpoint(out).manifest
+
+
+def test_export_parity_counts_equal_infinities_as_equal(tmp_path):
+    from training.export import export_checkpoint, parity
+
+    out = tmp_path / "tiny"
+    assert main(["train", "--config", str(CONFIGS / "tiny.yaml"), "--out", str(out), "--quiet", "--set", "train.epochs=1", "--onnx"]) == 0
+    loaded = load_checkpoint(out)
+    outside = np.full((2, 8, 8), 40.0, dtype=np.float32)  # beyond the 17 levels: log p(x) = -inf in both runtimes
+    differences = parity(loaded.model, loaded.gate.fitted, out / "model.onnx", outside)
+    assert differences["log_px"] == 0.0 and differences["log_px_magnitude"] == 0.0
+    assert export_checkpoint(loaded)["parity_max_abs_difference"]["log_px"] < 1e-2

@@ -89,10 +89,8 @@ def score_names(outputs: dict[str, np.ndarray]) -> list[str]:
 
 
 def recalibrate(loaded: LoadedCheckpoint, overrides: list[str], data_dir: str | None = None) -> dict:
-    """Refit the gate of a checkpoint on the splits it was trained with (rebuilt from its config and
-    seed), with ``gate.*`` / ``evaluation.*`` overrides, and rewrite it (atomically). The weights do
-    not change; an ONNX model is exported again (its graph holds the fitted score parts). Returns the
-    manifest written."""
+    """Refit the gate of a checkpoint with ``gate.*`` / ``evaluation.*`` overrides of its training
+    config (``refit_gate``). Returns the manifest written."""
     tree = dict(loaded.manifest["training"]["config"])
     for assignment in overrides:
         if not assignment.split("=", 1)[0].strip().startswith(("gate.", "evaluation.")):
@@ -104,6 +102,18 @@ def recalibrate(loaded: LoadedCheckpoint, overrides: list[str], data_dir: str | 
         raise ConfigError(validation_message(error)) from None
     if data_dir is not None:
         config.data.data_dir = Path(data_dir)
+    return refit_gate(loaded, config)
+
+
+def refit_gate(loaded: LoadedCheckpoint, config: ExperimentConfig) -> dict:
+    """Refit the gate of a checkpoint on the splits it was trained with (rebuilt from ``config``,
+    which must match its training config but for ``gate`` and ``evaluation``) and rewrite it
+    atomically. The weights do not change; an ONNX model is exported again (its graph holds the
+    fitted score parts). Returns the manifest written."""
+    trained = ExperimentConfig.model_validate(loaded.manifest["training"]["config"])
+    fixed = {"gate", "evaluation"}
+    if config.model_dump(exclude=fixed | {"data"}) != trained.model_dump(exclude=fixed | {"data"}) or config.data.model_dump(exclude={"data_dir"}) != trained.data.model_dump(exclude={"data_dir"}):
+        raise ConfigError(f"checkpoint {loaded.path} was trained with another data or model config; only gate.* and evaluation.* may change")
     splits = split_dataset(load_dataset(config.data, config.seed), config.data, config.seed)
     gate = fit_gate(loaded.model, splits, config.gate, config.evaluation.batch_size)
     manifest = {**loaded.manifest, "training": {**loaded.manifest["training"], "config": config.model_dump(mode="json")}}

@@ -10,10 +10,12 @@ from pathlib import Path
 import numpy as np
 
 from models.checkpoint import CheckpointError, LoadedCheckpoint, load_checkpoint
+from training.calibration import refit_gate
 from training.config import ExperimentConfig, load_config
 from training.docs import update_section
 from training.trainer import Trainer
 
+GATE_SECTIONS = ("gate", "evaluation")  # config sections a checkpoint's gate can be refitted for without training
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
@@ -44,15 +46,22 @@ class ExperimentContext:
 
     def train_or_load(self, config: ExperimentConfig, run_name: str) -> LoadedCheckpoint:
         """The checkpoint in ``artifacts_dir/run_name`` if it was trained with this very config (so an
-        interrupted experiment resumes where it stopped), else a fresh training run."""
+        interrupted experiment resumes where it stopped); with its gate refitted if only the gate or
+        evaluation settings differ; else a fresh training run."""
         out = self.artifacts_dir / run_name
         if (out / "manifest.json").is_file():
             try:
                 loaded = load_checkpoint(out)
             except CheckpointError:
                 loaded = None
-            if loaded is not None and loaded.manifest["training"]["config"] == config.model_dump(mode="json"):
-                return loaded
+            if loaded is not None:
+                trained = loaded.manifest["training"]["config"]
+                wanted = config.model_dump(mode="json")
+                if trained == wanted:
+                    return loaded
+                if {k: v for k, v in trained.items() if k not in GATE_SECTIONS} == {k: v for k, v in wanted.items() if k not in GATE_SECTIONS}:
+                    refit_gate(loaded, config)
+                    return load_checkpoint(out)
         return self.train(config, run_name)
 
     def write(self, name: str, results: dict, section: str) -> dict:
