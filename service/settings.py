@@ -1,20 +1,35 @@
-"""Service settings from environment variables (prefix ``DIGLM_``) or the command line."""
+"""Service settings from environment variables (prefix ``DIGLM_``) and the command line, both
+parsed and validated by pydantic-settings (``parse_settings``). An unknown ``DIGLM_*`` variable is
+an error, so a misspelt setting never goes unnoticed."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, ValidationError, model_validator
+from pydantic_settings import BaseSettings, CliApp, SettingsConfigDict, SettingsError
+
+ENV_PREFIX = "DIGLM_"
+
+
+class SettingsProblem(ValueError):
+    """A setting from the environment or the command line is unknown or invalid (one line)."""
 
 
 class ServiceSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="DIGLM_", extra="ignore", protected_namespaces=())
+    """Serve a DIGLM checkpoint over HTTP (KServe v1 and Open Inference Protocol v2). Every option
+    is also an environment variable DIGLM_<OPTION>, e.g. DIGLM_MODEL_DIR; flags win."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, extra="forbid", protected_namespaces=(), cli_kebab_case=True, cli_prog_name="python -m service",
+        cli_use_class_docs_for_groups=False,
+    )
 
     model_dir: Path = Field(Path("artifacts/digits"), description="checkpoint folder to serve")
-    host: str = "127.0.0.1"
-    port: int = Field(8000, ge=1, le=65535)
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    host: str = Field("127.0.0.1", description="address to listen on")
+    port: int = Field(8000, ge=1, le=65535, description="port to listen on")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA when present")
     backend: Literal["torch", "onnx", "auto"] = Field("auto", description="inference runtime; auto: the faster on a warm-up measurement (torch when the checkpoint has no model.onnx)")
     max_instances: int = Field(1024, ge=1, description="most instances in one request")
     max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024, description="largest request body (413 above)")
@@ -26,4 +41,34 @@ class ServiceSettings(BaseSettings):
     max_delay_ms: float = Field(0.0, ge=0, description="hold a batch open this long while requests arrive concurrently")
     max_queue: int = Field(4096, ge=1, description="most queued instances before answering 503")
     warmup_batch: int = Field(8, ge=1, description="instances in the warm-up batch run before reporting ready")
-    log_level: str = "info"
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = Field("info", description="logging level of the service and uvicorn")
+
+    @model_validator(mode="after")
+    def _no_unknown_variables(self) -> "ServiceSettings":
+        unknown = unknown_variables(os.environ)
+        if unknown:
+            raise ValueError(f"unknown environment variable {unknown[0]}; settings are {', '.join(known_variables())}")
+        return self
+
+
+def known_variables() -> list[str]:
+    """Every ``DIGLM_*`` environment variable the service reads."""
+    return [ENV_PREFIX + name.upper() for name in ServiceSettings.model_fields]
+
+
+def unknown_variables(environ) -> list[str]:
+    known = set(known_variables())
+    return sorted(name for name in environ if name.upper().startswith(ENV_PREFIX) and name.upper() not in known)
+
+
+def parse_settings(argv: list[str] | None = None) -> ServiceSettings:
+    """Settings from the environment and ``argv`` (flags such as ``--model-dir``); a
+    ``SettingsProblem`` with one line for anything unknown or invalid."""
+    try:
+        return CliApp.run(ServiceSettings, cli_args=argv or [])
+    except ValidationError as error:
+        first = error.errors()[0]
+        where = ".".join(str(part) for part in first["loc"]) or "settings"
+        raise SettingsProblem(f"{where}: {first['msg'].removeprefix('Value error, ')}") from None
+    except SettingsError as error:
+        raise SettingsProblem(str(error).splitlines()[0]) from None

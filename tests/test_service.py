@@ -327,3 +327,24 @@ def test_fifty_concurrent_requests_are_answered_correctly(settings, checkpoint, 
     for i, response in enumerate(responses):
         assert response.status_code == 200
         assert response.json()["predictions"][0]["log_px"] == pytest.approx(float(expected[i % 8]), abs=1e-4)
+
+
+def test_every_diglm_variable_in_the_readme_is_a_setting_and_unknown_ones_are_refused(monkeypatch, capsys):
+    import re
+
+    from service.__main__ import main
+    from service.settings import known_variables
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    mentioned = set(re.findall(r"DIGLM_[A-Z_]+[A-Z]", readme)) - {"DIGLM_OPTION"}
+    assert mentioned and mentioned <= set(known_variables()), mentioned - set(known_variables())
+    monkeypatch.setenv("DIGLM_TORCH_THREADS", "2")
+    assert main(["--model-dir", "nowhere"]) == 2
+    assert "unknown environment variable DIGLM_TORCH_THREADS" in capsys.readouterr().err
+    monkeypatch.delenv("DIGLM_TORCH_THREADS")
+    monkeypatch.setenv("DIGLM_MAX_QUEUE", "0")
+    assert main(["--model-dir", "nowhere"]) == 2
+    assert "max_queue" in capsys.readouterr().err
+    monkeypatch.delenv("DIGLM_MAX_QUEUE")
+    assert main(["--model-dir", "nowhere", "--port", "http"]) == 2
+    assert "port" in capsys.readouterr().err
