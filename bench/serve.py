@@ -235,15 +235,22 @@ def main() -> None:
         from training.docs import update_section
 
         machine = f"{os.cpu_count()} CPU cores ({platform.machine()}), Python {platform.python_version()}"
+        section = "serve" if args.device == "cpu" else "serve-http-gpu"
+        title = "Serving: ours vs plain FastAPI and LitServe"
+        command = "make bench-serve"
+        if args.only:  # a subset is its own section, so the full table stays
+            section += "-only-" + re.sub(r"[^a-z0-9]+", "-", args.only.lower()).strip("-")
+            title = f"Serving, only the servers named '{args.only}'"
+            command = f".venv-bench/bin/python -m bench.serve --only '{args.only}' --seconds {args.seconds:.0f} --write"
         update_section(
             ROOT / "docs" / "benchmarks.md",
-            "serve" if args.device == "cpu" else "serve-http-gpu",
-            f"## Serving: ours vs plain FastAPI and LitServe (`bench/serve.py`)\n\n"
+            section,
+            f"## {title} (`bench/serve.py`)\n\n"
             f"Model: MNIST-size Glow hybrid (`mnist-cpu` architecture, 28x28, L=2, K=4, 64 hidden), random weights. Load: wrk, one "
             f"thread, Lua POST body, {args.seconds:.0f} s per row after a 3 s warm-up; client and server share the {machine} "
             f"unpinned; one server at a time. Ceiling: the raw model in-process with all cores, no HTTP. "
             f"Ours: `python -m service` defaults (one inference thread; torch uses the usable cores minus one, ONNX Runtime all of them with spinning off; batching up to 64 instances, no added delay).\n\n"
-            f"Command: `make bench-serve`\n\n{ceiling_table}\n\n{table}\n\n{cost}\n",
+            f"Command: `{command}`\n\n{ceiling_table}\n\n{table}\n\n{cost}\n",
         )
 
 

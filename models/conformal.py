@@ -19,6 +19,7 @@ m times the smallest per-score conformal p-value.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
@@ -32,7 +33,7 @@ def _as_extreme(scores: np.ndarray, tail: Tail) -> np.ndarray:
     """float64 scores; non-finite ones (an input outside the model's support) rank as the most
     extreme value of the tail."""
     scores = np.asarray(scores, dtype=np.float64)
-    if np.isfinite(scores).all():
+    if np.isfinite(scores.sum()):  # one reduction instead of an elementwise test
         return scores
     extreme = np.inf if tail == "upper" else -np.inf
     return np.where(np.isfinite(scores), scores, extreme)
@@ -42,34 +43,69 @@ def p_values(sorted_calibration: np.ndarray, scores: np.ndarray, tail: Tail) -> 
     """Conformal p-values ``(N,)`` of ``scores`` against ``sorted_calibration`` (ascending, finite)."""
     n = len(sorted_calibration)
     scores = _as_extreme(scores, tail)
-    lower = (1 + np.searchsorted(sorted_calibration, scores, side="right")) / (n + 1)
-    upper = (1 + n - np.searchsorted(sorted_calibration, scores, side="left")) / (n + 1)
-    return lower if tail == "lower" else upper if tail == "upper" else np.minimum(1.0, 2.0 * np.minimum(lower, upper))
+    if tail == "lower":
+        return (1 + sorted_calibration.searchsorted(scores, side="right")) / (n + 1)
+    upper = (1 + n - sorted_calibration.searchsorted(scores, side="left")) / (n + 1)
+    if tail == "upper":
+        return upper
+    lower = (1 + sorted_calibration.searchsorted(scores, side="right")) / (n + 1)
+    return np.minimum(1.0, 2.0 * np.minimum(lower, upper))
 
 
-def _upper_surprise(sorted_reference: np.ndarray, scores: np.ndarray) -> np.ndarray:
-    """-log of the reference's upper-tail probability of each score, exponential past the 90% quantile."""
-    n = len(sorted_reference)
-    threshold = sorted_reference[min(n - 1, int(math.ceil((1 - TAIL_QUANTILE) * n)))]
-    excess = sorted_reference[sorted_reference > threshold] - threshold
-    scale = float(excess.mean()) if excess.size else max(float(np.std(sorted_reference)), 1e-12)
-    empirical = (1 + n - np.searchsorted(sorted_reference, scores, side="left")) / (n + 1)
-    at_threshold = (1 + n - np.searchsorted(sorted_reference, threshold, side="left")) / (n + 1)
-    with np.errstate(invalid="ignore"):
-        beyond = -math.log(at_threshold) + (scores - threshold) / scale
-    return np.where(scores > threshold, beyond, -np.log(empirical))
+@dataclass(frozen=True)
+class UpperTail:
+    """The upper-tail surprise function of one reference sample (ascending, finite), precomputed:
+    the empirical tail up to the sample's 90% quantile, an exponential tail with the mean excess of
+    the reference beyond it."""
+
+    reference: np.ndarray
+    threshold: float
+    scale: float
+    base: float  # surprise at the threshold
+
+    @classmethod
+    def fit(cls, sorted_reference: np.ndarray) -> "UpperTail":
+        n = len(sorted_reference)
+        threshold = float(sorted_reference[min(n - 1, int(math.ceil((1 - TAIL_QUANTILE) * n)))])
+        excess = sorted_reference[sorted_reference > threshold] - threshold
+        scale = float(excess.mean()) if excess.size else max(float(np.std(sorted_reference)), 1e-12)
+        at_threshold = (1 + n - np.searchsorted(sorted_reference, threshold, side="left")) / (n + 1)
+        return cls(sorted_reference, threshold, scale, -math.log(at_threshold))
+
+    def __call__(self, scores: np.ndarray) -> np.ndarray:
+        """Surprise of finite or infinite ``scores`` (never NaN: ``_as_extreme`` maps it)."""
+        n = len(self.reference)
+        empirical = np.log((n + 1) / (1 + n - self.reference.searchsorted(scores, side="left")))
+        return np.where(scores > self.threshold, self.base + (scores - self.threshold) / self.scale, empirical)
+
+
+@dataclass(frozen=True)
+class Surprise:
+    """-log p_ref ``(N,)`` in nats: how far into ``tail`` each score lies against a reference sample;
+    unbounded past the reference's range, inf for non-finite scores."""
+
+    tail: Tail
+    upper: UpperTail | None
+    lower: UpperTail | None  # the upper tail of the negated reference
+
+    @classmethod
+    def fit(cls, sorted_reference: np.ndarray, tail: Tail) -> "Surprise":
+        upper = UpperTail.fit(sorted_reference) if tail in ("upper", "both") else None
+        lower = UpperTail.fit(-sorted_reference[::-1]) if tail in ("lower", "both") else None
+        return cls(tail, upper, lower)
+
+    def __call__(self, scores: np.ndarray) -> np.ndarray:
+        scores = _as_extreme(scores, self.tail)
+        if self.tail == "upper":
+            return self.upper(scores)
+        if self.tail == "lower":
+            return self.lower(-scores)
+        return np.maximum(0.0, np.maximum(self.lower(-scores), self.upper(scores)) - math.log(2))
 
 
 def surprise(sorted_reference: np.ndarray, scores: np.ndarray, tail: Tail) -> np.ndarray:
-    """-log p_ref ``(N,)`` in nats: how far into ``tail`` each score lies against the reference
-    sample (ascending, finite); unbounded past the reference's range, inf for non-finite scores."""
-    scores = _as_extreme(scores, tail)
-    if tail == "upper":
-        return _upper_surprise(sorted_reference, scores)
-    lower = _upper_surprise(-sorted_reference[::-1], -scores)
-    if tail == "lower":
-        return lower
-    return np.maximum(0.0, np.maximum(lower, _upper_surprise(sorted_reference, scores)) - math.log(2))
+    """``Surprise`` fitted and applied at once (for one-off use; a gate keeps the fitted ones)."""
+    return Surprise.fit(sorted_reference, tail)(scores)
 
 
 def combined_statistic(surprises: np.ndarray, combine: Combine) -> np.ndarray:

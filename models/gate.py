@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from safetensors.numpy import load_file, save_file
 
-from models.conformal import Combine, Tail, batch_typicality_p_value, combined_p_values, combined_statistic, p_values, surprise
+from models.conformal import Combine, Surprise, Tail, batch_typicality_p_value, combined_p_values, combined_statistic, p_values
 from models.scores import LatentGaussian, ScoreFit
 
 GateMethod = Literal["conformal", "validation", "min_train"]
@@ -109,9 +109,12 @@ class Gate:
     fitted: ScoreFit | None = None
     summary: dict = field(default_factory=dict)  # the manifest's gate section
 
+    def __post_init__(self):
+        self._surprise = {name: Surprise.fit(self.reference[name], tail) for name, tail in self.tails.items()}
+
     def surprises(self, scores: dict[str, np.ndarray]) -> np.ndarray:
         """Per gate score, -log p against the reference split ``(N, m)`` (nats)."""
-        return np.stack([surprise(self.reference[name], scores[name], tail) for name, tail in self.tails.items()], axis=1)
+        return np.stack([self._surprise[name](scores[name]) for name in self.tails], axis=1)
 
     def decide(self, scores: dict[str, np.ndarray]) -> GateDecision:
         """The decision for score arrays ``(N,)`` by name (at least ``log_px`` and the gate's scores)."""

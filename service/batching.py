@@ -110,6 +110,10 @@ class DynamicBatcher:
                 continue
             if self.observe is not None:
                 self.observe(result, time.perf_counter() - started, [started - request.enqueued for request in batch])
+            if len(batch) == 1:
+                if not batch[0].future.done():
+                    batch[0].future.set_result(result)
+                continue
             offsets = np.cumsum([len(request.x) for request in batch])[:-1]
             parts = {key: np.split(value, offsets) for key, value in result.items()}
             for index, request in enumerate(batch):

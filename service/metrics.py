@@ -46,9 +46,10 @@ class ServiceMetrics:
             self.queue_seconds.labels(**self.labels).observe(waited)
         self.batch_size.labels(**self.labels).observe(len(log_px))
         self.instances.labels(**self.labels).inc(len(log_px))
-        reasons, counts = np.unique(result["rejected_by"][~accepted].astype(str), return_counts=True)
-        for reason, count in zip(reasons, counts):
-            self.rejected.labels(reason=reason, **self.labels).inc(int(count))
+        if not accepted.all():
+            reasons, counts = np.unique(result["rejected_by"][~accepted].astype(str), return_counts=True)
+            for reason, count in zip(reasons, counts):
+                self.rejected.labels(reason=reason, **self.labels).inc(int(count))
         histogram = self.log_px.labels(**self.labels)
         for value in log_px[np.isfinite(log_px)]:
             histogram.observe(float(value))

@@ -1,5 +1,7 @@
-"""Fitting the gate after training: the latent Gaussian on the training latents, the paper's and the
-validation tau, and the conformal calibration on the calibration split (``models.gate``)."""
+"""Fitting the gate after training (``models.gate``): the scores' fitted parts on the training rows,
+the paper's and the validation tau, the reference (validation) and conformal calibration splits; the
+per-split metrics under the gate and the checkpoint with its gate file; refitting the gate of an
+existing checkpoint without training (``python -m training calibrate``)."""
 from __future__ import annotations
 
 import math
