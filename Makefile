@@ -12,7 +12,7 @@ install: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test,onnx-cpu]'
+	$(PY) -m pip install --quiet -e '.[serve,train,test,onnx-cpu]'
 	touch $@
 
 test: install

@@ -34,6 +34,30 @@ def test_dockerfiles_copy_existing_paths_and_check_readiness():
         assert "/v2/health/ready" in text and "/v2/health/ready" in routes
         assert "USER 10001" in text
     gpu, cpu = (ROOT / "docker" / "Dockerfile.gpu").read_text(), (ROOT / "docker" / "Dockerfile.cpu").read_text()
-    assert ".[onnx-gpu]" in gpu and "onnx-cpu" not in gpu and ".[onnx-cpu]" in cpu and "onnx-gpu" not in cpu
+    assert '".[serve,onnx-gpu]"' in gpu and "onnx-cpu" not in gpu and '".[serve,onnx-cpu]"' in cpu and "onnx-gpu" not in cpu
+    assert "train" not in gpu.split("pip install", 1)[1].split("\n")[0]  # the serving image carries no training extras
     pyproject = (ROOT / "pyproject.toml").read_text()
     assert pyproject.count("onnxruntime==1.31.1") == 1 and pyproject.count("onnxruntime-gpu==1.31.1") == 1
+
+
+def test_the_service_imports_nothing_of_the_training_extras():
+    """The serve extra is enough: a process where the training-only packages cannot be imported
+    still builds the app and loads its modules."""
+    import subprocess
+    import sys
+
+    blocked = ["sklearn", "scipy", "matplotlib", "onnxscript", "yaml", "tqdm", "training"]
+    script = (
+        "import sys\n"
+        f"blocked = {blocked!r}\n"
+        "class Block:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] in blocked:\n"
+        "            raise ImportError(f'{name} is not part of the serve extra')\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "import service.__main__, service.app, service.runtime\n"
+        "service.app.create_app()\n"
+        "print('ok')\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-2000:]

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from models.checkpoint import load_checkpoint
 from training.cli import main
@@ -192,3 +193,17 @@ def test_export_parity_counts_equal_infinities_as_equal(tmp_path):
     differences = parity(loaded.model, loaded.gate.fitted, out / "model.onnx", outside)
     assert differences["log_px"] == 0.0 and differences["log_px_magnitude"] == 0.0
     assert export_checkpoint(loaded)["parity_max_abs_difference"]["log_px"] < 1e-2
+
+
+def test_the_trainer_fits_the_model_it_is_given():
+    from models.hybrid import HybridModel
+    from training.trainer import Trainer, complete_model_config
+
+    config = load_config(CONFIGS / "tiny.yaml", ["train.epochs=1"])
+    dataset = load_dataset(config.data)
+    splits = split_dataset(dataset, config.data, config.seed)
+    model = HybridModel(complete_model_config(config.model, dataset))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    record = Trainer(config, progress=False).fit(model, splits)
+    assert record["epochs_completed"] == 1 and record["bad_steps"] == 0
+    assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items())

@@ -80,36 +80,36 @@ class Trainer:
         self.progress = progress
         self.device = resolve_device(config.train.device)
 
-    def _noise(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor | None:
-        if self.model.config.preprocessing.kind != "dequantize":
+    def _noise(self, model: HybridModel, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor | None:
+        """Dequantization noise u ~ U[0, 1) of ``x``'s shape (None for continuous data)."""
+        if model.config.preprocessing.kind != "dequantize":
             return None
         return torch.rand(x.shape, generator=generator).to(self.device)
 
     @torch.no_grad()
-    def validation_loss(self, split: Split) -> dict[str, float]:
+    def validation_loss(self, model: HybridModel, split: Split) -> dict[str, float]:
         """Mean loss (u = 1/2), bits/dim and accuracy (classification) on a split."""
-        self.model.eval()
+        model.eval()
         train = self.config.train
         total_loss, total_log_px, correct, count = 0.0, 0.0, 0, 0
         for x, y, labeled in _batches(split, max(train.batch_size, 512), None):
             x, y, labeled = x.to(self.device), y.to(self.device), labeled.to(self.device)
-            loss, output = self.model.loss(x, y, labeled, train.lambda_per_dim, train.entropy_weight)
+            loss, output = model.loss(x, y, labeled, train.lambda_per_dim, train.entropy_weight)
             total_loss += float(loss) * len(x)
             total_log_px += float(output.log_px.sum())
-            if self.model.task == "classification":
-                correct += int((self.model.head.predict(output.z)["probabilities"].argmax(1) == y).sum())
+            if model.task == "classification":
+                correct += int((model.head.predict(output.z)["probabilities"].argmax(1) == y).sum())
             count += len(x)
-        result = {"loss": total_loss / count, "bits_per_dim": float(bits_per_dim(total_log_px / count, self.model.dims))}
-        if self.model.task == "classification":
+        result = {"loss": total_loss / count, "bits_per_dim": float(bits_per_dim(total_log_px / count, model.dims))}
+        if model.task == "classification":
             result["accuracy"] = correct / count
         return result
 
-    def fit(self, splits: Splits, start_epoch: int = 0, resume_from: LoadedCheckpoint | None = None) -> dict:
+    def fit(self, model: HybridModel, splits: Splits, start_epoch: int = 0, resume_from: LoadedCheckpoint | None = None) -> dict:
         """Train with warm-up, clipping, a NaN guard and early stopping; keep the best state by
         validation loss. ``resume_from``: continue its optimizer state and schedule. Returns the
         training record for the manifest; the optimizer and schedule stay in ``self``."""
         train = self.config.train
-        model = self.model
         optimizer_class = torch.optim.Adamax if train.optimizer == "adamax" else torch.optim.Adam
         optimizer = optimizer_class(model.parameters(), lr=train.learning_rate, weight_decay=train.weight_decay)
         warmup = max(train.warmup_steps, 1)
@@ -131,7 +131,7 @@ class Trainer:
             for x, y, labeled in _batches(splits.train, train.batch_size, generator):
                 x, y = x.to(self.device), y.to(self.device)
                 labeled = None if all_labeled else labeled.to(self.device)
-                loss, output = loss_fn(x, y, labeled, train.lambda_per_dim, train.entropy_weight, self._noise(x, generator))
+                loss, output = loss_fn(x, y, labeled, train.lambda_per_dim, train.entropy_weight, self._noise(model, x, generator))
                 optimizer.zero_grad(set_to_none=True)
                 finite = bool(torch.isfinite(loss))
                 if finite:
@@ -148,7 +148,7 @@ class Trainer:
                 optimizer.step()
                 scheduler.step()
                 bar.set_postfix(epoch=epoch + 1, loss=f"{loss.item():.3f}", bpd=f"{bits_per_dim(output.log_px.detach().mean().item(), model.dims):.3f}")
-            validation = self.validation_loss(splits.validation)
+            validation = self.validation_loss(model, splits.validation)
             history.append({"epoch": epoch + 1, **validation})
             if self.progress and steps_per_epoch > 1:
                 tqdm.write(f"epoch {epoch + 1}: validation " + ", ".join(f"{k} {v:.4f}" for k, v in validation.items()))
@@ -169,16 +169,16 @@ class Trainer:
         }
 
     @torch.no_grad()
-    def fit_bayesian_head(self, split: Split) -> dict | None:
+    def fit_bayesian_head(self, model: HybridModel, split: Split) -> dict | None:
         """Closed-form posterior on all training latents; alpha and sigma0 by marginal likelihood
         when the flow was trained with the Gaussian objective."""
-        head = self.model.head
+        head = model.head
         if not isinstance(head, BayesianLinearHead):
             return None
-        self.model.eval()
+        model.eval()
         stats = None
         for x, y, labeled in _batches(split, 1024, None):
-            z = self.model(x.to(self.device)).z
+            z = model(x.to(self.device)).z
             batch = SufficientStatistics.from_batch(z[labeled], y.to(self.device)[labeled])
             stats = batch if stats is None else stats + batch
         with torch.enable_grad():
@@ -201,20 +201,20 @@ class Trainer:
             previous = load_checkpoint(resume, self.device)
             if previous.model.config != model_config:
                 raise TrainingError(f"checkpoint {resume} was trained with another model config; cannot resume")
-            self.model = previous.model
+            model = previous.model
             start_epoch = previous.manifest["training"]["epochs_completed"]
         else:
-            self.model = HybridModel(model_config).to(self.device)
-            if isinstance(self.model.preprocessing, Standardize):
-                self.model.preprocessing.fit(torch.from_numpy(splits.train.x).reshape(len(splits.train), -1).to(self.device))
-            self.model.train()
+            model = HybridModel(model_config).to(self.device)
+            if isinstance(model.preprocessing, Standardize):
+                model.preprocessing.fit(torch.from_numpy(splits.train.x).reshape(len(splits.train), -1).to(self.device))
+            model.train()
             with torch.no_grad():  # data-dependent actnorm initialisation
                 first = torch.from_numpy(splits.train.x[: min(len(splits.train), 512)]).to(self.device)
-                self.model(first, self._noise(first, torch.Generator().manual_seed(config.seed)))
-        _set_output_fallbacks(self.model, splits.train)
-        record = self.fit(splits, start_epoch, previous)
-        bayesian = self.fit_bayesian_head(splits.train)
-        gate = fit_gate(self.model, splits, config.gate, config.evaluation.batch_size)
+                model(first, self._noise(model, first, torch.Generator().manual_seed(config.seed)))
+        _set_output_fallbacks(model, splits.train)
+        record = self.fit(model, splits, start_epoch, previous)
+        bayesian = self.fit_bayesian_head(model, splits.train)
+        gate = fit_gate(model, splits, config.gate, config.evaluation.batch_size)
         manifest = {
             "name": config.name,
             "task": dataset.task,
@@ -222,8 +222,8 @@ class Trainer:
             "input_range": [0, dataset.levels - 1] if dataset.levels else None,
             "classes": dataset.classes,
             "preprocessing": model_config.preprocessing.model_dump(mode="json"),
-            "label_prior": self.model.label_prior.tolist() if dataset.task == "classification" else None,
-            "target_moments": self.model.target_moments.tolist() if dataset.task == "regression" else None,
+            "label_prior": model.label_prior.tolist() if dataset.task == "classification" else None,
+            "target_moments": model.target_moments.tolist() if dataset.task == "regression" else None,
             "data": {
                 "name": config.data.name,
                 "description": dataset.description,
@@ -236,5 +236,5 @@ class Trainer:
         with tempfile.TemporaryDirectory() as scratch:
             optimizer_path = Path(scratch) / OPTIMIZER_FILE
             manifest["training"]["optimizer"] = save_optimizer_state(self.optimizer, self.scheduler, optimizer_path)
-            return write_gated_checkpoint(out_dir, self.model, gate, splits, config, manifest, {OPTIMIZER_FILE: optimizer_path})
+            return write_gated_checkpoint(out_dir, model, gate, splits, config, manifest, {OPTIMIZER_FILE: optimizer_path})
 
