@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from models.checkpoint import load_checkpoint, save_checkpoint
+from models.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from models.gate import GATE_FILE
 from models.hybrid import HybridModel
 from training.calibration import fit_gate
@@ -29,8 +29,12 @@ def random_images(count: int, seed: int = 0) -> np.ndarray:
 def build_benchmark_checkpoint(out: Path, gate: GateSettings | None = None) -> Path:
     """Write (once) and return the benchmark checkpoint folder, with model.onnx; ``gate``: the gate's
     settings (default: the default conformal gate)."""
-    if (out / "manifest.json").is_file() and (out / "model.onnx").is_file():
-        return out
+    if (out / "model.onnx").is_file():
+        try:
+            load_checkpoint(out)
+            return out
+        except CheckpointError:  # written by an older format: build it again
+            pass
     from training.export import export_checkpoint
 
     torch.manual_seed(0)
@@ -47,8 +51,9 @@ def build_benchmark_checkpoint(out: Path, gate: GateSettings | None = None) -> P
     fitted = fit_gate(model, Splits(train=thirds[0], validation=thirds[1], test=thirds[2], calibration=thirds[2]), gate or GateSettings())
     manifest = {
         "name": "mnist-bench", "task": "classification", "input_shape": [28, 28], "input_range": [0, 255],
-        "classes": dataset.classes, "preprocessing": model.config.preprocessing.model_dump(mode="json"), "gate": fitted.summary,
-        "label_prior": model.label_prior.tolist(), "metrics": {}, "training": {"note": "random weights for serving benchmarks"},
+        "classes": dataset.classes, "preprocessing": model.config.preprocessing.model_dump(mode="json"),
+        "gate": fitted.summary.model_dump(mode="json"), "label_prior": model.label_prior.tolist(),
+        "data": {"name": "random", "description": "random digit-like images: weights for serving benchmarks only", "sizes": {"train": len(images)}, "labeled_train": 0},
     }
     gate_path = out.parent / f".{out.name}-{GATE_FILE}"
     out.parent.mkdir(parents=True, exist_ok=True)

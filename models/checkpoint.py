@@ -20,11 +20,9 @@ from pydantic import ValidationError
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from models.config import ModelConfig
 from models.gate import GATE_FILE, Gate
 from models.hybrid import HybridModel
-
-FORMAT_VERSION = 2  # 2: the conformal gate (gate.safetensors, gate.scores / alpha / combine)
+from models.manifest import FORMAT_VERSION, Manifest
 MANIFEST_FILE = "manifest.json"
 WEIGHTS_FILE = "weights.safetensors"
 
@@ -37,7 +35,7 @@ class CheckpointError(Exception):
 class LoadedCheckpoint:
     model: HybridModel
     gate: Gate
-    manifest: dict
+    manifest: Manifest
     path: Path
 
 
@@ -51,11 +49,12 @@ def sha256_of(path: Path) -> str:
 
 def save_checkpoint(
     directory: str | Path, model: HybridModel, manifest: dict, extra_files: dict[str, Path] | None = None
-) -> dict:
-    """Write model weights, ``extra_files`` (name -> source path, copied) and the manifest into
-    ``directory``, replacing an existing checkpoint there only once the new one is complete.
-    Fills in ``format_version``, ``model``, ``files`` and, if absent, ``version`` (a short hash of
-    the weights). Returns the manifest written."""
+) -> Manifest:
+    """Write model weights, ``extra_files`` (name -> source path, copied) and the manifest (the
+    fields of ``Manifest`` as a dict; validated before anything is replaced) into ``directory``,
+    replacing an existing checkpoint there only once the new one is complete. Fills in
+    ``format_version``, ``model``, ``files`` and, if absent, ``version`` (a short hash of the
+    weights). Returns the manifest written."""
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
@@ -65,14 +64,14 @@ def save_checkpoint(
         for name, source in (extra_files or {}).items():
             shutil.copyfile(source, staging / name)
         files = {path.name: sha256_of(path) for path in sorted(staging.iterdir())}
-        manifest = {
+        manifest = Manifest.model_validate({
             **manifest,
             "format_version": FORMAT_VERSION,
             "version": manifest.get("version") or files[WEIGHTS_FILE][:12],
             "model": model.config.model_dump(mode="json"),
             "files": files,
-        }
-        (staging / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, allow_nan=False) + "\n")
+        })
+        (staging / MANIFEST_FILE).write_text(json.dumps(manifest.model_dump(mode="json"), indent=2, allow_nan=False) + "\n")
         if directory.exists():
             retired = Path(tempfile.mkdtemp(prefix=f".{directory.name}.old-", dir=directory.parent))
             directory.rename(retired / directory.name)
@@ -86,8 +85,9 @@ def save_checkpoint(
     return manifest
 
 
-def read_manifest(directory: str | Path) -> dict:
-    """The manifest after checking the format version and the sha256 of every listed file."""
+def read_manifest(directory: str | Path) -> Manifest:
+    """The manifest after checking the format version, its schema (``models.manifest``) and the
+    sha256 of every listed file."""
     directory = Path(directory)
     manifest_path = directory / MANIFEST_FILE
     if not manifest_path.is_file():
@@ -113,7 +113,12 @@ def read_manifest(directory: str | Path) -> dict:
             raise CheckpointError(f"checkpoint {directory} is missing {name}")
         if sha256_of(path) != expected:
             raise CheckpointError(f"checkpoint file {path} does not match its sha256 in the manifest (changed or damaged)")
-    return manifest
+    try:
+        return Manifest.model_validate(manifest)
+    except ValidationError as error:
+        first = error.errors()[0]
+        where = ".".join(str(part) for part in first["loc"])
+        raise CheckpointError(f"{manifest_path}: {where}: {first['msg']}") from None
 
 
 def load_checkpoint(directory: str | Path, device: str | torch.device = "cpu") -> LoadedCheckpoint:
@@ -121,14 +126,9 @@ def load_checkpoint(directory: str | Path, device: str | torch.device = "cpu") -
     directory = Path(directory)
     manifest = read_manifest(directory)
     try:
-        config = ModelConfig.model_validate(manifest.get("model"))
-        model = HybridModel(config)
+        model = HybridModel(manifest.model)
         model.load_state_dict(load_file(directory / WEIGHTS_FILE))
-        gate = Gate.load(manifest["gate"], directory / GATE_FILE)
-    except KeyError as error:
-        raise CheckpointError(f"checkpoint {directory} has an incomplete gate section in its manifest (missing {error})") from None
-    except ValidationError as error:
-        raise CheckpointError(f"checkpoint {directory} has an invalid model config: {error.errors()[0]['msg']}") from None
+        gate = Gate.load(manifest.gate, directory / manifest.gate.file)
     except (SafetensorError, RuntimeError, ValueError) as error:
         first_line = str(error).strip().splitlines()[0]
         raise CheckpointError(f"checkpoint {directory} weights do not fit its model config: {first_line}") from None

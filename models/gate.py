@@ -14,18 +14,17 @@ Inputs outside the model's support (log p(x) = -inf) are rejected by every metho
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import torch
 from safetensors.numpy import load_file, save_file
 
 from models.conformal import Combine, Surprise, Tail, batch_typicality_p_value, combined_p_values, combined_statistic, p_values
+from models.manifest import FittedScores, GateMethod, GateSection, LogPxSummary, MinTrainTau, ValidationTau
 from models.scores import LatentGaussian, ScoreFit
 
-GateMethod = Literal["conformal", "validation", "min_train"]
 GATE_METHODS: tuple[GateMethod, ...] = ("conformal", "validation", "min_train")
 SUMMARY_QUANTILES = (0.001, 0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99)
 GATE_FILE = "gate.safetensors"
@@ -58,20 +57,20 @@ def gate_tails(requested: dict[str, Tail] | None, available: list[str]) -> dict[
     return dict(requested)
 
 
-def summarize_log_px(log_px: np.ndarray) -> dict:
+def summarize_log_px(log_px: np.ndarray) -> LogPxSummary:
     """Count, min, max, mean, std and quantiles of the finite log p(x) values (nats)."""
     finite = log_px[np.isfinite(log_px)]
     if finite.size == 0:
         raise ValueError("no finite log p(x) values to summarize")
-    return {
-        "count": int(log_px.size),
-        "non_finite": int(log_px.size - finite.size),
-        "min": float(finite.min()),
-        "max": float(finite.max()),
-        "mean": float(finite.mean()),
-        "std": float(finite.std()),
-        "quantiles": {str(q): float(np.quantile(finite, q)) for q in SUMMARY_QUANTILES},
-    }
+    return LogPxSummary(
+        count=int(log_px.size),
+        non_finite=int(log_px.size - finite.size),
+        min=float(finite.min()),
+        max=float(finite.max()),
+        mean=float(finite.mean()),
+        std=float(finite.std()),
+        quantiles={str(q): float(np.quantile(finite, q)) for q in SUMMARY_QUANTILES},
+    )
 
 
 @dataclass
@@ -107,7 +106,7 @@ class Gate:
     reference: dict[str, np.ndarray]
     statistic: np.ndarray | None
     fitted: ScoreFit | None = None
-    summary: dict = field(default_factory=dict)  # the manifest's gate section
+    summary: GateSection | None = None  # the manifest's gate section
 
     def __post_init__(self):
         self._surprise = {name: Surprise.fit(self.reference[name], tail) for name, tail in self.tails.items()}
@@ -144,7 +143,7 @@ class Gate:
 
     def with_method(self, method: GateMethod) -> "Gate":
         """The same calibration deciding by another method (for reports that compare them)."""
-        return replace(self, method=method, tau=self.summary[method]["tau"] if method != "conformal" else self.tau)
+        return replace(self, method=method, tau=self.summary.tau_of(method) if method != "conformal" else self.tau)
 
     def batch_p_value(self, log_px: np.ndarray) -> float:
         """Typicality p-value of a whole batch (``models.conformal.batch_typicality_p_value``)."""
@@ -163,7 +162,7 @@ class Gate:
         save_file({key: np.ascontiguousarray(value) for key, value in tensors.items()}, str(path))
 
     @classmethod
-    def load(cls, summary: dict, path: Path) -> "Gate":
+    def load(cls, summary: GateSection, path: Path) -> "Gate":
         """The gate of a manifest's ``gate`` section and its file (already hash-checked)."""
         tensors = load_file(str(path))
         fitted = None
@@ -175,8 +174,8 @@ class Gate:
             return {key.split(".", 1)[1]: value for key, value in tensors.items() if key.startswith(prefix + ".")}
 
         return cls(
-            method=summary["method"], tau=summary["tau"], alpha=summary["alpha"], combine=summary["combine"],
-            tails=dict(summary["scores"]), calibration=group("calibration"), reference=group("reference"),
+            method=summary.method, tau=summary.tau, alpha=summary.alpha, combine=summary.combine,
+            tails=dict(summary.scores), calibration=group("calibration"), reference=group("reference"),
             statistic=tensors.get("statistic"), fitted=fitted, summary=summary,
         )
 
@@ -198,7 +197,7 @@ def calibrate_gate(
     combine: Combine = "min",
     slack: float = 0.0,
     fitted: ScoreFit | None = None,
-    fitted_summary: dict | None = None,
+    fitted_summary: FittedScores | None = None,
 ) -> Gate:
     """A gate from three held-out score sets: training log p(x) (the paper's tau), the validation
     split's scores (the quantile tau at ``alpha``, and the reference of the surprise functions) and
@@ -206,7 +205,7 @@ def calibrate_gate(
     names = {*tails, "log_px"}
     reference = _finite_rows(validation_scores, names)
     calibration = _finite_rows(calibration_scores, names)
-    taus = {"min_train": summarize_log_px(train_log_px)["min"] - slack, "validation": float(np.quantile(reference["log_px"], alpha))}
+    taus = {"min_train": summarize_log_px(train_log_px).min - slack, "validation": float(np.quantile(reference["log_px"], alpha))}
     gate = Gate(
         method=method, tau=taus.get(method, taus["validation"]), alpha=alpha, combine=combine, tails=dict(tails),
         calibration={name: np.sort(values) for name, values in calibration.items()},
@@ -214,20 +213,20 @@ def calibrate_gate(
     )
     if combine != "bonferroni":
         gate.statistic = np.sort(combined_statistic(gate.surprises(calibration), combine))
-    gate.summary = {
-        "method": method,
-        "alpha": alpha,
-        "tau": gate.tau,
-        "combine": combine,
-        "scores": dict(tails),
-        "calibration_size": len(calibration["log_px"]),
-        "reference_size": len(reference["log_px"]),
-        "fitted": fitted_summary,
-        "file": GATE_FILE,
-        "min_train": {"tau": taus["min_train"], "slack": slack},
-        "validation": {"tau": taus["validation"], "false_rejection_rate": alpha},
-        "statistics": {name: summarize_log_px(values) for name, values in (("train", train_log_px), ("validation", reference["log_px"]), ("calibration", calibration["log_px"]))},
-    }
+    gate.summary = GateSection(
+        method=method,
+        alpha=alpha,
+        tau=gate.tau,
+        combine=combine,
+        scores=dict(tails),
+        calibration_size=len(calibration["log_px"]),
+        reference_size=len(reference["log_px"]),
+        fitted=fitted_summary,
+        file=GATE_FILE,
+        min_train=MinTrainTau(tau=taus["min_train"], slack=slack),
+        validation=ValidationTau(tau=taus["validation"], false_rejection_rate=alpha),
+        statistics={name: summarize_log_px(values) for name, values in (("train", train_log_px), ("validation", reference["log_px"]), ("calibration", calibration["log_px"]))},
+    )
     return gate
 
 

@@ -5,24 +5,25 @@ from __future__ import annotations
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from models.manifest import GateSection
+
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 
 
-def log_px_buckets(gate: dict) -> list[float]:
+def log_px_buckets(gate: GateSection) -> list[float]:
     """Histogram edges (nats) around tau: tau minus 1000..1 nats below, both calibrations' taus and
     the training and validation quantiles above, so the histogram resolves the decision region."""
-    tau = gate["tau"]
+    tau = gate.tau
     edges = {tau - offset for offset in (1000, 500, 200, 100, 50, 20, 10, 5, 2, 1)}
-    edges |= {tau, gate["min_train"]["tau"], gate["validation"]["tau"]}
-    for split in ("train", "validation", "calibration"):
-        statistics = gate["statistics"][split]
-        edges |= {statistics["min"], statistics["max"], *statistics["quantiles"].values()}
+    edges |= {tau, gate.min_train.tau, gate.validation.tau}
+    for statistics in gate.statistics.values():
+        edges |= {statistics.min, statistics.max, *statistics.quantiles.values()}
     return sorted(round(edge, 3) for edge in edges if np.isfinite(edge))
 
 
 class ServiceMetrics:
-    def __init__(self, model_name: str, model_version: str, gate: dict):
+    def __init__(self, model_name: str, model_version: str, gate: GateSection):
         self.registry = CollectorRegistry()
         self.labels = {"model": model_name, "version": model_version}
         names = ["model", "version"]

@@ -23,14 +23,14 @@ class ModelRuntime:
         self.manifest = checkpoint.manifest
         self.model = checkpoint.model
         self.device = device
-        self.name: str = self.manifest["name"]
-        self.version: str = self.manifest["version"]
-        self.task: str = self.manifest["task"]
-        self.input_shape: tuple[int, ...] = tuple(self.manifest["input_shape"])
+        self.name: str = self.manifest.name
+        self.version: str = self.manifest.version
+        self.task: str = self.manifest.task
+        self.input_shape: tuple[int, ...] = tuple(self.manifest.input_shape)
         self.dims = int(np.prod(self.input_shape))
         self.gate = checkpoint.gate
         self.gate_scores = list(self.gate.tails)
-        classes = len(self.manifest["classes"]) if self.task == "classification" else None
+        classes = len(self.manifest.classes) if self.task == "classification" else None
         self.outputs = output_table(self.task, classes, self.gate_scores)
         self.backend = self._build_backend(backend, checkpoint, threads)
 
@@ -39,14 +39,14 @@ class ModelRuntime:
         if kind in ("torch", "auto"):
             candidates.append(TorchBackend(checkpoint.model, checkpoint.gate.fitted, self.device, threads))
         if kind in ("onnx", "auto"):
-            onnx = self.manifest.get("onnx")
+            onnx = self.manifest.onnx
             if onnx is None:
                 if kind == "onnx":
                     raise CheckpointError(
                         f"checkpoint {checkpoint.path} has no ONNX model; run: python -m training export --checkpoint {checkpoint.path}"
                     )
             else:
-                candidates.append(OnnxBackend(checkpoint.path / onnx["file"], self.device, threads))
+                candidates.append(OnnxBackend(checkpoint.path / onnx.file, self.device, threads))
         if len(candidates) == 1:
             return candidates[0]
         return fastest(candidates, [self.midrange_inputs(1), self.midrange_inputs(32)])
@@ -93,7 +93,7 @@ class ModelRuntime:
 
     def midrange_inputs(self, batch: int) -> np.ndarray:
         """``batch`` inputs in the middle of the input range (warm-up and backend probes)."""
-        levels = self.manifest["preprocessing"].get("levels") or 2
+        levels = self.manifest.preprocessing.levels or 2
         return np.full((batch, *self.input_shape), (levels - 1) / 2, dtype=np.float32)
 
     def warm_up(self, batch: int) -> float:

@@ -28,11 +28,11 @@ class ServiceState:
 
     def attach(self, runtime: ModelRuntime) -> None:
         self.runtime = runtime
-        self.metrics = ServiceMetrics(runtime.name, runtime.version, runtime.manifest["gate"])
+        self.metrics = ServiceMetrics(runtime.name, runtime.version, runtime.manifest.gate)
         self.metrics.info.labels(
             **self.metrics.labels,
             task=runtime.task,
-            gate_method=runtime.manifest["gate"]["method"],
+            gate_method=runtime.manifest.gate.method,
             backend=runtime.backend.name,
             device=str(runtime.device),
         ).set(1)

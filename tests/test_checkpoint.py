@@ -15,7 +15,8 @@ def gated_manifest(model, folder) -> tuple[dict, dict]:
     outputs = model_outputs(model, torch.randint(0, 17, (60, 8, 8)).float().numpy())
     gate = calibrate_gate(outputs["log_px"], outputs, outputs, {"log_px": "both"}, "conformal", 0.05)
     gate.save(folder / "gate-source.safetensors")
-    return {"name": "digits", "gate": gate.summary}, {GATE_FILE: folder / "gate-source.safetensors"}
+    manifest = {"name": "digits", "task": "classification", "input_shape": [8, 8], "preprocessing": model.config.preprocessing.model_dump(), "gate": gate.summary.model_dump()}
+    return manifest, {GATE_FILE: folder / "gate-source.safetensors"}
 
 
 @pytest.fixture
@@ -36,8 +37,8 @@ def test_round_trip_gives_identical_outputs(saved):
     x = torch.randint(0, 17, (5, 8, 8)).float()
     torch.testing.assert_close(loaded.model(x).log_px, model(x).log_px, rtol=0, atol=0)
     torch.testing.assert_close(loaded.model.head.predict(loaded.model(x).z)["probabilities"], model.head.predict(model(x).z)["probabilities"], rtol=0, atol=0)
-    assert manifest["format_version"] == FORMAT_VERSION and len(manifest["version"]) == 12
-    assert set(manifest["files"]) == {"weights.safetensors", "gate.safetensors"}
+    assert manifest.format_version == FORMAT_VERSION and len(manifest.version) == 12
+    assert set(manifest.files) == {"weights.safetensors", "gate.safetensors"}
 
 
 def test_reloaded_actnorm_is_not_initialised_again(saved):
@@ -78,7 +79,11 @@ def test_changed_gate_file_or_missing_gate_section_is_refused(saved):
     manifest = json.loads((path / "manifest.json").read_text())
     del manifest["gate"]["combine"]
     (path / "manifest.json").write_text(json.dumps(manifest))
-    with pytest.raises(CheckpointError, match="incomplete gate section.*combine"):
+    with pytest.raises(CheckpointError, match="manifest.json: gate.combine: Field required"):
+        load_checkpoint(path)
+    manifest["gate"]["combine"], manifest["gate"]["alpha"] = "min", "often"
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(CheckpointError, match="gate.alpha: Input should be a valid number"):
         load_checkpoint(path)
     (path / "gate.safetensors").write_bytes(b"changed")
     with pytest.raises(CheckpointError, match="gate.safetensors does not match its sha256"):
@@ -90,5 +95,5 @@ def test_failed_write_keeps_the_old_checkpoint(saved, monkeypatch):
     monkeypatch.setattr("models.checkpoint.save_file", lambda *a, **k: (_ for _ in ()).throw(OSError("disk full")))
     with pytest.raises(OSError):
         save_checkpoint(path, model, {"name": "digits"})
-    assert load_checkpoint(path).manifest["version"] == manifest["version"]
+    assert load_checkpoint(path).manifest.version == manifest.version
     assert sorted(p.name for p in path.parent.iterdir()) == ["ckpt", "source"]

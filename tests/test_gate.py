@@ -125,7 +125,7 @@ def test_every_method_and_the_save_load_round_trip(tmp_path):
         first, second = gate.with_method(method).decide(scores), loaded.with_method(method).decide(scores)
         np.testing.assert_array_equal(first.accepted, second.accepted)
         np.testing.assert_array_equal(first.p_value, second.p_value)
-    assert gate.summary["validation"]["tau"] == pytest.approx(np.quantile(draw_scores(np.random.default_rng(3), 300)["log_px"], 0.05))
+    assert gate.summary.validation.tau == pytest.approx(np.quantile(draw_scores(np.random.default_rng(3), 300)["log_px"], 0.05))
 
 
 def test_gate_tails_defaults_and_unknown_scores():

@@ -119,7 +119,7 @@ def test_the_digits_default_rejects_blank_and_constant_images_and_keeps_test_dig
         scores = {k: v.numpy() for k, v in forward_scores(loaded.model, torch.from_numpy(blank_and_constant), loaded.gate.fitted).items()}
     decision = loaded.gate.decide(scores)
     assert not decision.accepted.any(), decision.p_value
-    config = DataConfig(**loaded.manifest["training"]["config"]["data"])
+    config = DataConfig(**loaded.manifest.training.config["data"])
     test = split_dataset(load_dataset(config), config, 0).test
     with torch.no_grad():
         test_scores = {k: v.numpy() for k, v in forward_scores(loaded.model, torch.from_numpy(test.x), loaded.gate.fitted).items()}

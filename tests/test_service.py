@@ -76,7 +76,7 @@ def test_v1_predictions_equal_the_model_called_directly(client, checkpoint, digi
     assert response.status_code == 200
     body = response.json()
     manifest = load_checkpoint(checkpoint).manifest
-    assert body["model_name"] == "tiny" and body["model_version"] == manifest["version"]
+    assert body["model_name"] == "tiny" and body["model_version"] == manifest.version
     expected = direct(checkpoint, digits)
     # the gate applied to the scores the service reports gives the p-values and decisions it reports
     reported = {name: np.array([p["scores"][name] for p in body["predictions"]]) for name in expected["gate"].tails}
@@ -90,7 +90,7 @@ def test_v1_predictions_equal_the_model_called_directly(client, checkpoint, digi
         assert prediction["label"] == int(np.argmax(expected["model_probabilities"][i]))
         decision, gate = recomputed, expected["gate"]
         assert prediction["accepted"] == bool(decision.accepted[i]) == (prediction["p_value"] >= gate.alpha)
-        assert abs(prediction["p_value"] - expected["decision"].p_value[i]) <= 2 / (gate.summary["calibration_size"] + 1)
+        assert abs(prediction["p_value"] - expected["decision"].p_value[i]) <= 2 / (gate.summary.calibration_size + 1)
         assert prediction["p_value"] == pytest.approx(float(decision.p_value[i]))
         assert prediction["rejected_by"] == decision.rejected_by[i]
         assert set(prediction["scores"]) == set(prediction["p_values"]) == set(gate.tails)
@@ -136,17 +136,17 @@ def test_input_layouts_agree(client, digits):
 
 def test_noise_is_rejected_and_a_test_digit_accepted(client, checkpoint):
     manifest = load_checkpoint(checkpoint).manifest
-    config = DataConfig(**manifest["training"]["config"]["data"])
+    config = DataConfig(**manifest.training.config["data"])
     from training.data import split_dataset
 
-    test = split_dataset(load_dataset(config), config, manifest["training"]["config"]["seed"]).test
+    test = split_dataset(load_dataset(config), config, manifest.training.config["seed"]).test
     predictions = predict(client, test.x[:20].tolist()).json()["predictions"]
     assert any(p["accepted"] for p in predictions)
     noise = np.random.default_rng(0).integers(0, 17, size=(20, 8, 8))
     noise_predictions = predict(client, noise.tolist()).json()["predictions"]
     assert sum(p["accepted"] for p in noise_predictions) < sum(p["accepted"] for p in predictions)
     rejected = next(p for p in noise_predictions if not p["accepted"])
-    np.testing.assert_allclose(rejected["probabilities"], manifest["label_prior"], atol=1e-6)
+    np.testing.assert_allclose(rejected["probabilities"], manifest.label_prior, atol=1e-6)
 
 
 def test_out_of_range_input_has_null_log_px_and_is_rejected(client):
@@ -213,12 +213,12 @@ def test_health_and_metadata(client, checkpoint):
     assert client.get("/v2/health/live").json() == {"live": True}
     assert client.get("/v2/health/ready").json() == {"ready": True}
     assert client.get("/v2/models/tiny/ready").status_code == 200
-    assert client.get("/v1/models/tiny").json()["version"] == manifest["version"]
+    assert client.get("/v1/models/tiny").json()["version"] == manifest.version
     metadata = client.get("/v2/models/tiny").json()
     assert metadata["inputs"] == [{"name": "input", "datatype": "FP32", "shape": [-1, 8, 8]}]
-    assert metadata["gate"] == manifest["gate"] and metadata["gate"]["method"] == "conformal"
+    assert metadata["gate"] == manifest.gate.model_dump(mode="json") and metadata["gate"]["method"] == "conformal"
     assert metadata["classes"] == [str(d) for d in range(10)] and metadata["input_range"] == [0, 16]
-    assert metadata["files"] == manifest["files"] and "test" in metadata["metrics"]
+    assert metadata["files"] == manifest.files and "test" in metadata["metrics"]
     assert client.get("/v2").json()["models"] == ["tiny"]
 
 

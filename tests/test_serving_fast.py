@@ -42,9 +42,10 @@ def digits() -> np.ndarray:
 
 def test_export_is_recorded_and_hashed(exported):
     manifest = read_manifest(exported)
-    assert manifest["onnx"]["file"] == "model.onnx" and "model.onnx" in manifest["files"]
-    assert manifest["onnx"]["parity_max_abs_difference"]["log_px"] <= 1e-3
-    assert manifest["onnx"]["parity_max_abs_difference"]["probabilities"] <= 1e-5
+    assert manifest.onnx.file == "model.onnx" and "model.onnx" in manifest.files
+    assert manifest.onnx.parity_max_abs_difference["log_px"] <= 1e-3
+    assert manifest.onnx.parity_max_abs_difference["probabilities"] <= 1e-5
+    assert set(manifest.onnx.outputs) >= {"log_px", "probabilities", "latent_distance", "likelihood_ratio", "complexity"}
 
 
 def test_onnx_and_torch_backends_agree_on_real_and_random_inputs(exported, digits):

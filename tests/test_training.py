@@ -110,17 +110,17 @@ def tiny_checkpoint(tmp_path_factory):
 def test_tiny_run_writes_a_complete_manifest(tiny_checkpoint):
     loaded = load_checkpoint(tiny_checkpoint)
     manifest = loaded.manifest
-    assert manifest["name"] == "tiny" and manifest["task"] == "classification" and manifest["input_shape"] == [8, 8]
-    assert manifest["preprocessing"]["levels"] == 17
-    gate = manifest["gate"]
-    assert gate["method"] == "conformal" and gate["alpha"] == 0.05 and gate["tau"] == gate["validation"]["tau"]
-    assert gate["calibration_size"] == manifest["data"]["sizes"]["calibration"] == 72
-    assert set(gate["scores"]) == {"log_px", "level_1", "level_2", "likelihood_ratio", "complexity", "max_probability", "latent_distance"}
-    assert gate["min_train"]["tau"] == gate["statistics"]["train"]["min"]
-    assert abs(sum(manifest["label_prior"]) - 1) < 1e-6
-    test = manifest["metrics"]["test"]
+    assert manifest.name == "tiny" and manifest.task == "classification" and manifest.input_shape == [8, 8]
+    assert manifest.preprocessing.levels == 17
+    gate = manifest.gate
+    assert gate.method == "conformal" and gate.alpha == 0.05 and gate.tau == gate.validation.tau
+    assert gate.calibration_size == manifest.data.sizes["calibration"] == 72
+    assert set(gate.scores) == {"log_px", "level_1", "level_2", "likelihood_ratio", "complexity", "max_probability", "latent_distance"}
+    assert gate.min_train.tau == gate.statistics["train"].min
+    assert abs(sum(manifest.label_prior) - 1) < 1e-6
+    test = manifest.metrics["test"]
     assert 0 <= test["error"] <= 1 and 0 <= test["accepted"] <= 1 and test["bits_per_dim"] > 0
-    assert manifest["training"]["epochs_completed"] == 4
+    assert manifest.training.epochs_completed == 4
 
 
 def test_tiny_evaluation_rejects_noise_more_than_digits(tiny_checkpoint, tmp_path, capsys):
@@ -143,9 +143,9 @@ def test_resume_continues_epochs_optimizer_and_schedule(tiny_checkpoint, tmp_pat
     out = tmp_path / "resumed"
     assert main(["train", "--config", str(CONFIGS / "tiny.yaml"), "--out", str(out), "--quiet", "--resume", str(tiny_checkpoint), "--set", "train.epochs=1"]) == 0
     before, after = load_checkpoint(tiny_checkpoint).manifest, load_checkpoint(out).manifest
-    assert after["training"]["epochs_completed"] == 5
-    steps_per_epoch = before["training"]["optimizer"]["scheduler_last_epoch"] // 4
-    assert after["training"]["optimizer"]["scheduler_last_epoch"] == 5 * steps_per_epoch
+    assert after.training.epochs_completed == 5
+    steps_per_epoch = before.training.optimizer.scheduler_last_epoch // 4
+    assert after.training.optimizer.scheduler_last_epoch == 5 * steps_per_epoch
     old_steps = load_file(tiny_checkpoint / "optimizer.safetensors")["state.0.step"]
     new_steps = load_file(out / "optimizer.safetensors")["state.0.step"]
     assert float(new_steps) == float(old_steps) + steps_per_epoch
@@ -159,10 +159,10 @@ def test_calibrate_refits_the_gate_and_keeps_the_weights(tiny_checkpoint, tmp_pa
     before = load_checkpoint(copy)
     assert main(["calibrate", "--checkpoint", str(copy), "--set", "gate.combine=fisher", "--set", "gate.alpha=0.1", "--set", "gate.scores={log_px: lower, complexity: both}"]) == 0
     after = load_checkpoint(copy)
-    assert after.manifest["files"]["weights.safetensors"] == before.manifest["files"]["weights.safetensors"]
-    assert after.manifest["version"] == before.manifest["version"]
+    assert after.manifest.files["weights.safetensors"] == before.manifest.files["weights.safetensors"]
+    assert after.manifest.version == before.manifest.version
     assert after.gate.combine == "fisher" and after.gate.alpha == 0.1 and after.gate.tails == {"log_px": "lower", "complexity": "both"}
-    assert after.manifest["training"]["config"]["gate"]["alpha"] == 0.1 and "wrote" in capsys.readouterr().out
+    assert after.manifest.training.config["gate"]["alpha"] == 0.1 and "wrote" in capsys.readouterr().out
     assert main(["calibrate", "--checkpoint", str(copy), "--set", "train.epochs=9"]) == 2
     assert "only gate.* and evaluation.*" in capsys.readouterr().err
     assert main(["calibrate", "--checkpoint", str(copy), "--set", "gate.scores={entropy: upper}"]) == 2

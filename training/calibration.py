@@ -14,6 +14,7 @@ from pydantic import ValidationError
 from models.checkpoint import LoadedCheckpoint, load_checkpoint, save_checkpoint
 from models.gate import GATE_FILE, Gate, calibrate_gate, gate_tails
 from models.hybrid import HybridModel
+from models.manifest import FittedScores, Manifest
 from models.scores import ScoreFit
 from training.config import ConfigError, ExperimentConfig, GateSettings, apply_override, validation_message
 from training.data import DataError, Split, Splits, load_dataset, split_dataset
@@ -44,10 +45,10 @@ def fit_gate(model: HybridModel, splits: Splits, settings: GateSettings, batch_s
         tails = gate_tails(settings.scores, score_names(calibration))
     except ValueError as error:
         raise ConfigError(f"gate.scores: {error}") from None
-    fitted_summary = {
-        "latent_space": space, "latent_dims": int(fitted.latent.weight.shape[1]),
-        "latent_classes": int(fitted.latent.means.shape[0]), "neighbour_scale": fitted.neighbour_scale,
-    }
+    fitted_summary = FittedScores(
+        latent_space=space, latent_dims=int(fitted.latent.weight.shape[1]),
+        latent_classes=int(fitted.latent.means.shape[0]), neighbour_scale=fitted.neighbour_scale,
+    )
     return calibrate_gate(
         train["log_px"], validation, calibration, tails, settings.method, settings.alpha, settings.combine,
         settings.slack, fitted, fitted_summary,
@@ -76,9 +77,10 @@ def split_metrics(model: HybridModel, gate: Gate, splits: Splits, config: Experi
 
 def write_gated_checkpoint(
     out_dir: str | Path, model: HybridModel, gate: Gate, splits: Splits, config: ExperimentConfig, manifest: dict, extra_files: dict[str, Path]
-) -> dict:
-    """Evaluate every split under ``gate`` and write the checkpoint with the gate file (atomically)."""
-    manifest = {**manifest, "gate": gate.summary, "metrics": split_metrics(model, gate, splits, config)}
+) -> Manifest:
+    """Evaluate every split under ``gate`` and write the checkpoint with the gate file (atomically);
+    ``manifest``: the other sections, as a dict."""
+    manifest = {**manifest, "gate": gate.summary.model_dump(mode="json"), "metrics": split_metrics(model, gate, splits, config)}
     with tempfile.TemporaryDirectory() as scratch:
         gate_path = Path(scratch) / GATE_FILE
         gate.save(gate_path)
@@ -90,10 +92,10 @@ def score_names(outputs: dict[str, np.ndarray]) -> list[str]:
     return [name for name, values in outputs.items() if values.ndim == 1 and name not in ("mean", "variance", "log_px_dequantized", "accepted", "p_value")]
 
 
-def recalibrate(loaded: LoadedCheckpoint, overrides: list[str], data_dir: str | None = None) -> dict:
+def recalibrate(loaded: LoadedCheckpoint, overrides: list[str], data_dir: str | None = None) -> Manifest:
     """Refit the gate of a checkpoint with ``gate.*`` / ``evaluation.*`` overrides of its training
     config (``refit_gate``). Returns the manifest written."""
-    tree = dict(loaded.manifest["training"]["config"])
+    tree = dict(loaded.manifest.training.config)
     for assignment in overrides:
         if not assignment.split("=", 1)[0].strip().startswith(("gate.", "evaluation.")):
             raise ConfigError(f"calibrate changes only gate.* and evaluation.* settings, not {assignment!r}")
@@ -107,21 +109,21 @@ def recalibrate(loaded: LoadedCheckpoint, overrides: list[str], data_dir: str | 
     return refit_gate(loaded, config)
 
 
-def refit_gate(loaded: LoadedCheckpoint, config: ExperimentConfig) -> dict:
+def refit_gate(loaded: LoadedCheckpoint, config: ExperimentConfig) -> Manifest:
     """Refit the gate of a checkpoint on the splits it was trained with (rebuilt from ``config``,
     which must match its training config but for ``gate`` and ``evaluation``) and rewrite it
     atomically. The weights do not change; an ONNX model is exported again (its graph holds the
     fitted score parts). Returns the manifest written."""
-    trained = ExperimentConfig.model_validate(loaded.manifest["training"]["config"])
+    trained = ExperimentConfig.model_validate(loaded.manifest.training.config)
     fixed = {"gate", "evaluation"}
     if config.model_dump(exclude=fixed | {"data"}) != trained.model_dump(exclude=fixed | {"data"}) or config.data.model_dump(exclude={"data_dir"}) != trained.data.model_dump(exclude={"data_dir"}):
         raise ConfigError(f"checkpoint {loaded.path} was trained with another data or model config; only gate.* and evaluation.* may change")
     splits = split_dataset(load_dataset(config.data, config.seed), config.data, config.seed)
     gate = fit_gate(loaded.model, splits, config.gate, config.evaluation.batch_size)
-    manifest = {**loaded.manifest, "training": {**loaded.manifest["training"], "config": config.model_dump(mode="json")}}
-    manifest.pop("onnx", None)
-    keep = {name: loaded.path / name for name in loaded.manifest["files"] if name not in ("weights.safetensors", GATE_FILE, ONNX_FILE)}
+    manifest = loaded.manifest.model_dump(mode="json", exclude={"onnx"})
+    manifest["training"]["config"] = config.model_dump(mode="json")
+    keep = {name: loaded.path / name for name in loaded.manifest.files if name not in ("weights.safetensors", GATE_FILE, ONNX_FILE)}
     written = write_gated_checkpoint(loaded.path, loaded.model, gate, splits, config, manifest, keep)
-    if "onnx" in loaded.manifest:
+    if loaded.manifest.onnx is not None:
         export_checkpoint(load_checkpoint(loaded.path))
     return written

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from models.checkpoint import CheckpointError, load_checkpoint
 from models.device import DeviceUnavailable, resolve_device
+from models.manifest import Manifest
 from training.config import ConfigError, load_config
 from training.data import DataError
 from training.export import ExportError
@@ -29,16 +30,16 @@ def _train(args: argparse.Namespace) -> None:
         overrides.append(f"train.device={args.device}")
     config = load_config(args.config, overrides)
     manifest = Trainer(config, progress=not args.quiet).run(args.out, resume=args.resume)
-    print(f"wrote {args.out} ({manifest['name']} version {manifest['version']}); {_summary(manifest)}")
+    print(f"wrote {args.out} ({manifest.name} version {manifest.version}); {_summary(manifest)}")
     if args.onnx:
         _export_after_writing(args.out)
 
 
-def _summary(manifest: dict) -> str:
-    test, gate = manifest["metrics"]["test"], manifest["gate"]
+def _summary(manifest: Manifest) -> str:
+    test, gate = manifest.metrics["test"], manifest.gate
     metrics = ", ".join(f"{k} {test[k]:.4f}" for k in ("error", "rmse", "nll", "bits_per_dim", "accepted") if k in test)
-    decision = f"alpha {gate['alpha']} on {', '.join(gate['scores'])}" if gate["method"] == "conformal" else f"tau {gate['tau']:.2f} nats"
-    return f"test: {metrics}; gate {gate['method']} ({decision})"
+    decision = f"alpha {gate.alpha} on {', '.join(gate.scores)}" if gate.method == "conformal" else f"tau {gate.tau:.2f} nats"
+    return f"test: {metrics}; gate {gate.method} ({decision})"
 
 
 def _export_after_writing(checkpoint: str) -> None:
@@ -63,7 +64,7 @@ def _calibrate(args: argparse.Namespace) -> None:
     from training.calibration import recalibrate
 
     manifest = recalibrate(load_checkpoint(args.checkpoint), list(args.set), args.data_dir)
-    print(f"wrote {args.checkpoint} ({manifest['name']} version {manifest['version']}); {_summary(manifest)}")
+    print(f"wrote {args.checkpoint} ({manifest.name} version {manifest.version}); {_summary(manifest)}")
 
 
 def _evaluate(args: argparse.Namespace) -> None:

@@ -18,6 +18,7 @@ import torch
 from models.checkpoint import LoadedCheckpoint, save_checkpoint
 from models.heads import BayesianLinearHead, with_bias_column
 from models.hybrid import HybridModel
+from models.manifest import Manifest
 from models.scores import ScoreFit, forward_scores
 
 ONNX_FILE = "model.onnx"
@@ -111,14 +112,14 @@ def parity(model: HybridModel, fitted: ScoreFit | None, path: Path, inputs: np.n
     return differences
 
 
-def parity_inputs(model: HybridModel, manifest: dict, count: int = 16, seed: int = 0) -> np.ndarray:
+def parity_inputs(model: HybridModel, manifest: Manifest, count: int = 16, seed: int = 0) -> np.ndarray:
     """Inputs inside the model's support: its own samples at temperature 0.7 (rounded and clipped to
     the levels for dequantized data) and one constant mid-range input."""
     generator = torch.Generator().manual_seed(seed)
     samples = model.cpu().eval().sample(count - 1, temperature=0.7, generator=generator).numpy()
-    preprocessing = manifest["preprocessing"]
-    if preprocessing["kind"] == "dequantize":
-        top = preprocessing["levels"] - 1
+    preprocessing = manifest.preprocessing
+    if preprocessing.kind == "dequantize":
+        top = preprocessing.levels - 1
         samples = np.clip(np.round(np.nan_to_num(samples, nan=top / 2)), 0, top)
         middle = np.full((1, *samples.shape[1:]), top / 2)
     else:
@@ -146,7 +147,7 @@ def export_checkpoint(loaded: LoadedCheckpoint, tolerance_log_px: float = 1e-3, 
             if not difference <= limit:
                 raise ExportError(f"ONNX Runtime and torch disagree on {name} by {difference:.3g} (limit {limit:.3g})")
         section = {"file": ONNX_FILE, "input": INPUT_NAME, "outputs": names, "dynamic_batch": True, "parity_max_abs_difference": differences}
-        others = {name: loaded.path / name for name in manifest["files"] if name not in ("weights.safetensors", ONNX_FILE)}
-        save_checkpoint(loaded.path, model, {**manifest, "onnx": section}, extra_files={**others, ONNX_FILE: path})
+        others = {name: loaded.path / name for name in manifest.files if name not in ("weights.safetensors", ONNX_FILE)}
+        save_checkpoint(loaded.path, model, {**manifest.model_dump(mode="json"), "onnx": section}, extra_files={**others, ONNX_FILE: path})
     log.info("exported %s (parity %s)", loaded.path / ONNX_FILE, differences)
     return section

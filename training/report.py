@@ -87,9 +87,9 @@ def plot_score_histograms(gate: Gate, in_outputs: dict[str, np.ndarray], ood_out
 
 def ood_sets_for(loaded: LoadedCheckpoint, names: list[str] | None, x: np.ndarray, seed: int) -> dict[str, np.ndarray]:
     """The OOD sets to evaluate: ``names`` (built-in families or image files), default all built-in."""
-    manifest = loaded.manifest
-    levels = manifest["preprocessing"].get("levels") if manifest["preprocessing"]["kind"] == "dequantize" else None
-    builtin = builtin_ood_sets(x, levels, seed) if levels and len(manifest["input_shape"]) == 2 else {}
+    preprocessing = loaded.manifest.preprocessing
+    levels = preprocessing.levels if preprocessing.kind == "dequantize" else None
+    builtin = builtin_ood_sets(x, levels, seed) if levels and len(loaded.manifest.input_shape) == 2 else {}
     return {name: load_ood_set(name, builtin, x.shape[1:]) for name in (names if names is not None else list(builtin))}
 
 
@@ -100,10 +100,10 @@ def gate_report(loaded: LoadedCheckpoint, config: ExperimentConfig, test_x: np.n
     test_metrics, test_outputs = evaluate_split(loaded.model, gate, test_x, test_y, evaluation.dequantization_samples, evaluation.batch_size, config.seed)
     ood_outputs = {name: model_outputs(loaded.model, x, evaluation.batch_size, fitted=gate.fitted) for name, x in ood_sets.items()}
     report = {
-        "model": {"name": loaded.manifest["name"], "version": loaded.manifest["version"]},
+        "model": {"name": loaded.manifest.name, "version": loaded.manifest.version},
         "gate": {
             "method": gate.method, "alpha": gate.alpha, "combine": gate.combine, "scores": gate.tails,
-            "calibration_size": gate.summary["calibration_size"], "false_rejection": false_rejections(test_outputs["accepted"], gate.alpha),
+            "calibration_size": gate.summary.calibration_size, "false_rejection": false_rejections(test_outputs["accepted"], gate.alpha),
         },
         "test": test_metrics,
         "ood": {name: ood_metrics(gate, test_outputs, outputs) for name, outputs in ood_outputs.items()},
@@ -116,7 +116,7 @@ def evaluate_checkpoint(loaded: LoadedCheckpoint, ood_names: list[str] | None, d
     """Rebuild the checkpoint's test split from its training config, evaluate it and each OOD set,
     write the JSON report to ``out`` and the score histograms beside it; returns the report (with
     ``table``)."""
-    config = ExperimentConfig.model_validate(loaded.manifest["training"]["config"])
+    config = ExperimentConfig.model_validate(loaded.manifest.training.config)
     if data_dir is not None:
         config.data.data_dir = Path(data_dir)
     test = split_dataset(load_dataset(config.data, config.seed), config.data, config.seed).test

@@ -114,9 +114,9 @@ class Trainer:
         optimizer = optimizer_class(model.parameters(), lr=train.learning_rate, weight_decay=train.weight_decay)
         warmup = max(train.warmup_steps, 1)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
-        saved = resume_from.manifest["training"].get("optimizer") if resume_from is not None else None
+        saved = resume_from.manifest.training.optimizer if resume_from is not None else None
         if saved is not None:
-            load_optimizer_state(optimizer, scheduler, resume_from.path / saved["file"], saved)
+            load_optimizer_state(optimizer, scheduler, resume_from.path / saved.file, saved.model_dump())
         self.optimizer, self.scheduler = optimizer, scheduler
         generator = torch.Generator().manual_seed(self.config.seed)
         loss_fn = torch.compile(model.loss) if train.compile else model.loss
@@ -202,7 +202,7 @@ class Trainer:
             if previous.model.config != model_config:
                 raise TrainingError(f"checkpoint {resume} was trained with another model config; cannot resume")
             model = previous.model
-            start_epoch = previous.manifest["training"]["epochs_completed"]
+            start_epoch = previous.manifest.training.epochs_completed
         else:
             model = HybridModel(model_config).to(self.device)
             if isinstance(model.preprocessing, Standardize):

@@ -49,12 +49,12 @@ async def model_metadata(name: str, request: Request) -> dict:
         "inputs": [{"name": INPUT_NAME, "datatype": "FP32", "shape": [-1, *runtime.input_shape]}],
         "outputs": [{"name": spec.name, "datatype": spec.datatype, "shape": list(spec.shape)} for spec in runtime.outputs],
         "task": runtime.task,
-        "classes": manifest.get("classes"),
-        "input_range": manifest.get("input_range"),
+        "classes": manifest.classes,
+        "input_range": manifest.input_range,
         "input_note": "values in the scale the model was trained on (see input_range); a leading channel of 1 is optional",
-        "gate": manifest["gate"],
-        "metrics": manifest["metrics"],
-        "files": manifest["files"],
+        "gate": manifest.gate.model_dump(mode="json"),
+        "metrics": manifest.metrics,
+        "files": manifest.files,
         "device": str(runtime.device),
     }
 

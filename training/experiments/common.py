@@ -55,7 +55,7 @@ class ExperimentContext:
             except CheckpointError:
                 loaded = None
             if loaded is not None:
-                trained = loaded.manifest["training"]["config"]
+                trained = loaded.manifest.training.config
                 wanted = config.model_dump(mode="json")
                 if trained == wanted:
                     return loaded

@@ -106,7 +106,7 @@ def run(context: ExperimentContext) -> dict:
         record(name, lambda x, model=loaded.model: _mean_variance(model_outputs(model, x, config.evaluation.batch_size)))
         results["seconds"][name] = started.seconds()
         if name == "b_diglm":
-            diglm, head_fit, gate = loaded.model, loaded.manifest["training"]["bayesian_head"], loaded.gate
+            diglm, head_fit, gate = loaded.model, loaded.manifest.training.bayesian_head, loaded.gate
             record("b_diglm_gated", lambda x: _gated(diglm, gate, x, config.evaluation.batch_size))
             results["seconds"]["b_diglm_gated"] = 0.0
 

@@ -27,7 +27,7 @@ def _evaluate(context: ExperimentContext, name: str, config, run_name: str, extr
     if name == "flights":
         sets["november-december"] = splits.test.x
     report, test_outputs, ood_outputs = gate_report(loaded, config, in_distribution.x, in_distribution.y, sets)
-    if len(loaded.manifest["input_shape"]) == 2:
+    if len(loaded.manifest.input_shape) == 2:
         plot_score_histograms(loaded.gate, test_outputs, ood_outputs, context.figure_path(f"gate_{name}"))
         report["figure"] = context.figure_link(f"gate_{name}")
     report["in_distribution"] = "validation rows (January-October)" if name == "flights" else "test split"

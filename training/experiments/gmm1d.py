@@ -62,9 +62,9 @@ def run(context: ExperimentContext) -> dict:
         },
         "claim_no_density_above_training_minimum_outside_support": claim,
         "b_diglm": {
-            "hyperparameters": loaded.manifest["training"]["bayesian_head"],
+            "hyperparameters": loaded.manifest.training.bayesian_head,
             "lambda_per_dim": config.train.lambda_per_dim,
-            "training_steps": loaded.manifest["training"]["epochs_completed"],
+            "training_steps": loaded.manifest.training.epochs_completed,
             "seconds": diglm_seconds,
         },
         "gp_kernel": str(gp.kernel_),

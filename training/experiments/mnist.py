@@ -60,7 +60,7 @@ def run_sweep(context: ExperimentContext) -> dict:
         config = _config(context, [f"train.lambda_per_dim={lam}"])
         started = Stopwatch()
         loaded = context.train_or_load(config, f"mnist-{name}")
-        results["seconds"][name] = loaded.manifest["training"]["seconds"]
+        results["seconds"][name] = loaded.manifest.training.seconds
         x, y, ood_x, ood_y = _test_sets(context, config)
         gate = loaded.gate.with_method("validation")  # the paper's kind of gate: a tau on log p(x)
         mnist_metrics, mnist_out = evaluate_split(loaded.model, gate, x, y, config.evaluation.dequantization_samples, config.evaluation.batch_size, config.seed)
@@ -72,8 +72,8 @@ def run_sweep(context: ExperimentContext) -> dict:
             "notmnist": ood_split,
             "ood": {**detection, "rejected": float(1 - ood_out["accepted"].mean())},
             "ood_min_train_tau": {**detection, "rejected": float(1 - gate.with_method("min_train").decide(ood_out).accepted.mean())},
-            "gate": {"tau": gate.tau, "method": gate.method, "min_train_tau": gate.summary["min_train"]["tau"]},
-            "epochs": loaded.manifest["training"]["epochs_completed"],
+            "gate": {"tau": gate.tau, "method": gate.method, "min_train_tau": gate.summary.min_train.tau},
+            "epochs": loaded.manifest.training.epochs_completed,
             "evaluation_seconds": started.seconds(),
         }
         outputs[name] = (loaded, mnist_out, ood_out, y, ood_y)
@@ -217,7 +217,7 @@ def run_semi(context: ExperimentContext) -> dict:
         loaded = context.train_or_load(config, run_name)
         x, y, _, _ = _test_sets(context, config)
         metrics, _ = evaluate_split(loaded.model, loaded.gate, x, y, config.evaluation.dequantization_samples, config.evaluation.batch_size, config.seed)
-        results["models"][name] = {"error": metrics["error"], "nll": metrics["nll"], "bits_per_dim": metrics["bits_per_dim"], "labeled_train": loaded.manifest["data"]["labeled_train"], "train_rows": loaded.manifest["data"]["sizes"]["train"], "seconds": loaded.manifest["training"]["seconds"]}
+        results["models"][name] = {"error": metrics["error"], "nll": metrics["nll"], "bits_per_dim": metrics["bits_per_dim"], "labeled_train": loaded.manifest.data.labeled_train, "train_rows": loaded.manifest.data.sizes["train"], "seconds": loaded.manifest.training.seconds}
     results["seconds"] = clock.seconds()
     rows = "\n".join(
         f"| {name.replace('_', ' ')} | {r['labeled_train']} / {r['train_rows']} | {r['error']:.2%} ({PAPER_TABLE3[name]['error']:.2%}) | {r['nll']:.3f} ({PAPER_TABLE3[name]['nll']}) | {r['bits_per_dim']:.2f} | {r['seconds'] / 60:.0f} |"

@@ -1,0 +1,127 @@
+"""The checkpoint manifest (``manifest.json``) as one type: every section a pydantic model, validated
+when a checkpoint is written and when it is read, and read through attributes everywhere. Units:
+log p(x) and taus in nats; sizes in rows."""
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict
+
+from models.config import ModelConfig, PreprocessingConfig
+from models.conformal import Combine, Tail
+
+GateMethod = Literal["conformal", "validation", "min_train"]
+FORMAT_VERSION = 2  # 2: the conformal gate (gate.safetensors, gate.scores / alpha / combine)
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+class LogPxSummary(Section):
+    """Count, non-finite count, min, max, mean, std and quantiles of finite log p(x) (nats)."""
+
+    count: int
+    non_finite: int
+    min: float
+    max: float
+    mean: float
+    std: float
+    quantiles: dict[str, float]
+
+
+class MinTrainTau(Section):
+    tau: float
+    slack: float
+
+
+class ValidationTau(Section):
+    tau: float
+    false_rejection_rate: float
+
+
+class FittedScores(Section):
+    """What the gate's fitted score parts are (the arrays live in the gate file)."""
+
+    latent_space: str
+    latent_dims: int
+    latent_classes: int
+    neighbour_scale: float | None
+
+
+class GateSection(Section):
+    """The gate (``models.gate``): its method and level, the scores with their outlying tails, the
+    sizes of the reference and calibration splits, both taus on log p(x) and summaries of log p(x)
+    per split. ``file`` holds the arrays the p-values need."""
+
+    method: GateMethod
+    alpha: float
+    tau: float
+    combine: Combine
+    scores: dict[str, Tail]
+    calibration_size: int
+    reference_size: int
+    fitted: FittedScores | None
+    file: str
+    min_train: MinTrainTau
+    validation: ValidationTau
+    statistics: dict[str, LogPxSummary]
+
+    def tau_of(self, method: GateMethod) -> float:
+        """The tau a method accepts at (the conformal gate records the validation tau)."""
+        return self.min_train.tau if method == "min_train" else self.validation.tau
+
+
+class OnnxSection(Section):
+    file: str
+    input: str
+    outputs: list[str]
+    dynamic_batch: bool
+    parity_max_abs_difference: dict[str, float]
+
+
+class DataSummary(Section):
+    name: str
+    description: str
+    sizes: dict[str, int]
+    labeled_train: int
+
+
+class OptimizerRecord(Section):
+    file: str
+    param_groups: list[dict[str, Any]]
+    scheduler_last_epoch: int
+
+
+class TrainingRecord(Section):
+    epochs_completed: int = 0
+    best_epoch: int = 0
+    best_validation_loss: float | None = None
+    bad_steps: int = 0
+    seconds: float = 0.0
+    history: list[dict[str, float]] = []
+    bayesian_head: dict[str, Any] | None = None
+    device: str | None = None
+    config: dict[str, Any] | None = None  # the training config (training.config.ExperimentConfig as JSON)
+    optimizer: OptimizerRecord | None = None
+
+
+class Manifest(Section):
+    format_version: int
+    name: str
+    version: str
+    task: Literal["classification", "regression"]
+    input_shape: list[int]
+    input_range: list[float] | None = None
+    classes: list[str] | None = None
+    preprocessing: PreprocessingConfig
+    model: ModelConfig
+    gate: GateSection
+    label_prior: list[float] | None = None
+    target_moments: list[float] | None = None
+    metrics: dict[str, dict[str, float]] = {}
+    data: DataSummary | None = None
+    training: TrainingRecord = TrainingRecord()
+    created: str | None = None
+    files: dict[str, str]
+    onnx: OnnxSection | None = None
