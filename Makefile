@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 MODEL_DIR ?= artifacts/digits
 CONFIG ?= training/configs/digits.yaml
 
-.PHONY: install test train serve bench-env bench-load bench-serve bench-train-speed clean
+.PHONY: install test train serve bench-env bench-load bench-serve bench-train-speed mutation clean
 
 install: $(VENV)/.installed
 
@@ -18,12 +18,19 @@ $(VENV)/.installed: pyproject.toml
 test: install
 	$(PY) -m pytest
 
+# Mutation testing of the gate (models/conformal.py, models/gate.py; [tool.mutmut] in pyproject.toml).
+# Not part of `make test`: a few minutes on 2 cores. Survivors: $(VENV)/bin/mutmut results.
+mutation: install
+	$(PY) -m pip install --quiet mutmut==3.8.1
+	rm -rf mutants
+	$(VENV)/bin/mutmut run
+
 train: install
 	@if [ -e $(MODEL_DIR) ]; then echo "$(MODEL_DIR) exists: not retraining (delete it to retrain)"; \
 	else $(PY) -m training train --config $(CONFIG) --out $(MODEL_DIR) --onnx; fi
 
 clean:
-	rm -rf $(VENV) *.egg-info .pytest_cache
+	rm -rf $(VENV) *.egg-info .pytest_cache mutants
 
 HOST ?= 127.0.0.1
 PORT ?= 8000

@@ -145,3 +145,84 @@ def test_batch_typicality_detects_a_shifted_batch_and_not_a_typical_one():
     assert batch_typicality_p_value(calibration, np.array([-100.0, -np.inf])) < 0.001
     repeats = [batch_typicality_p_value(calibration, rng.choice(calibration, 32), seed=i) for i in range(300)]
     assert np.mean(np.array(repeats) < 0.05) <= 0.05 + 3 * math.sqrt(0.05 * 0.95 / 300)
+
+
+def test_upper_tail_past_the_threshold_matches_the_peaks_over_threshold_formula():
+    reference = np.arange(1.0, 21.0)  # n = 20: the 90% quantile index is ceil(18) = 18, value 19
+    threshold, excess = 19.0, np.array([1.0])  # values above it: 20
+    base = -math.log((1 + 20 - 18) / 21)  # #reference >= 19 is 2
+    scores = np.array([19.5, 25.0, 19.0, 3.0])
+    expected = [base + (19.5 - threshold) / excess.mean(), base + (25.0 - threshold) / excess.mean(), -math.log((1 + 20 - 18) / 21), -math.log((1 + 20 - 2) / 21)]
+    np.testing.assert_allclose(surprise(reference, scores, "upper"), expected)
+    np.testing.assert_allclose(surprise(np.sort(-reference), -scores, "lower"), expected)
+    flat = np.full(10, 4.0)  # no value above the threshold: the scale falls back to a tiny positive number
+    assert surprise(flat, np.array([4.0 + 1e-9]), "upper")[0] > 100
+
+
+def test_bonferroni_is_m_times_the_smallest_p_value_and_names_its_score():
+    from models.conformal import combined_p_values
+
+    per_score = np.array([[0.2, 0.01, 0.5], [0.9, 0.8, 0.7]])
+    np.testing.assert_allclose(combined_p_values(per_score, None, "bonferroni", None), [0.03, 1.0])
+    rng = np.random.default_rng(8)
+    reference, calibration = draw_scores(rng, 300), draw_scores(rng, 300)
+    gate = calibrate_gate(reference["log_px"], reference, calibration, TAILS, "conformal", 0.05, "bonferroni")
+    far = {name: values[:1] for name, values in draw_scores(rng, 1).items()}
+    far["skewed"] = np.array([1e-9])  # far into its lower tail
+    decision = gate.decide(far)
+    assert not decision.accepted[0] and decision.rejected_by[0] == "skewed" and gate.statistic is None
+
+
+def test_a_p_value_equal_to_alpha_is_accepted():
+    rng = np.random.default_rng(9)
+    reference, calibration = draw_scores(rng, 200), draw_scores(rng, 19)  # combined p-values are k / 20
+    gate = calibrate_gate(reference["log_px"], reference, calibration, TAILS, "conformal", 0.05, "min")
+    beyond_all = {name: values[:1] for name, values in draw_scores(rng, 1).items()}
+    beyond_all["heavy"] = np.array([1e9])
+    decision = gate.decide(beyond_all)
+    assert decision.p_value[0] == pytest.approx(0.05) and decision.accepted[0]
+
+
+def test_calibrate_gate_defaults_taus_and_fitted_parts_survive_saving(tmp_path):
+    import torch
+
+    from models.scores import LatentGaussian, ScoreFit
+
+    rng = np.random.default_rng(10)
+    reference, calibration = draw_scores(rng, 300), draw_scores(rng, 300)
+    fitted = ScoreFit(LatentGaussian(torch.randn(4, 2), torch.randn(3, 2)), 1.5)
+    gate = calibrate_gate(reference["log_px"] + 1, reference, calibration, TAILS, slack=2.0, fitted=fitted)
+    assert (gate.method, gate.alpha, gate.combine) == ("conformal", 0.01, "min") and gate.fitted is fitted
+    assert gate.summary.min_train.tau == pytest.approx(reference["log_px"].min() + 1 - 2.0)
+    assert gate.with_method("min_train").tau == gate.summary.min_train.tau and gate.with_method("min_train").method == "min_train"
+    assert gate.with_method("validation").tau == gate.summary.validation.tau == gate.tau
+    assert gate.with_method("conformal").tau == gate.tau
+    gate.save(tmp_path / "gate.safetensors")
+    loaded = Gate.load(gate.summary, tmp_path / "gate.safetensors")
+    assert (loaded.method, loaded.tau, loaded.alpha, loaded.combine) == (gate.method, gate.tau, gate.alpha, gate.combine)
+    assert loaded.fitted.neighbour_scale == 1.5
+    torch.testing.assert_close(loaded.fitted.latent.weight, fitted.latent.weight)
+    torch.testing.assert_close(loaded.fitted.latent.means, fitted.latent.means)
+    assert set(loaded.calibration) == {"log_px", "heavy", "skewed"} and set(loaded.reference) == set(TAILS)
+    vectors = calibrate_gate(reference["log_px"], reference, calibration, TAILS, fitted=ScoreFit(fitted.latent, None))
+    vectors.save(tmp_path / "vectors.safetensors")
+    assert Gate.load(vectors.summary, tmp_path / "vectors.safetensors").fitted.neighbour_scale is None
+
+
+def test_default_scores_take_every_level_and_nothing_else():
+    available = ["log_px", "level_1", "level_2", "levels_of_detail", "likelihood_ratio", "complexity", "max_probability", "latent_distance", "other"]
+    assert gate_tails(None, available) == {
+        "log_px": "both", "level_1": "both", "level_2": "both", "likelihood_ratio": "lower",
+        "complexity": "both", "max_probability": "lower", "latent_distance": "upper",
+    }
+
+
+def test_batch_typicality_p_value_counts_as_a_conformal_rank():
+    typical = np.full(50, -10.0)
+    assert batch_typicality_p_value(typical, np.array([-10.0, -10.0]), draws=99) == 1.0  # every draw as far: (1 + 99) / 100
+    assert batch_typicality_p_value(typical, np.array([-11.0]), draws=99) == pytest.approx(1 / 100)  # none as far
+    assert batch_typicality_p_value(typical, np.array([np.nan]), draws=99) == pytest.approx(1 / 100)
+    spread = np.sort(np.random.default_rng(11).normal(size=200))
+    batch = np.array([0.3, -0.1, 0.5])
+    assert batch_typicality_p_value(spread, batch, seed=4) == batch_typicality_p_value(spread, batch, seed=4)
+    assert len({batch_typicality_p_value(spread, batch, seed=s) for s in range(5)}) > 1
