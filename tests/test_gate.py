@@ -226,3 +226,49 @@ def test_batch_typicality_p_value_counts_as_a_conformal_rank():
     batch = np.array([0.3, -0.1, 0.5])
     assert batch_typicality_p_value(spread, batch, seed=4) == batch_typicality_p_value(spread, batch, seed=4)
     assert len({batch_typicality_p_value(spread, batch, seed=s) for s in range(5)}) > 1
+
+
+def test_eq_10_outputs_and_units_for_accepted_and_rejected_inputs():
+    from models.gate import bits_per_dim, gated_probabilities, gated_regression
+
+    probabilities = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4]])
+    accepted = np.array([True, False, True])
+    prior = np.array([0.3, 0.7])
+    np.testing.assert_array_equal(gated_probabilities(probabilities, accepted, prior), [[0.9, 0.1], [0.3, 0.7], [0.6, 0.4]])
+    mean, variance = gated_regression(np.array([1.0, 2.0, 3.0]), np.array([0.1, 0.2, 0.3]), accepted, [5.0, 9.0])
+    np.testing.assert_array_equal(mean, [1.0, 5.0, 3.0])
+    np.testing.assert_array_equal(variance, [0.1, 9.0, 0.3])
+    assert bits_per_dim(-64 * math.log(2) * 3.0, 64) == pytest.approx(3.0)
+    np.testing.assert_allclose(bits_per_dim(np.array([-math.log(2) * 10, 0.0]), 10), [1.0, 0.0])
+
+
+def test_the_gate_s_batch_test_uses_its_calibration_log_px():
+    gate = make_gate()
+    batch = np.array([-50.0, -48.0, -52.0])
+    assert gate.batch_p_value(batch) == batch_typicality_p_value(gate.calibration["log_px"], batch, seed=len(batch))
+    assert gate.batch_p_value(np.array([-5.0] * 3)) < 0.01
+
+
+def test_summaries_per_score_p_values_and_method_taus_are_exact(tmp_path):
+    from models.gate import summarize_log_px
+
+    summary = summarize_log_px(np.array([-1.0, np.nan, -3.0, -np.inf, -2.0]))
+    assert (summary.count, summary.non_finite, summary.min, summary.max, summary.mean) == (5, 2, -3.0, -1.0, -2.0)
+    assert summary.quantiles["0.5"] == -2.0 and set(summary.quantiles) == {"0.001", "0.01", "0.05", "0.25", "0.5", "0.75", "0.95", "0.99"}
+    with pytest.raises(ValueError, match="no finite"):
+        summarize_log_px(np.array([np.nan, -np.inf]))
+    assert summarize_log_px(np.array([-4.0])).min == -4.0
+    rng = np.random.default_rng(12)
+    reference, calibration = draw_scores(rng, 300), draw_scores(rng, 300)
+    paper = calibrate_gate(reference["log_px"], reference, calibration, TAILS, "min_train")
+    assert paper.tau == paper.summary.min_train.tau == reference["log_px"].min()  # no slack by default
+    assert set(paper.summary.statistics) == {"train", "validation", "calibration"}
+    scores = draw_scores(rng, 50)
+    decision = make_gate().decide(scores)
+    gate = make_gate()
+    assert set(decision.p_values) == set(gate.tails)
+    for name, tail in gate.tails.items():
+        np.testing.assert_array_equal(decision.p_values[name], p_values(gate.calibration[name], scores[name], tail))
+    assert gate.batch_p_value(scores["log_px"][:5]) == gate.batch_p_value(scores["log_px"][:5])
+    gate.save(tmp_path / "gate.safetensors")
+    assert Gate.load(gate.summary, tmp_path / "gate.safetensors").fitted is None
