@@ -2,6 +2,9 @@
 labelled with the model's name and version."""
 from __future__ import annotations
 
+import time
+from dataclasses import dataclass
+
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -22,6 +25,27 @@ def log_px_buckets(gate: GateSection) -> list[float]:
     return sorted(round(edge, 3) for edge in edges if np.isfinite(edge))
 
 
+@dataclass
+class InferenceStatistics:
+    """Totals for the Open Inference Protocol statistics extension (Triton's model_stats): instances,
+    successful requests, batches (executions), and nanoseconds of queueing and model compute."""
+
+    instances: int = 0
+    requests: int = 0
+    executions: int = 0
+    compute_ns: int = 0
+    queue_ns: int = 0
+    last_inference_ms: int = 0
+
+    def add(self, instances: int, requests: int, seconds: float, queue_seconds: float) -> None:
+        self.instances += instances
+        self.requests += requests
+        self.executions += 1
+        self.compute_ns += int(seconds * 1e9)
+        self.queue_ns += int(queue_seconds * 1e9)
+        self.last_inference_ms = int(time.time() * 1000)
+
+
 class ServiceMetrics:
     def __init__(self, model_name: str, model_version: str, gate: GateSection):
         self.registry = CollectorRegistry()
@@ -36,12 +60,14 @@ class ServiceMetrics:
         self.batch_size = Histogram("diglm_batch_size", "Instances per model forward pass", names, buckets=BATCH_BUCKETS, registry=self.registry)
         self.queue_seconds = Histogram("diglm_queue_duration_seconds", "Time a request waited for its batch to start", names, buckets=LATENCY_BUCKETS, registry=self.registry)
         self.in_flight = Gauge("diglm_requests_in_flight", "Requests being handled", names, registry=self.registry)
+        self.statistics = InferenceStatistics()
         self.info = Gauge("diglm_model_info", "The served model (value 1)", [*names, "task", "gate_method", "backend", "device"], registry=self.registry)
 
     def observe_predictions(self, result: dict[str, np.ndarray], seconds: float, queue_seconds: list[float]) -> None:
         """After one forward pass: its time, size, the gate's decisions, log p(x), and how long each
         of its requests waited in the queue."""
         log_px, accepted = result["log_px"], result["accepted"]
+        self.statistics.add(len(log_px), len(queue_seconds), seconds, sum(queue_seconds))
         self.inference_seconds.labels(**self.labels).observe(seconds)
         for waited in queue_seconds:
             self.queue_seconds.labels(**self.labels).observe(waited)

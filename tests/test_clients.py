@@ -70,3 +70,7 @@ def test_tritonclient_health_metadata_and_infer_json_and_binary(server):
             np.testing.assert_array_equal(results[False][name], results[True][name])
     assert results[True]["label"].dtype == np.int64 and results[True]["accepted"].dtype == np.bool_
     np.testing.assert_array_equal(results[True]["is_outlier"], ~results[True]["accepted"])
+    config = client.get_model_config("tiny")
+    assert config["input"][0]["dims"] == [8, 8] and [o["name"] for o in config["output"]] == list(described)
+    statistics = client.get_inference_statistics("tiny")["model_stats"][0]
+    assert statistics["inference_count"] >= 10 and statistics["inference_stats"]["success"]["count"] >= 2

@@ -28,7 +28,7 @@ async def ready(request: Request) -> JSONBody:
 @router.get("")
 async def server_metadata(request: Request) -> dict:
     runtime = service_state(request).runtime
-    return {"name": "diglm", "version": "0.1.0", "extensions": ["binary_tensor_data"], "models": [runtime.name] if runtime else []}
+    return {"name": "diglm", "version": "0.1.0", "extensions": ["binary_tensor_data", "statistics"], "models": [runtime.name] if runtime else []}
 
 
 @router.get("/models/{name}/ready", responses=ERRORS)
@@ -56,6 +56,51 @@ async def model_metadata(name: str, request: Request) -> dict:
         "metrics": manifest.metrics,
         "files": manifest.files,
         "device": str(runtime.device),
+    }
+
+
+TRITON_TYPES = {"FP32": "TYPE_FP32", "FP64": "TYPE_FP64", "INT64": "TYPE_INT64", "BOOL": "TYPE_BOOL", "BYTES": "TYPE_STRING"}
+
+
+@router.get("/models/{name}/config", responses=ERRORS)
+async def model_config(name: str, request: Request) -> dict:
+    """The model's configuration in Triton's layout (what tritonclient's get_model_config reads)."""
+    state = service_state(request)
+    runtime = state.require_model(name)
+    config = {
+        "name": runtime.name,
+        "platform": "onnxruntime_onnx" if runtime.backend.name == "onnx" else "pytorch_torch",
+        "max_batch_size": state.settings.max_instances,
+        "input": [{"name": INPUT_NAME, "data_type": "TYPE_FP32", "dims": list(runtime.input_shape)}],
+        "output": [{"name": spec.name, "data_type": TRITON_TYPES[spec.datatype], "dims": list(spec.shape[1:]) or [1]} for spec in runtime.outputs],
+    }
+    if state.settings.batching:
+        config["dynamic_batching"] = {"max_queue_delay_microseconds": int(state.settings.max_delay_ms * 1000)}
+    return config
+
+
+@router.get("/models/{name}/stats", responses=ERRORS)
+async def model_statistics(name: str, request: Request) -> dict:
+    """Inference statistics since start (the statistics extension: counts and nanoseconds)."""
+    state = service_state(request)
+    runtime = state.require_model(name)
+    totals = state.metrics.statistics
+    return {
+        "model_stats": [
+            {
+                "name": runtime.name,
+                "version": runtime.version,
+                "last_inference": totals.last_inference_ms,
+                "inference_count": totals.instances,
+                "execution_count": totals.executions,
+                "inference_stats": {
+                    "success": {"count": totals.requests, "ns": totals.queue_ns + totals.compute_ns},
+                    "fail": {"count": 0, "ns": 0},
+                    "queue": {"count": totals.requests, "ns": totals.queue_ns},
+                    "compute_infer": {"count": totals.executions, "ns": totals.compute_ns},
+                },
+            }
+        ]
     }
 
 
