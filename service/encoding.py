@@ -7,7 +7,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-CLASSIFICATION_HEAD = ("label", "probabilities", "model_probabilities")
 REGRESSION_HEAD = ("mean", "variance", "model_mean", "model_variance")
 
 

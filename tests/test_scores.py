@@ -124,3 +124,26 @@ def test_the_digits_default_rejects_blank_and_constant_images_and_keeps_test_dig
     with torch.no_grad():
         test_scores = {k: v.numpy() for k, v in forward_scores(loaded.model, torch.from_numpy(test.x), loaded.gate.fitted).items()}
     assert loaded.gate.decide(test_scores).accepted.mean() >= 0.95
+
+
+def test_builtin_ood_families_are_drawn_like_the_data():
+    from training.ood_sets import builtin_ood_sets
+
+    x = load_dataset(DataConfig(name="digits")).x[:60]
+    sets = builtin_ood_sets(x, 17, seed=0, count=40)
+    assert set(sets) == {"uniform-noise", "gaussian-noise", "shuffled-pixels", "inverted", "blank", "constant", "dots", "glyphs", "strokes", "fragments", "blur"}
+    for name, images in sets.items():
+        assert images.shape[1:] == (8, 8) and images.dtype == np.float32, name
+        assert images.min() >= 0 and images.max() <= 16 and np.array_equal(images, np.round(images)), name
+    assert not sets["blank"].any()
+    assert all(len(np.unique(image)) == 1 and image[0, 0] >= 1 for image in sets["constant"])
+    assert all(1 <= np.count_nonzero(image) <= 3 for image in sets["dots"])
+    for family in ("glyphs", "strokes"):  # ink, but less than a full frame, and not all the same image
+        ink = (sets[family] > 8).mean(axis=(1, 2))
+        assert (ink > 0).mean() > 0.9 and ink.max() < 0.9 and len({image.tobytes() for image in sets[family]}) > 30, family
+    assert (sets["fragments"].sum(axis=(1, 2)) < x.sum(axis=(1, 2))).mean() > 0.9  # parts of the digits
+    np.testing.assert_array_equal(sets["fragments"].shape, x.shape)
+    assert (sets["blur"].std(axis=(1, 2)) < x.std(axis=(1, 2))).mean() > 0.9  # smoother (rescaled to their own peak)
+    np.testing.assert_array_equal(sets["inverted"], 16 - x)
+    again = builtin_ood_sets(x, 17, seed=0, count=40)
+    assert all(np.array_equal(sets[k], again[k]) for k in sets)  # seeded

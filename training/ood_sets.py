@@ -91,7 +91,7 @@ def _downsample(image: np.ndarray, levels: int) -> np.ndarray:
     return np.round(np.clip(blocks, 0, 1) * (levels - 1))
 
 
-def _stroke_radius(x: np.ndarray, layout: dict, levels: int, rng: np.random.Generator, draw) -> int:
+def _stroke_radius(layout: dict, levels: int, draw) -> int:
     """The dilation radius (super-sampled pixels) that makes ``draw(radius)`` images cover as many
     pixels as the data's strokes do."""
     coverage = {radius: np.mean([np.mean(_downsample(draw(radius), levels) > 0.5 * (levels - 1)) for _ in range(20)]) for radius in range(0, 7)}
@@ -117,7 +117,7 @@ def glyph_images(count: int, x: np.ndarray, levels: int, rng: np.random.Generato
         character = character or rng.choice(list(masks))
         return _fit_to_box(_thicken(_thin(masks[character]), radius), side, layout["box"])
 
-    radius = _stroke_radius(x, layout, levels, rng, draw)
+    radius = _stroke_radius(layout, levels, draw)
     images = [_elastic(draw(radius), rng, alpha=1.5 * SUPERSAMPLE, sigma=2.0 * SUPERSAMPLE) for _ in range(count)]
     return np.stack([_downsample(image, levels) for image in images]).astype(np.float32)
 
@@ -147,7 +147,7 @@ def stroke_images(count: int, x: np.ndarray, levels: int, rng: np.random.Generat
             mask[points[:, 0], points[:, 1]] = True
         return _fit_to_box(_thicken(mask, radius), side, layout["box"] * rng.uniform(0.6, 1.0))
 
-    radius = _stroke_radius(x, layout, levels, rng, draw)
+    radius = _stroke_radius(layout, levels, draw)
     return np.stack([_downsample(draw(radius), levels) for _ in range(count)]).astype(np.float32)
 
 
