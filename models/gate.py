@@ -2,10 +2,11 @@
 
 Methods (the manifest's ``gate.method``):
 - ``conformal`` (default): each of the gate's scores (``models.scores``) gets a conformal p-value
-  against a calibration split held out from training and model selection; the p-values are combined
-  (``models.conformal``) and x is rejected when the combined p-value is below ``alpha``, the target
-  false-rejection rate. The response names the score with the smallest p-value as the reason.
-- ``validation``: accept iff log p(x) >= tau, tau the ``false_rejection_rate`` quantile of held-out
+  against a calibration split held out from training and model selection; the scores are combined
+  (``models.conformal``: the largest surprise against the reference split, itself calibrated) and x
+  is rejected when the combined p-value is below ``alpha``, the target false-rejection rate. The
+  response names the score with the strongest evidence as the reason.
+- ``validation``: accept iff log p(x) >= tau, tau the ``alpha`` quantile of the validation split's
   log p(x).
 - ``min_train`` (the paper's): tau = min over the training set of log p(x) minus a slack c (nats).
 Inputs outside the model's support (log p(x) = -inf) are rejected by every method, reason
@@ -30,7 +31,7 @@ SUMMARY_QUANTILES = (0.001, 0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99)
 GATE_FILE = "gate.safetensors"
 SUPPORT = "support"  # the reason for inputs outside the model's support
 # The conformal gate's scores when a config names none (those a model does not compute are left out);
-# the measurements behind this choice are in docs/results.md, section "gate".
+# the measurements behind this choice are in docs/gate.md.
 # ``level_*`` stands for every level term of a multi-scale Glow.
 DEFAULT_SCORES: dict[str, Tail] = {
     "log_px": "both",
