@@ -29,7 +29,7 @@ def create_app(checkpoint: str, runtime: str) -> FastAPI:
         session = onnxruntime.InferenceSession(str(loaded.path / "model.onnx"), providers=["CPUExecutionProvider"])
 
         def forward(x: np.ndarray):
-            log_px, probabilities = session.run(None, {"input": x})
+            log_px, probabilities = session.run(["log_px", "probabilities"], {"input": x})
             return log_px, probabilities
     else:
 

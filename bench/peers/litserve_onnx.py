@@ -30,7 +30,7 @@ class OnnxAPI(ls.LitAPI):
     def predict(self, x):
         if x.ndim == 2:
             x = x[None]
-        return self.session.run(None, {"input": x})
+        return self.session.run(["log_px", "probabilities"], {"input": x})  # the outputs the peers serve
 
     def unbatch(self, output):
         log_px, probabilities = output
