@@ -150,6 +150,11 @@ class Gate:
         """Typicality p-value of a whole batch (``models.conformal.batch_typicality_p_value``)."""
         return batch_typicality_p_value(self.calibration["log_px"], np.asarray(log_px, dtype=np.float64), seed=len(log_px))
 
+    def batch_test(self, log_px: np.ndarray) -> tuple[float, bool]:
+        """The batch's typicality p-value and whether it is below alpha (the batch is an outlier)."""
+        p_value = self.batch_p_value(log_px)
+        return p_value, p_value < self.alpha
+
     def save(self, path: Path) -> None:
         """Write the fitted score parts and the calibration arrays (safetensors)."""
         tensors = {f"calibration.{name}": values for name, values in self.calibration.items()}

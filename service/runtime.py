@@ -51,6 +51,11 @@ class ModelRuntime:
             return candidates[0]
         return fastest(candidates, [self.midrange_inputs(1), self.midrange_inputs(32)])
 
+    @property
+    def platform(self) -> str:
+        """The Open Inference Protocol / Triton platform name of the backend in use."""
+        return "onnxruntime_onnx" if self.backend.name == "onnx" else "pytorch_torch"
+
     @classmethod
     def load(cls, model_dir, device: str = "auto", backend: str = "torch", threads: int | None = None) -> "ModelRuntime":
         """Load and verify a checkpoint (``CheckpointError`` on any problem) and start ``backend``

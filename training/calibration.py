@@ -89,7 +89,15 @@ def write_gated_checkpoint(
 
 def score_names(outputs: dict[str, np.ndarray]) -> list[str]:
     """The per-instance score arrays among ``model_outputs``' results."""
-    return [name for name, values in outputs.items() if values.ndim == 1 and name not in ("mean", "variance", "log_px_dequantized", "accepted", "p_value")]
+    return [name for name, values in outputs.items() if values.ndim == 1 and name not in ("mean", "variance", "log_px_dequantized")]
+
+
+GATE_SECTIONS = {"gate", "evaluation"}  # config sections a checkpoint's gate can be refitted for without training
+
+
+def differs_only_in_gate(trained: ExperimentConfig, wanted: ExperimentConfig) -> bool:
+    """Whether ``wanted`` matches ``trained`` but for gate and evaluation settings."""
+    return trained.model_dump(exclude=GATE_SECTIONS) == wanted.model_dump(exclude=GATE_SECTIONS)
 
 
 def recalibrate(loaded: LoadedCheckpoint, overrides: list[str], data_dir: str | None = None) -> Manifest:
@@ -115,8 +123,8 @@ def refit_gate(loaded: LoadedCheckpoint, config: ExperimentConfig) -> Manifest:
     atomically. The weights do not change; an ONNX model is exported again (its graph holds the
     fitted score parts). Returns the manifest written."""
     trained = ExperimentConfig.model_validate(loaded.manifest.training.config)
-    fixed = {"gate", "evaluation"}
-    if config.model_dump(exclude=fixed | {"data"}) != trained.model_dump(exclude=fixed | {"data"}) or config.data.model_dump(exclude={"data_dir"}) != trained.data.model_dump(exclude={"data_dir"}):
+    trained.data.data_dir = config.data.data_dir  # where the data lies is not part of what was trained
+    if not differs_only_in_gate(trained, config):
         raise ConfigError(f"checkpoint {loaded.path} was trained with another data or model config; only gate.* and evaluation.* may change")
     splits = split_dataset(load_dataset(config.data, config.seed), config.data, config.seed)
     gate = fit_gate(loaded.model, splits, config.gate, config.evaluation.batch_size)

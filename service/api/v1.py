@@ -27,8 +27,8 @@ async def predict(name: str, request: Request) -> JSONBody:
         "model_version": runtime.version,
     }
     if batch_test:
-        p_value = runtime.gate.batch_p_value(result["log_px"])
-        response["batch"] = {"is_outlier": p_value < runtime.gate.alpha, "p_value": p_value, "size": len(x)}
+        p_value, is_outlier = runtime.gate.batch_test(result["log_px"])
+        response["batch"] = {"is_outlier": is_outlier, "p_value": p_value, "size": len(x)}
     return JSONBody(response)
 
 

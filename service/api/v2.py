@@ -45,7 +45,7 @@ async def model_metadata(name: str, request: Request) -> dict:
     return {
         "name": runtime.name,
         "versions": [runtime.version],
-        "platform": "onnxruntime_onnx" if runtime.backend.name == "onnx" else "pytorch_torch",
+        "platform": runtime.platform,
         "inputs": [{"name": INPUT_NAME, "datatype": "FP32", "shape": [-1, *runtime.input_shape]}],
         "outputs": [{"name": spec.name, "datatype": spec.datatype, "shape": list(spec.shape)} for spec in runtime.outputs],
         "task": runtime.task,
@@ -69,7 +69,7 @@ async def model_config(name: str, request: Request) -> dict:
     runtime = state.require_model(name)
     config = {
         "name": runtime.name,
-        "platform": "onnxruntime_onnx" if runtime.backend.name == "onnx" else "pytorch_torch",
+        "platform": runtime.platform,
         "max_batch_size": state.settings.max_instances,
         "input": [{"name": INPUT_NAME, "data_type": "TYPE_FP32", "dims": list(runtime.input_shape)}],
         "output": [{"name": spec.name, "data_type": TRITON_TYPES[spec.datatype], "dims": list(spec.shape[1:]) or [1]} for spec in runtime.outputs],
@@ -138,6 +138,6 @@ async def infer(name: str, request: Request) -> JSONBody:
     if body.get("id") is not None:
         response["id"] = str(body["id"])
     if batch_test:
-        p_value = runtime.gate.batch_p_value(result["log_px"])
-        response["parameters"] = {"batch_p_value": p_value, "batch_is_outlier": p_value < runtime.gate.alpha}
+        p_value, is_outlier = runtime.gate.batch_test(result["log_px"])
+        response["parameters"] = {"batch_p_value": p_value, "batch_is_outlier": is_outlier}
     return JSONBody(response)

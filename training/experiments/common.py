@@ -10,12 +10,11 @@ from pathlib import Path
 import numpy as np
 
 from models.checkpoint import CheckpointError, LoadedCheckpoint, load_checkpoint
-from training.calibration import refit_gate
+from training.calibration import differs_only_in_gate, refit_gate
 from training.config import ExperimentConfig, load_config
 from training.docs import update_section
 from training.trainer import Trainer
 
-GATE_SECTIONS = ("gate", "evaluation")  # config sections a checkpoint's gate can be refitted for without training
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
@@ -56,10 +55,9 @@ class ExperimentContext:
                 loaded = None
             if loaded is not None:
                 trained = loaded.manifest.training.config
-                wanted = config.model_dump(mode="json")
-                if trained == wanted:
+                if trained == config.model_dump(mode="json"):
                     return loaded
-                if {k: v for k, v in trained.items() if k not in GATE_SECTIONS} == {k: v for k, v in wanted.items() if k not in GATE_SECTIONS}:
+                if differs_only_in_gate(ExperimentConfig.model_validate(trained), config):
                     refit_gate(loaded, config)
                     return load_checkpoint(out)
         return self.train(config, run_name)
