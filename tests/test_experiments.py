@@ -44,7 +44,7 @@ def test_gmm1d_data_and_true_density():
 
 def test_gmm1d_experiment_pipeline(tmp_path):
     ctx = context(tmp_path)
-    results = EXPERIMENTS["gmm1d"](ctx)
+    results = EXPERIMENTS["gmm1d"].run(ctx)
     saved = json.loads((tmp_path / "results" / "gmm1d.json").read_text())
     assert saved["regression"]["b_diglm"]["rmse"] == pytest.approx(results["regression"]["b_diglm"]["rmse"])
     for model in ("b_diglm", "gaussian_process"):
@@ -53,10 +53,31 @@ def test_gmm1d_experiment_pipeline(tmp_path):
     assert isinstance(saved["claim_no_density_above_training_minimum_outside_support"]["holds"], bool)
     assert (tmp_path / "results" / "gmm1d.png").stat().st_size > 10_000
     assert "## 1-D regression" in (tmp_path / "results.md").read_text()
+    assert (tmp_path / "artifacts" / "gmm1d-figure-data.npz").is_file()
+
+
+def test_gate_experiment_redraws_its_figures_and_section_from_saved_results(tmp_path, monkeypatch, capsys):
+    from training.cli import main
+    from training.experiments import gate
+
+    monkeypatch.setattr(gate, "flights_available", lambda context: False)
+    ctx = context(tmp_path)
+    results = EXPERIMENTS["gate"].run(ctx)
+    assert set(results["models"]) == {"digits"} and results["models"]["digits"]["ood"]["blank"]["gate"]["rejected"] == 1.0
+    figure, document = tmp_path / "results" / "gate_digits.png", tmp_path / "results.md"
+    section = document.read_text()
+    assert figure.stat().st_size > 10_000 and "### digits" in section and "gate_digits.png" in section
+    figure.unlink()
+    document.unlink()
+    assert EXPERIMENTS["gate"].run(ctx, redraw=True) == results
+    assert figure.stat().st_size > 10_000 and document.read_text() == section
+    args = ["experiment", "gmm1d", "--redraw", "--results-dir", str(tmp_path / "none"), "--document", str(document), "--artifacts-dir", str(tmp_path / "none")]
+    assert main(args) == 2
+    assert capsys.readouterr().err.strip() == f"error: --redraw needs the saved results of a full run: {tmp_path / 'none' / 'gmm1d.json'} not found"
 
 
 def test_moons_experiment_pipeline(tmp_path):
-    results = EXPERIMENTS["moons"](context(tmp_path, ["data.options.n_train=200", "train.epochs=10"]))
+    results = EXPERIMENTS["moons"].run(context(tmp_path, ["data.options.n_train=200", "train.epochs=10"]))
     for arm in ("labeled_only", "labeled_and_unlabeled"):
         accuracy = results["results"][arm]["accuracy"]
         assert len(accuracy["values"]) == 2 and 0 <= accuracy["mean"] <= 1
@@ -97,7 +118,7 @@ def test_flights_experiment_pipeline(tmp_path):
     data = tmp_path / "data"
     data.mkdir()
     write_flights(data, rows=1200)
-    results = EXPERIMENTS["flights"](context(tmp_path, [f"data.data_dir={data}", "data.options.path=.", "data.validation_fraction=0.2", "gate.alpha=0.05"]))
+    results = EXPERIMENTS["flights"].run(context(tmp_path, [f"data.data_dir={data}", "data.options.path=.", "data.validation_fraction=0.2", "gate.alpha=0.05"]))
     assert set(results["models"]) == set(results["models_in_distribution"]) == {"b_diglm", "b_diglm_gated", "diglm_gaussian_head", "bayesian_linear_regression", "gradient_boosted_tree", "deep_ensemble"}
     for metrics in results["models"].values():
         assert metrics["rmse"] > 0 and np.isfinite(metrics["nll"])
@@ -135,7 +156,7 @@ def test_mnist_experiments_pipeline_and_resume(tmp_path):
     data = tmp_path / "data"
     write_fake_mnist(data)
     ctx = context(tmp_path, [f"data.data_dir={data}", "gate.alpha=0.1"])  # 200 training images: a calibration split of 20
-    results = EXPERIMENTS["mnist-sweep"](ctx)
+    results = EXPERIMENTS["mnist-sweep"].run(ctx)
     assert set(results["models"]) == {"discriminative", "hybrid-0.01", "hybrid-0.1", "hybrid-1", "hybrid-10"}
     for row in results["models"].values():
         assert 0 <= row["ood"]["auroc"] <= 1 and row["notmnist"]["selective_nll"] > 0
@@ -144,7 +165,7 @@ def test_mnist_experiments_pipeline_and_resume(tmp_path):
     for figure in ("mnist_histograms", "mnist_confidence", "mnist_samples"):
         assert (tmp_path / "results" / f"{figure}.png").is_file()
     before = (tmp_path / "artifacts" / "mnist-hybrid-1" / "manifest.json").stat().st_mtime_ns
-    semi = EXPERIMENTS["mnist-semi"](ctx)
+    semi = EXPERIMENTS["mnist-semi"].run(ctx)
     assert set(semi["models"]) == {"labels_only", "labels_and_unlabeled", "all_labels"}
     assert (tmp_path / "artifacts" / "mnist-hybrid-1" / "manifest.json").stat().st_mtime_ns == before  # reused, not retrained
     text = (tmp_path / "results.md").read_text()

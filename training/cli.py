@@ -89,8 +89,13 @@ def _experiment(args: argparse.Namespace) -> None:
         progress=not args.quiet,
         overrides=list(args.set) + ([f"data.data_dir={args.data_dir}"] if args.data_dir else []),
     )
-    EXPERIMENTS[args.name](context)
-    print(f"wrote {Path(args.results_dir) / (args.name + '.json')} and the {args.name!r} section of {args.document}")
+    try:
+        EXPERIMENTS[args.name].run(context, redraw=args.redraw)
+    except FileNotFoundError as error:
+        if not args.redraw:
+            raise
+        raise ConfigError(f"--redraw needs the saved results of a full run: {error.filename} not found") from None
+    print(f"wrote {'the figures of ' if args.redraw else ''}{context.results_path(args.name)} and the {args.name!r} section of {args.document}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -141,6 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     experiment.add_argument("--data-dir", help="folder with data files (MNIST experiments: the folder holding mnist/ and notmnist/)")
     experiment.add_argument("--quick", action="store_true", help="tiny sizes and few steps (a smoke test, not the experiment)")
     experiment.add_argument("--quiet", action="store_true", help="no progress bars")
+    experiment.add_argument("--redraw", action="store_true", help="no training or measuring: redraw the figures and the results section from the last run's saved results")
     experiment.set_defaults(handler=_experiment)
     return parser
 

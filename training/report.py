@@ -48,21 +48,28 @@ def format_table(test: dict, gate: dict, ood: dict) -> str:
     return "\n".join(lines)
 
 
-def plot_score_histograms(gate: Gate, in_outputs: dict[str, np.ndarray], ood_outputs: dict[str, dict[str, np.ndarray]], path: Path) -> None:
-    """One row per gate score (and the combined p-value), one column per OOD set: the set's
-    histogram over the in-distribution test split's, with the score's alpha-level rejection bounds."""
+def gate_values(gate: Gate, outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """What the score histograms draw: each gate score, and the combined ``p_value``."""
+    return {**{name: outputs[name] for name in gate.tails}, "p_value": gate.decide(outputs).p_value}
+
+
+def plot_score_histograms(values_in: dict[str, np.ndarray], ood_values: dict[str, dict[str, np.ndarray]], alpha: float, path: Path) -> None:
+    """One row per gate score (and the combined p-value, as log10), one column per OOD set: the
+    set's histogram over the in-distribution test split's. ``values_in`` and each of ``ood_values``:
+    ``gate_values``' dicts; dashed line: alpha."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [*gate.tails, "p_value"]
-    in_decision = gate.decide(in_outputs)
-    values_in = {**{n: in_outputs[n] for n in gate.tails}, "p_value": np.log10(np.maximum(in_decision.p_value, 1e-12))}
-    figure, axes = plt.subplots(len(rows), len(ood_outputs), figsize=(2.2 * len(ood_outputs), 1.7 * len(rows)), squeeze=False)
-    for column, (name, outputs) in enumerate(ood_outputs.items()):
-        decision = gate.decide(outputs)
-        values_out = {**{n: outputs[n] for n in gate.tails}, "p_value": np.log10(np.maximum(decision.p_value, 1e-12))}
+    def drawn(values: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return {**values, "p_value": np.log10(np.maximum(values["p_value"], 1e-12))}
+
+    rows = list(values_in)
+    values_in = drawn(values_in)
+    figure, axes = plt.subplots(len(rows), len(ood_values), figsize=(2.2 * len(ood_values), 1.7 * len(rows)), squeeze=False)
+    for column, (name, values) in enumerate(ood_values.items()):
+        values_out = drawn(values)
         for row, score in enumerate(rows):
             axis = axes[row, column]
             inside, outside = (np.asarray(v[score], dtype=np.float64) for v in (values_in, values_out))
@@ -72,7 +79,7 @@ def plot_score_histograms(gate: Gate, in_outputs: dict[str, np.ndarray], ood_out
             axis.hist(np.clip(inside[np.isfinite(inside)], low, high), bins=bins, density=True, color="0.6", label="test")
             axis.hist(np.clip(outside[np.isfinite(outside)], low, high), bins=bins, density=True, color="C3", alpha=0.6, label=name)
             if score == "p_value":
-                axis.axvline(np.log10(gate.alpha), color="black", linestyle="--", linewidth=0.8)
+                axis.axvline(np.log10(alpha), color="black", linestyle="--", linewidth=0.8)
             axis.set_yticks([])
             axis.tick_params(labelsize=6)
             if row == 0:
@@ -126,5 +133,7 @@ def evaluate_checkpoint(loaded: LoadedCheckpoint, ood_names: list[str] | None, d
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
     if ood_outputs:
-        plot_score_histograms(loaded.gate, test_outputs, ood_outputs, out.with_suffix(".png"))
+        gate = loaded.gate
+        ood_values = {name: gate_values(gate, outputs) for name, outputs in ood_outputs.items()}
+        plot_score_histograms(gate_values(gate, test_outputs), ood_values, gate.alpha, out.with_suffix(".png"))
     return {**report, "table": format_table(report["test"], report["gate"], report["ood"])}

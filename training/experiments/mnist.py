@@ -10,11 +10,12 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from models.gate import gated_probabilities
 from models.hybrid import HybridModel
 from training.data import load_dataset, split_dataset
 from training.data.mnist import notmnist_test
 from training.evaluate import detection_metrics, evaluate_split
-from training.experiments.common import ExperimentContext, Stopwatch, pyplot
+from training.experiments.common import Computed, Experiment, ExperimentContext, Stopwatch, pyplot
 
 # The paper's lambdas, plus 0.1/D (ours) between the most accurate and the best-density hybrids.
 SWEEP = {"discriminative": 0.0, "hybrid-0.01": 0.01, "hybrid-0.1": 0.1, "hybrid-1": 1.0, "hybrid-10": 10.0}
@@ -52,7 +53,7 @@ def confidence_curves(probabilities: np.ndarray, correct: np.ndarray, thresholds
     return {"accuracy": accuracy, "kept": kept}
 
 
-def run_sweep(context: ExperimentContext) -> dict:
+def compute_sweep(context: ExperimentContext) -> Computed:
     clock = Stopwatch()
     results = {"models": {}, "paper": PAPER_TABLE1, "seconds": {}}
     outputs = {}
@@ -92,8 +93,10 @@ def run_sweep(context: ExperimentContext) -> dict:
         prior = loaded.model.label_prior.cpu().numpy()
         for gated in (False, True):
             key = f"{name}{'+gate' if gated else ''}"
-            def probabilities(out):
-                return np.where(out["accepted"][:, None], out["probabilities"], prior[None, :]) if gated else out["probabilities"]
+
+            def probabilities(out, gated=gated):
+                return gated_probabilities(out["probabilities"], out["accepted"], prior) if gated else out["probabilities"]
+
             mnist_probabilities = probabilities(mnist_out)
             mixed_probabilities = np.concatenate([mnist_probabilities, probabilities(ood_out)])
             mixed_correct = np.concatenate([mnist_probabilities.argmax(1) == y, np.zeros(len(ood_y), dtype=bool)])
@@ -102,19 +105,34 @@ def run_sweep(context: ExperimentContext) -> dict:
                 "mnist_and_notmnist": confidence_curves(mixed_probabilities, mixed_correct, thresholds),
             }
     results["seconds"]["total_this_run"] = clock.seconds()
-    _plot_sweep(context, results, outputs, best)
-    return context.write("mnist-sweep", results, _sweep_section(context, results))
+    arrays = {f"{name}.{data}.log_px": outputs[name][index]["log_px"] for name in ("discriminative", best) for index, data in ((1, "mnist"), (2, "notmnist"))}
+    arrays["samples"] = samples_and_interpolations(outputs[best][0].model, outputs[best][1]["z"][:10])
+    return Computed(results, arrays)
 
 
-def _plot_sweep(context: ExperimentContext, results: dict, outputs: dict, best: str) -> None:
+def samples_and_interpolations(model: HybridModel, z: np.ndarray) -> np.ndarray:
+    """``(7, 10, *input_shape)``: two rows of samples at temperature 0.7, two at 1.0, and three
+    interpolations between pairs of the latents ``z`` (at least 6 rows), in data units."""
+    generator = torch.Generator().manual_seed(0)
+    rows = [model.sample(10, temperature, generator=generator) for temperature in (0.7, 0.7, 1.0, 1.0)]
+    z = torch.from_numpy(z)
+    alphas = torch.linspace(0, 1, 10)
+    for start, end in ((0, 1), (2, 3), (4, 5)):
+        rows.append(model.decode(torch.stack([(1 - a) * z[start] + a * z[end] for a in alphas])))
+    return torch.stack(rows).cpu().numpy()
+
+
+def plot_sweep(context: ExperimentContext, computed: Computed) -> None:
+    """log p(x) histograms (fig. 4), accuracy against confidence (fig. 5c analogue), samples."""
+    results, arrays, best = computed.results, computed.arrays, computed.results["best_hybrid"]
     plt = pyplot()
     figure, axes = plt.subplots(1, 2, figsize=(11, 3.8))
     for axis, name in zip(axes, ("discriminative", best)):
-        _, mnist_out, ood_out, _, _ = outputs[name]
-        values = np.concatenate([mnist_out["log_px"], ood_out["log_px"]])
+        mnist_log_px, ood_log_px = arrays[f"{name}.mnist.log_px"], arrays[f"{name}.notmnist.log_px"]
+        values = np.concatenate([mnist_log_px, ood_log_px])
         bins = np.linspace(np.percentile(values, 0.5), values.max(), 80)
-        axis.hist(np.clip(mnist_out["log_px"], bins[0], None), bins=bins, alpha=0.6, density=True, color="C0", label="MNIST test")
-        axis.hist(np.clip(ood_out["log_px"], bins[0], None), bins=bins, alpha=0.6, density=True, color="C3", label="NotMNIST")
+        axis.hist(np.clip(mnist_log_px, bins[0], None), bins=bins, alpha=0.6, density=True, color="C0", label="MNIST test")
+        axis.hist(np.clip(ood_log_px, bins[0], None), bins=bins, alpha=0.6, density=True, color="C3", label="NotMNIST")
         axis.axvline(results["models"][name]["gate"]["tau"], color="black", linestyle="--", label="tau")
         auroc = results["models"][name]["ood"]["auroc"]
         axis.set_title(f"{name} (lambda = {SWEEP[name]}/D): AUROC {auroc:.3f}")
@@ -140,16 +158,9 @@ def _plot_sweep(context: ExperimentContext, results: dict, outputs: dict, best: 
     figure.savefig(context.figure_path("mnist_confidence"), dpi=110)
     plt.close(figure)
 
-    loaded, mnist_out, *_ = outputs[best]
-    model: HybridModel = loaded.model
-    generator = torch.Generator().manual_seed(0)
-    rows = [model.sample(10, temperature, generator=generator) for temperature in (0.7, 0.7, 1.0, 1.0)]
-    z = torch.from_numpy(mnist_out["z"][:10])
-    alphas = torch.linspace(0, 1, 10)
-    for start, end in ((0, 1), (2, 3), (4, 5)):
-        rows.append(model.decode(torch.stack([(1 - a) * z[start] + a * z[end] for a in alphas])))
-    grid = torch.cat(rows).clamp(0, 255).numpy()
-    figure, axes = plt.subplots(len(rows), 10, figsize=(10, len(rows)))
+    grid = arrays["samples"].reshape(-1, *arrays["samples"].shape[2:]).clip(0, 255)
+    rows = len(arrays["samples"])
+    figure, axes = plt.subplots(rows, 10, figsize=(10, rows))
     labels = ["T = 0.7", "T = 0.7", "T = 1.0", "T = 1.0", "interpolation", "interpolation", "interpolation"]
     for index, axis in enumerate(axes.flat):
         axis.imshow(grid[index], cmap="gray", vmin=0, vmax=255)
@@ -162,7 +173,7 @@ def _plot_sweep(context: ExperimentContext, results: dict, outputs: dict, best: 
     plt.close(figure)
 
 
-def _sweep_section(context: ExperimentContext, results: dict) -> str:
+def report_sweep(context: ExperimentContext, results: dict) -> str:
     rows = []
     for name, r in results["models"].items():
         paper = {key: f"({value:.2%})" if key == "error" else f"({value})" for key, value in PAPER_TABLE1.get(name, {}).items()}
@@ -204,7 +215,7 @@ Samples at temperature 0.7 and 1.0 and latent interpolations between test digits
 """
 
 
-def run_semi(context: ExperimentContext) -> dict:
+def compute_semi(context: ExperimentContext) -> Computed:
     clock = Stopwatch()
     arms = {
         "labels_only": (["data.labels_per_class=100", "data.unlabeled=drop", "train.epochs=60", "train.patience=15"], "mnist-semi-labels_only"),
@@ -219,11 +230,15 @@ def run_semi(context: ExperimentContext) -> dict:
         metrics, _ = evaluate_split(loaded.model, loaded.gate, x, y, config.evaluation.dequantization_samples, config.evaluation.batch_size, config.seed)
         results["models"][name] = {"error": metrics["error"], "nll": metrics["nll"], "bits_per_dim": metrics["bits_per_dim"], "labeled_train": loaded.manifest.data.labeled_train, "train_rows": loaded.manifest.data.sizes["train"], "seconds": loaded.manifest.training.seconds}
     results["seconds"] = clock.seconds()
+    return Computed(results)
+
+
+def report_semi(context: ExperimentContext, results: dict) -> str:
     rows = "\n".join(
         f"| {name.replace('_', ' ')} | {r['labeled_train']} / {r['train_rows']} | {r['error']:.2%} ({PAPER_TABLE3[name]['error']:.2%}) | {r['nll']:.3f} ({PAPER_TABLE3[name]['nll']}) | {r['bits_per_dim']:.2f} | {r['seconds'] / 60:.0f} |"
         for name, r in results["models"].items()
     )
-    section = f"""## MNIST semi-supervised (paper table 3)
+    return f"""## MNIST semi-supervised (paper table 3)
 
 Command: `python -m training experiment mnist-semi --data-dir ../shared/data` (resumable; "all labels" reuses the sweep's
 lambda = 1/D checkpoint). Same `mnist-cpu` Glow hybrid, lambda = 1/D. "labels only" trains on the 1,000 labeled images alone
@@ -234,4 +249,7 @@ entropy penalty (weight 0.1) on p(y|x). Paper values in parentheses (far larger 
 |---|---:|---:|---:|---:|---:|
 {rows}
 """
-    return context.write("mnist-semi", results, section)
+
+
+SWEEP_EXPERIMENT = Experiment("mnist-sweep", compute_sweep, report_sweep, plot_sweep)
+SEMI_EXPERIMENT = Experiment("mnist-semi", compute_semi, report_semi)

@@ -8,18 +8,18 @@ import torch
 
 from training.data import load_dataset, split_dataset
 from training.evaluate import model_outputs
-from training.experiments.common import ExperimentContext, Stopwatch, mean_std, pyplot
+from training.experiments.common import Computed, Experiment, ExperimentContext, Stopwatch, mean_std, pyplot
 
 ARMS = {"labeled_only": ["data.unlabeled=drop"], "labeled_and_unlabeled": ["data.unlabeled=keep"]}
 SEEDS = (0, 1, 2, 3, 4)
 
 
-def run(context: ExperimentContext) -> dict:
+def compute(context: ExperimentContext) -> Computed:
     clock = Stopwatch()
     quick = ["train.epochs=30", "data.options.n_train=300", "data.options.n_test=200"] if context.quick else []
     seeds = SEEDS[:2] if context.quick else SEEDS
     scores: dict[str, dict[str, list[float]]] = {arm: {"accuracy": [], "test_log_px": []} for arm in ARMS}
-    models = {}
+    models, arrays = {}, {}
     for seed in seeds:
         for arm, overrides in ARMS.items():
             config = context.config("moons", [*overrides, *quick], seed=seed)
@@ -29,24 +29,28 @@ def run(context: ExperimentContext) -> dict:
             scores[arm]["accuracy"].append(float(np.mean(outputs["probabilities"].argmax(1) == test.y)))
             scores[arm]["test_log_px"].append(float(np.mean(outputs["log_px"])))
             if seed == seeds[0]:
-                models[arm] = (loaded.model, config)
+                models[arm] = config
+                arrays.update(figure_data(arm, loaded.model, config))
 
     results = {
         "seeds": list(seeds),
-        "labels_per_class": models["labeled_only"][1].data.labels_per_class,
-        "unlabeled_points": models["labeled_and_unlabeled"][1].data.options["n_train"],
-        "lambda_per_dim": models["labeled_only"][1].train.lambda_per_dim,
-        "entropy_weight": models["labeled_only"][1].train.entropy_weight,
+        "labels_per_class": models["labeled_only"].data.labels_per_class,
+        "unlabeled_points": models["labeled_and_unlabeled"].data.options["n_train"],
+        "lambda_per_dim": models["labeled_only"].train.lambda_per_dim,
+        "entropy_weight": models["labeled_only"].train.entropy_weight,
         "results": {arm: {metric: mean_std(values) for metric, values in arm_scores.items()} for arm, arm_scores in scores.items()},
         "seconds": clock.seconds(),
     }
-    plot(context, models)
+    return Computed(results, arrays)
 
+
+def report(context: ExperimentContext, results: dict) -> str:
+    seeds = results["seeds"]
     rows = "\n".join(
         f"| {arm.replace('_', ' ')} | {r['accuracy']['mean']:.3f} ± {r['accuracy']['std']:.3f} | {r['test_log_px']['mean']:.3f} ± {r['test_log_px']['std']:.3f} |"
         for arm, r in results["results"].items()
     )
-    section = f"""## Half moons, semi-supervised (paper sec. 6.5, fig. 6)
+    return f"""## Half moons, semi-supervised (paper sec. 6.5, fig. 6)
 
 Command: `python -m training experiment moons` ({results['seconds']:.0f} s on 2 CPU cores for {len(seeds)} seeds x 2 runs).
 Two moons (noise 0.1), {results['labels_per_class']} labels per class; the semi-supervised run adds {results['unlabeled_points']} unlabeled points
@@ -62,30 +66,40 @@ validation points. Mean ± std over seeds {list(seeds)}; test set of 2,000 fresh
 
 The paper shows only fig. 6 (samples; "noticeably less warping" with unlabeled data) and no numbers.
 """
-    return context.write("moons", results, section)
 
 
-def plot(context: ExperimentContext, models: dict) -> None:
+GRID = np.linspace(-2, 3, 200, dtype=np.float32), np.linspace(-1.5, 2, 200, dtype=np.float32)
+
+
+def figure_data(arm: str, model, config) -> dict[str, np.ndarray]:
+    """Samples, p(y|x) and p(x) on ``GRID``, and the points, of one arm's model."""
+    splits = split_dataset(load_dataset(config.data, config.seed), config.data, config.seed)
+    outputs = model_outputs(model, np.stack(np.meshgrid(*GRID), axis=-1).reshape(-1, 2))
+    return {
+        f"{arm}.samples": model.sample(1000, generator=torch.Generator().manual_seed(0)).numpy(),
+        f"{arm}.p_lower": outputs["probabilities"][:, 1].reshape(200, 200),
+        f"{arm}.density": np.exp(outputs["log_px"]).reshape(200, 200),
+        f"{arm}.train_x": splits.train.x, f"{arm}.train_y": splits.train.y, f"{arm}.labeled": splits.train.labeled, f"{arm}.test_x": splits.test.x,
+    }
+
+
+def plot(context: ExperimentContext, computed: Computed) -> None:
+    """Fig. 6: per arm, model samples over the test data, p(y|x) and p(x), with the training points."""
+    a = computed.arrays
     plt = pyplot()
     figure, axes = plt.subplots(2, 3, figsize=(13, 8))
-    for row, (arm, (model, config)) in enumerate(models.items()):
-        splits = split_dataset(load_dataset(config.data, config.seed), config.data, config.seed)
-        train = splits.train
-        labeled = train.x[train.labeled]
-        grid_axis = np.linspace(-2, 3, 200, dtype=np.float32), np.linspace(-1.5, 2, 200, dtype=np.float32)
-        mesh = np.stack(np.meshgrid(*grid_axis), axis=-1).reshape(-1, 2)
-        outputs = model_outputs(model, mesh)
-        samples = model.sample(1000, generator=torch.Generator().manual_seed(0)).numpy()
+    for row, arm in enumerate(ARMS):
+        train_x, train_y, labeled, test_x, samples = (a[f"{arm}.{key}"] for key in ("train_x", "train_y", "labeled", "test_x", "samples"))
         title = arm.replace("_", " ")
-        axes[row, 0].scatter(splits.test.x[:, 0], splits.test.x[:, 1], s=2, color="lightgray", label="test data")
+        axes[row, 0].scatter(test_x[:, 0], test_x[:, 1], s=2, color="lightgray", label="test data")
         axes[row, 0].scatter(samples[:, 0], samples[:, 1], s=2, color="C2", label="model samples")
-        axes[row, 1].contourf(*grid_axis, outputs["probabilities"][:, 1].reshape(200, 200), levels=20, cmap="coolwarm", alpha=0.6)
-        axes[row, 2].contourf(*grid_axis, np.exp(outputs["log_px"]).reshape(200, 200), levels=20, cmap="viridis")
+        axes[row, 1].contourf(*GRID, a[f"{arm}.p_lower"], levels=20, cmap="coolwarm", alpha=0.6)
+        axes[row, 2].contourf(*GRID, a[f"{arm}.density"], levels=20, cmap="viridis")
         for column, name in enumerate(("samples", "p(y = lower | x)", "p(x)")):
             axis = axes[row, column]
-            if train.labeled.sum() < len(train) and column < 2:
-                axis.scatter(train.x[~train.labeled, 0], train.x[~train.labeled, 1], s=1, color="black", alpha=0.15)
-            axis.scatter(labeled[:, 0], labeled[:, 1], c=train.y[train.labeled], cmap="coolwarm", edgecolor="black", s=30)
+            if labeled.sum() < len(train_x) and column < 2:
+                axis.scatter(train_x[~labeled, 0], train_x[~labeled, 1], s=1, color="black", alpha=0.15)
+            axis.scatter(train_x[labeled, 0], train_x[labeled, 1], c=train_y[labeled], cmap="coolwarm", edgecolor="black", s=30)
             axis.set_title(f"{title}: {name}")
             axis.set_xlim(-2, 3)
             axis.set_ylim(-1.5, 2)
@@ -93,3 +107,6 @@ def plot(context: ExperimentContext, models: dict) -> None:
     figure.tight_layout()
     figure.savefig(context.figure_path("moons"), dpi=100)
     plt.close(figure)
+
+
+EXPERIMENT = Experiment("moons", compute, report, plot)

@@ -1,0 +1,237 @@
+"""The service runtime, the response encoding and the trainer's gate calibration against direct
+computations: eq. 10 outputs (the training label frequencies or target moments for rejected inputs)
+for classification and regression, units, the outlier convention, null for non-finite values, and
+the calibration split's size rules. No HTTP here: ``test_service.py`` covers the routes."""
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from models.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from models.config import FlowConfig, HeadConfig, ModelConfig, PreprocessingConfig
+from models.gate import GATE_FILE
+from models.hybrid import HybridModel
+from models.scores import forward_scores
+from service.encoding import instance_records, output_table, output_tensors, v2_output
+from service.runtime import ModelRuntime
+from training.calibration import differs_only_in_gate, fit_gate, recalibrate, score_names, subsample
+from training.cli import main as training_main
+from training.config import ConfigError, ExperimentConfig, GateSettings
+from training.data import DataError, Split, Splits, load_dataset, split_dataset
+
+CONFIGS = Path(__file__).resolve().parents[1] / "training" / "configs"
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("runtime") / "tiny"
+    assert training_main(["train", "--config", str(CONFIGS / "tiny.yaml"), "--out", str(out), "--quiet", "--set", "train.epochs=1", "--onnx"]) == 0
+    return out
+
+
+@pytest.fixture
+def runtime(tiny) -> ModelRuntime:
+    return ModelRuntime.load(tiny, "cpu")
+
+
+def tiny_splits(manifest) -> Splits:
+    config = ExperimentConfig.model_validate(manifest.training.config)
+    return split_dataset(load_dataset(config.data, config.seed), config.data, config.seed)
+
+
+def test_classification_predict_is_the_gate_and_eq_10_with_the_training_label_frequencies(runtime):
+    splits = tiny_splits(runtime.manifest)
+    counts = np.bincount(splits.train.y, minlength=10)
+    np.testing.assert_allclose(runtime.model.label_prior.numpy(), counts / counts.sum(), rtol=1e-6)
+    np.testing.assert_allclose(runtime.manifest.label_prior, counts / counts.sum(), rtol=1e-6)
+    blank, noise, beyond = np.zeros((1, 8, 8)), np.random.default_rng(0).integers(0, 17, (1, 8, 8)), np.full((1, 8, 8), 17.0)
+    x = np.concatenate([splits.test.x[:6], blank, noise, beyond]).astype(np.float32)
+    result = runtime.predict(x)
+    with torch.no_grad():
+        scores = {k: v.numpy() for k, v in forward_scores(runtime.model, torch.from_numpy(x), runtime.gate.fitted).items()}
+    decision = runtime.gate.decide(scores)
+    accepted = result["accepted"]
+    np.testing.assert_array_equal(accepted, decision.accepted)
+    assert accepted.any() and not accepted.all() and not accepted[-1] and result["rejected_by"][-1] == "support"
+    np.testing.assert_array_equal(result["rejected_by"], decision.rejected_by)
+    np.testing.assert_array_equal(result["p_value"], decision.p_value)
+    np.testing.assert_array_equal(result["instance_score"], decision.instance_score)
+    np.testing.assert_allclose(result["log_px"], scores["log_px"], rtol=1e-5)
+    assert result["log_px"][-1] == -math.inf
+    np.testing.assert_allclose(result["bits_per_dim"][:-1], -scores["log_px"][:-1] / (64 * math.log(2)), rtol=1e-5)
+    np.testing.assert_array_equal(result["label"], scores["probabilities"].argmax(axis=1))
+    np.testing.assert_allclose(result["model_probabilities"], scores["probabilities"], rtol=1e-5)
+    np.testing.assert_allclose(result["probabilities"][accepted], scores["probabilities"][accepted], rtol=1e-5)
+    np.testing.assert_allclose(result["probabilities"][~accepted], np.broadcast_to(counts / counts.sum(), (int((~accepted).sum()), 10)), rtol=1e-6)
+    for name in runtime.gate.tails:
+        np.testing.assert_allclose(result[f"score_{name}"], scores[name], rtol=1e-5)
+        np.testing.assert_array_equal(result[f"p_value_{name}"], decision.p_values[name])
+    assert set(result) == {spec.name for spec in runtime.outputs} - {"is_outlier", "threshold"}
+
+
+def test_runtime_describes_its_checkpoint_and_backend(tiny, runtime):
+    manifest = runtime.manifest
+    assert (runtime.name, runtime.version, runtime.task) == (manifest.name, manifest.version, "classification")
+    assert runtime.input_shape == (8, 8) and runtime.dims == 64 and runtime.gate_scores == list(runtime.gate.tails)
+    assert runtime.backend.name == "torch" and runtime.platform == "pytorch_torch"
+    assert [spec.name for spec in runtime.outputs] == [spec.name for spec in output_table("classification", 10, runtime.gate_scores)]
+    midrange = runtime.midrange_inputs(3)
+    assert midrange.shape == (3, 8, 8) and midrange.dtype == np.float32 and (midrange == 8.0).all()
+    assert runtime.warm_up(2) > 0
+    onnx = ModelRuntime.load(tiny, "cpu", "onnx")
+    assert onnx.backend.name == "onnx" and onnx.platform == "onnxruntime_onnx"
+    assert ModelRuntime.load(tiny, "cpu", "auto").backend.name in ("torch", "onnx")
+
+
+def test_onnx_backend_needs_an_export(tiny, tmp_path):
+    loaded = load_checkpoint(tiny)
+    plain = tmp_path / "plain"
+    manifest = loaded.manifest.model_dump(mode="json", exclude={"onnx"})
+    save_checkpoint(plain, loaded.model, manifest, extra_files={GATE_FILE: tiny / GATE_FILE})
+    assert ModelRuntime.load(plain, "cpu", "auto").backend.name == "torch"
+    with pytest.raises(CheckpointError, match=f"python -m training export --checkpoint {plain}"):
+        ModelRuntime.load(plain, "cpu", "onnx")
+
+
+def regression_problem(rows: int = 240) -> tuple[HybridModel, Splits]:
+    """A Bayesian linear head on a RealNVP over 3 standardized features, y = sum(x) + noise."""
+    generator = np.random.default_rng(1)
+    x = generator.normal(size=(rows, 3)).astype(np.float32)
+    y = (x.sum(1) + 0.1 * generator.normal(size=rows)).astype(np.float32)
+    config = ModelConfig(input_shape=[3], preprocessing=PreprocessingConfig(kind="standardize"), flow=FlowConfig(kind="realnvp", steps=2, hidden=8), head=HeadConfig(kind="bayesian"))
+    model = HybridModel(config)
+    model.preprocessing.fit(torch.from_numpy(x))
+    model.train()
+    model.loss(torch.from_numpy(x), torch.from_numpy(y), None, 1.0)  # actnorm init, posterior from the batch
+    model.eval()
+    model.target_moments.copy_(torch.tensor([5.0, 9.0]))
+    part = rows // 4
+    return model, Splits(*(Split(x[i * part : (i + 1) * part], y[i * part : (i + 1) * part]) for i in range(3)), calibration=Split(x[3 * part :], y[3 * part :]))
+
+
+def test_regression_predict_falls_back_to_the_target_moments_when_rejected(tmp_path):
+    model, splits = regression_problem()
+    gate = fit_gate(model, splits, GateSettings(alpha=0.05))
+    assert gate.summary.fitted.latent_space == "all" and gate.summary.fitted.latent_dims == 3 and gate.summary.fitted.latent_classes == 1
+    gate.save(tmp_path / GATE_FILE)
+    manifest = {"name": "sums", "task": "regression", "input_shape": [3], "preprocessing": model.config.preprocessing.model_dump(mode="json"),
+                "gate": gate.summary.model_dump(mode="json"), "target_moments": [5.0, 9.0]}
+    save_checkpoint(tmp_path / "sums", model, manifest, extra_files={GATE_FILE: tmp_path / GATE_FILE})
+    runtime = ModelRuntime.load(tmp_path / "sums", "cpu")
+    x = np.concatenate([splits.test.x[:5], np.full((2, 3), 40.0, dtype=np.float32)])
+    result = runtime.predict(x)
+    accepted = result["accepted"]
+    assert accepted[:5].sum() >= 3 and not accepted[5:].any()
+    with torch.no_grad():
+        head = model.head.predict(model(torch.from_numpy(x)).z)
+    np.testing.assert_allclose(result["model_mean"], head["mean"].numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(result["model_variance"], head["variance"].numpy(), rtol=1e-5)
+    np.testing.assert_allclose(result["mean"][accepted], head["mean"].numpy()[accepted], rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(result["mean"][~accepted], 5.0)
+    np.testing.assert_array_equal(result["variance"][~accepted], 9.0)
+    assert "label" not in result and [s.name for s in runtime.outputs][:4] == ["mean", "variance", "model_mean", "model_variance"]
+    assert runtime.midrange_inputs(1).tolist() == [[0.5, 0.5, 0.5]]  # no levels: the middle of [0, 1]
+
+
+def test_fit_gate_needs_a_calibration_split_big_enough_for_alpha():
+    model, splits = regression_problem()
+    calibration = splits.calibration
+    exactly = Splits(splits.train, splits.validation, splits.test, Split(calibration.x[:20], calibration.y[:20]))
+    gate = fit_gate(model, exactly, GateSettings(alpha=0.05))  # 1 / (20 + 1) < 0.05
+    assert gate.summary.calibration_size == 20 and gate.summary.reference_size == len(splits.validation)
+    np.testing.assert_array_equal(np.sort(gate.calibration["log_px"]), gate.calibration["log_px"])
+    short = Splits(splits.train, splits.validation, splits.test, Split(calibration.x[:19], calibration.y[:19]))
+    with pytest.raises(DataError, match="at least 20 rows to reject at alpha 0.05, this data gives 19"):
+        fit_gate(model, short, GateSettings(alpha=0.05))
+    assert fit_gate(model, short, GateSettings(method="validation", alpha=0.05)).method == "validation"  # tau gates need 2 rows
+    with pytest.raises(DataError, match="gives 0"):
+        fit_gate(model, Splits(splits.train, splits.validation, splits.test), GateSettings(method="validation"))
+    with pytest.raises(DataError, match="gives 1"):
+        fit_gate(model, Splits(splits.train, splits.validation, splits.test, Split(calibration.x[:1], calibration.y[:1])), GateSettings(method="min_train"))
+    with pytest.raises(ConfigError, match="'head' needs a classification model"):
+        fit_gate(model, splits, GateSettings(alpha=0.05, latent_space="head"))
+    with pytest.raises(ConfigError, match="gate.scores"):
+        fit_gate(model, splits, GateSettings(alpha=0.05, scores={"no_such_score": "upper"}))
+
+
+def test_fit_gate_for_a_classifier_uses_the_head_space_and_labelled_rows(runtime):
+    splits = tiny_splits(runtime.manifest)
+    gate = fit_gate(runtime.model, splits, GateSettings(alpha=0.05))
+    assert gate.summary.fitted.latent_space == "head" and gate.summary.fitted.latent_classes == 10
+    assert gate.summary.fitted.latent_dims == 10 and gate.summary.fitted.neighbour_scale > 0
+    assert gate.summary.calibration_size == len(splits.calibration) and gate.summary.reference_size == len(splits.validation)
+    torch.testing.assert_close(gate.fitted.latent.means, runtime.gate.fitted.latent.means)
+
+
+def test_score_names_subsample_and_what_counts_as_a_gate_only_change():
+    outputs = {"z": np.zeros((4, 2)), "log_px": np.zeros(4), "mean": np.zeros(4), "variance": np.zeros(4), "log_px_dequantized": np.zeros(4), "level_1": np.zeros(4), "probabilities": np.zeros((4, 3))}
+    assert score_names(outputs) == ["log_px", "level_1"]
+    split = Split(np.arange(50.0)[:, None], np.arange(50))
+    assert subsample(split, 50, 0) is split
+    small = subsample(split, 10, 3)
+    assert len(small) == 10 and len(set(small.y)) == 10 and (np.diff(small.y) > 0).all()
+    np.testing.assert_array_equal(small.x[:, 0], small.y)
+    np.testing.assert_array_equal(subsample(split, 10, 3).y, small.y)
+    assert not np.array_equal(subsample(split, 10, 4).y, small.y)
+    trained = ExperimentConfig(name="a")
+    assert differs_only_in_gate(trained, ExperimentConfig.model_validate({"name": "a", "gate": {"alpha": 0.2}, "evaluation": {"batch_size": 8}}))
+    assert not differs_only_in_gate(trained, ExperimentConfig.model_validate({"name": "a", "train": {"epochs": 2}}))
+
+
+def test_recalibrate_changes_only_the_gate(tiny, tmp_path):
+    copy = tmp_path / "tiny"
+    shutil.copytree(tiny, copy)
+    before = load_checkpoint(copy)
+    with pytest.raises(ConfigError, match="only gate.\\* and evaluation.\\* settings, not 'train.epochs=3'"):
+        recalibrate(before, ["train.epochs=3"])
+    written = recalibrate(before, ["gate.alpha=0.1", "evaluation.batch_size=64"])
+    after = load_checkpoint(copy)
+    assert written.gate.alpha == after.manifest.gate.alpha == 0.1 and after.gate.alpha == 0.1
+    assert after.manifest.training.config["evaluation"]["batch_size"] == 64
+    assert after.manifest.files["weights.safetensors"] == before.manifest.files["weights.safetensors"]
+    assert after.manifest.onnx is not None and after.manifest.files["model.onnx"]
+    assert set(after.manifest.metrics) == {"train", "validation", "calibration", "test"}
+
+
+def encoded_result() -> dict[str, np.ndarray]:
+    return {
+        "label": np.array([3, 1]), "probabilities": np.array([[0.2, 0.8], [0.5, 0.5]]), "model_probabilities": np.array([[0.2, 0.8], [0.9, 0.1]]),
+        "log_px": np.array([-10.0, -np.inf]), "bits_per_dim": np.array([1.5, np.inf]), "accepted": np.array([True, False]),
+        "p_value": np.array([0.4, 0.001]), "rejected_by": np.array([None, "support"], dtype=object), "instance_score": np.array([0.4, np.inf]),
+        "score_log_px": np.array([-10.0, -np.inf]), "p_value_log_px": np.array([0.4, 0.001]),
+    }
+
+
+def test_v1_records_turn_non_finite_values_into_null_and_follow_the_outlier_convention():
+    first, second = instance_records(encoded_result(), ["log_px"], 2.0)
+    assert first == {
+        "label": 3, "probabilities": [0.2, 0.8], "model_probabilities": [0.2, 0.8], "log_px": -10.0, "bits_per_dim": 1.5, "accepted": True,
+        "p_value": 0.4, "rejected_by": None, "scores": {"log_px": -10.0}, "p_values": {"log_px": 0.4},
+        "outlier": {"is_outlier": False, "instance_score": 0.4, "threshold": 2.0},
+    }
+    assert second["log_px"] is None and second["bits_per_dim"] is None and second["scores"] == {"log_px": None}
+    assert second["outlier"] == {"is_outlier": True, "instance_score": None, "threshold": 2.0} and second["rejected_by"] == "support"
+    regression = {k: v for k, v in encoded_result().items() if k not in ("label", "probabilities", "model_probabilities")}
+    regression |= {"mean": np.array([1.0, 5.0]), "variance": np.array([0.1, 9.0]), "model_mean": np.array([1.0, 2.0]), "model_variance": np.array([0.1, 0.2])}
+    records = instance_records(regression, ["log_px"], 2.0)
+    assert [(r["mean"], r["variance"], r["model_mean"], r["model_variance"]) for r in records] == [(1.0, 0.1, 1.0, 0.1), (5.0, 9.0, 2.0, 0.2)]
+
+
+def test_v2_tensors_match_the_output_table():
+    table = output_table("classification", 2, ["log_px"])
+    assert [(s.name, s.datatype, s.shape) for s in table[:4]] == [("label", "INT64", (-1,)), ("probabilities", "FP64", (-1, 2)), ("model_probabilities", "FP64", (-1, 2)), ("log_px", "FP64", (-1,))]
+    assert [s.name for s in table[-2:]] == ["score_log_px", "p_value_log_px"]
+    assert [s.name for s in output_table("regression", None, [])][:4] == ["mean", "variance", "model_mean", "model_variance"]
+    tensors = output_tensors(encoded_result(), 2.0)
+    assert set(tensors) == {spec.name for spec in table}
+    np.testing.assert_array_equal(tensors["threshold"], [2.0, 2.0])
+    np.testing.assert_array_equal(tensors["is_outlier"], [False, True])
+    encoded = {spec.name: v2_output(spec, tensors[spec.name]) for spec in table}
+    assert encoded["label"] == {"name": "label", "shape": [2], "datatype": "INT64", "data": [3, 1]}
+    assert encoded["probabilities"] == {"name": "probabilities", "shape": [2, 2], "datatype": "FP64", "data": [0.2, 0.8, 0.5, 0.5]}
+    assert encoded["log_px"]["data"] == [-10.0, None] and encoded["instance_score"]["data"] == [0.4, None]
+    assert encoded["rejected_by"] == {"name": "rejected_by", "shape": [2], "datatype": "BYTES", "data": ["", "support"]}
+    assert encoded["accepted"]["data"] == [True, False] and encoded["is_outlier"]["data"] == [False, True]
