@@ -1,5 +1,7 @@
-"""A real Open Inference Protocol client against the live service: tritonclient's HTTP client
-allocates outputs from the metadata, so what the metadata says must be what infer returns."""
+"""Real Open Inference Protocol clients against the live service: tritonclient's HTTP client
+allocates outputs from the metadata, so what the metadata says must be what infer returns; the
+KServe SDK's REST client (v2 protocol) checks health and infers with JSON and binary tensors."""
+import asyncio
 import socket
 import threading
 import time
@@ -7,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import httpx
 import uvicorn
 
 from service.app import create_app
@@ -21,7 +24,7 @@ CONFIGS = Path(__file__).resolve().parents[1] / "training" / "configs"
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    """The service on a free local port, in a thread, for the module."""
+    """The service on a free local port, in a thread, for the module: its host:port."""
     checkpoint = tmp_path_factory.mktemp("clients") / "tiny"
     assert training_main(["train", "--config", str(CONFIGS / "tiny.yaml"), "--out", str(checkpoint), "--quiet", "--set", "train.epochs=2", "--onnx"]) == 0
     with socket.socket() as probe:
@@ -40,13 +43,13 @@ def server(tmp_path_factory):
         except Exception:  # not listening yet
             pass
         time.sleep(0.1)
-    yield client
+    yield f"127.0.0.1:{port}"
     uvicorn_server.should_exit = True
     thread.join(timeout=10)
 
 
 def test_tritonclient_health_metadata_and_infer_json_and_binary(server):
-    client = server
+    client = httpclient.InferenceServerClient(url=server)
     assert client.is_server_live() and client.is_server_ready() and client.is_model_ready("tiny")
     metadata = client.get_model_metadata("tiny")
     described = {output["name"]: output for output in metadata["outputs"]}
@@ -74,3 +77,37 @@ def test_tritonclient_health_metadata_and_infer_json_and_binary(server):
     assert config["input"][0]["dims"] == [8, 8] and [o["name"] for o in config["output"]] == list(described)
     statistics = client.get_inference_statistics("tiny")["model_stats"][0]
     assert statistics["inference_count"] >= 10 and statistics["inference_stats"]["success"]["count"] >= 2
+
+
+def test_kserve_sdk_health_and_infer_json_and_binary(server):
+    kserve = pytest.importorskip("kserve")
+    base = f"http://{server}"
+    described = {output["name"]: output for output in httpx.get(f"{base}/v2/models/tiny").json()["outputs"]}
+    x = load_dataset(DataConfig(name="digits")).x[:4]
+
+    async def calls():
+        client = kserve.InferenceRESTClient(kserve.RESTConfig(protocol="v2", retries=1, timeout=30))
+        try:
+            health = (await client.is_server_live(base), await client.is_server_ready(base), await client.is_model_ready(base, "tiny"))
+            responses = {}
+            for binary in (False, True):
+                tensor = kserve.InferInput("input", list(x.shape), "FP32")
+                tensor.set_data_from_numpy(x, binary_data=binary)
+                responses[binary] = await client.infer(base, kserve.InferRequest("tiny", [tensor]), model_name="tiny")
+            return health, responses
+        finally:
+            await client.close()
+
+    health, responses = asyncio.run(calls())
+    assert health == (True, True, True)
+    arrays = {}
+    for binary, response in responses.items():
+        outputs = {output.name: output for output in response.outputs}
+        assert list(outputs) == list(described)
+        for name, spec in described.items():
+            assert outputs[name].datatype == spec["datatype"] and outputs[name].shape == [4, *spec["shape"][1:]], name
+        arrays[binary] = {name: output.as_numpy() for name, output in outputs.items()}
+    for name in described:
+        np.testing.assert_array_equal(arrays[False][name], arrays[True][name])
+    assert arrays[True]["label"].dtype == np.int64 and arrays[True]["accepted"].dtype == np.bool_
+    np.testing.assert_allclose(arrays[True]["probabilities"].sum(axis=1), 1.0, rtol=1e-6)

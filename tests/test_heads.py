@@ -81,6 +81,17 @@ def test_hybrid_loss_with_lambda_zero_is_cross_entropy():
     torch.testing.assert_close(loss, F.cross_entropy(model.head.linear(output.z), y))
 
 
+def test_fully_labelled_fast_path_is_the_mean_of_eq_7():
+    model = classifier()
+    x = torch.randint(0, 17, (6, 8, 8)).float()
+    y = torch.randint(0, 10, (6,))
+    loss, output = model.loss(x, y, None, lambda_per_dim=0.5)
+    expected = F.cross_entropy(model.head.linear(output.z), y) - 0.5 / 64 * output.log_px.mean()
+    torch.testing.assert_close(loss, expected)
+    masked, _ = model.loss(x, y, torch.ones(6, dtype=torch.bool), lambda_per_dim=0.5)
+    torch.testing.assert_close(masked, expected)
+
+
 def test_hybrid_loss_weights_log_px_per_dimension_and_unlabeled_rows():
     model = classifier()
     x = torch.randint(0, 17, (6, 8, 8)).float()

@@ -207,3 +207,20 @@ def test_the_trainer_fits_the_model_it_is_given():
     record = Trainer(config, progress=False).fit(model, splits)
     assert record["epochs_completed"] == 1 and record["bad_steps"] == 0
     assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_training_noise_is_uniform_dequantization_and_none_for_continuous_data():
+    from models.hybrid import HybridModel
+    from training.trainer import Trainer, complete_model_config
+
+    config = load_config(CONFIGS / "tiny.yaml")
+    trainer = Trainer(config, progress=False)
+    model = HybridModel(complete_model_config(config.model, load_dataset(config.data)))
+    x = torch.zeros(4000, 8, 8)
+    noise = trainer._noise(model, x, torch.Generator().manual_seed(0))
+    assert noise.shape == x.shape and 0 <= float(noise.min()) and float(noise.max()) < 1
+    assert abs(float(noise.mean()) - 0.5) < 0.01 and abs(float(noise.std()) - (1 / 12) ** 0.5) < 0.01
+    assert not torch.equal(noise, trainer._noise(model, x, torch.Generator().manual_seed(1)))
+    moons = load_config(CONFIGS / "moons.yaml")
+    continuous = HybridModel(complete_model_config(moons.model, load_dataset(moons.data)))
+    assert Trainer(moons, progress=False)._noise(continuous, torch.zeros(3, 2), torch.Generator()) is None
