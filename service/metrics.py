@@ -7,8 +7,10 @@ from dataclasses import dataclass
 
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily
 
 from models.manifest import GateSection
+from service.drift import TESTS, DriftMonitor
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
@@ -46,8 +48,38 @@ class InferenceStatistics:
         self.last_inference_ms = int(time.time() * 1000)
 
 
+class DriftCollector:
+    """``diglm_drift_*`` gauges, computed from the drift monitor's window at each scrape."""
+
+    def __init__(self, monitor: DriftMonitor, labels: dict[str, str]):
+        self.monitor, self.labels = monitor, labels
+
+    def collect(self):
+        report = self.monitor.report()
+        names, values = list(self.labels), list(self.labels.values())
+
+        def gauge(name: str, documentation: str, value: float | None) -> GaugeMetricFamily:
+            family = GaugeMetricFamily(f"diglm_drift_{name}", documentation, labels=names)
+            family.add_metric(values, float("nan") if value is None else value)
+            return family
+
+        yield gauge("is_drift", "1 when the window's combined drift p-value is below the threshold", float(report.is_drift))
+        yield gauge("p_value", "Combined drift p-value of the window (NaN until the window is full)", report.p_val)
+        yield gauge("threshold", "Drift p-value threshold", report.threshold)
+        yield gauge("window_instances", "Served instances in the drift window", report.instances)
+        yield gauge("mean_shift_nats", "Mean finite log p(x) of the window minus the calibration split's (nats)", report.mean_shift_nats)
+        yield gauge("rejection_rate", "Share of the window the gate rejected", report.rejection_rate)
+        per_test = GaugeMetricFamily(
+            "diglm_drift_test_p_value", "Per-test drift p-value (log_px: KS, p_value: KS against uniform, rejection_rate: binomial)", labels=[*names, "test"]
+        )
+        for test in TESTS:
+            found = report.tests.get(test)
+            per_test.add_metric([*values, test], found.p_val if found else float("nan"))
+        yield per_test
+
+
 class ServiceMetrics:
-    def __init__(self, model_name: str, model_version: str, gate: GateSection):
+    def __init__(self, model_name: str, model_version: str, gate: GateSection, drift: DriftMonitor | None = None):
         self.registry = CollectorRegistry()
         self.labels = {"model": model_name, "version": model_version}
         names = ["model", "version"]
@@ -62,6 +94,8 @@ class ServiceMetrics:
         self.in_flight = Gauge("diglm_requests_in_flight", "Requests being handled", names, registry=self.registry)
         self.statistics = InferenceStatistics()
         self.info = Gauge("diglm_model_info", "The served model (value 1)", [*names, "task", "gate_method", "backend", "device"], registry=self.registry)
+        if drift is not None:
+            self.registry.register(DriftCollector(drift, self.labels))
 
     def observe_predictions(self, result: dict[str, np.ndarray], seconds: float, queue_seconds: list[float]) -> None:
         """After one forward pass: its time, size, the gate's decisions, log p(x), and how long each

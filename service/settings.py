@@ -40,6 +40,8 @@ class ServiceSettings(BaseSettings):
     max_batch_size: int = Field(64, ge=1, description="most instances in one batched forward pass")
     max_delay_ms: float = Field(0.0, ge=0, description="hold a batch open this long while requests arrive concurrently")
     max_queue: int = Field(4096, ge=1, description="most queued instances before answering 503")
+    drift_window: int = Field(1000, ge=10, description="served instances in the drift monitor's sliding window (see service.drift)")
+    drift_threshold: float = Field(1e-4, gt=0, lt=1, description="drift is declared when the window's combined drift p-value is below this")
     warmup_batch: int = Field(8, ge=1, description="instances in the warm-up batch run before reporting ready")
     log_level: Literal["critical", "error", "warning", "info", "debug"] = Field("info", description="logging level of the service and uvicorn")
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from service.batching import DynamicBatcher
+from service.drift import DriftMonitor
 from service.inputs import InputError
 from service.metrics import ServiceMetrics
 from service.runtime import ModelRuntime
@@ -25,10 +26,13 @@ class ServiceState:
     load_error: str | None = None
     executor: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference"))
     batcher: DynamicBatcher | None = None
+    drift: DriftMonitor | None = None
 
     def attach(self, runtime: ModelRuntime) -> None:
         self.runtime = runtime
-        self.metrics = ServiceMetrics(runtime.name, runtime.version, runtime.manifest.gate)
+        gate, settings = runtime.gate, self.settings
+        self.drift = DriftMonitor(gate.calibration["log_px"], gate.alpha, settings.drift_window, settings.drift_threshold)
+        self.metrics = ServiceMetrics(runtime.name, runtime.version, runtime.manifest.gate, self.drift)
         self.metrics.info.labels(
             **self.metrics.labels,
             task=runtime.task,
@@ -51,7 +55,7 @@ class ServiceState:
         if settings.batching:
             self.batcher = DynamicBatcher(
                 self.runtime.predict, self.executor, settings.max_batch_size, settings.max_delay_ms / 1000,
-                settings.max_queue, self.metrics.observe_predictions,
+                settings.max_queue, self.observe,
             )
             self.batcher.start()
 
@@ -62,5 +66,10 @@ class ServiceState:
             return await self.batcher.submit(x)
         started = time.perf_counter()
         result = await asyncio.get_running_loop().run_in_executor(self.executor, runtime.predict, x)
-        self.metrics.observe_predictions(result, time.perf_counter() - started, [0.0])
+        self.observe(result, time.perf_counter() - started, [0.0])
         return result
+
+    def observe(self, result: dict[str, np.ndarray], seconds: float, queue_seconds: list[float]) -> None:
+        """After one forward pass: the metrics, and the drift monitor's window."""
+        self.metrics.observe_predictions(result, seconds, queue_seconds)
+        self.drift.add(result["log_px"], result["p_value"], result["accepted"])

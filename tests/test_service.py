@@ -33,7 +33,7 @@ def checkpoint(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def settings(checkpoint) -> ServiceSettings:
-    return ServiceSettings(model_dir=checkpoint, device="cpu", max_instances=64, max_body_bytes=64 * 1024)
+    return ServiceSettings(model_dir=checkpoint, device="cpu", max_instances=64, max_body_bytes=64 * 1024, drift_window=10)
 
 
 @pytest.fixture(scope="module")
@@ -278,6 +278,20 @@ def test_metrics_move_after_requests(client, digits):
     text = client.get("/metrics").text
     for name in ("diglm_request_duration_seconds_bucket", "diglm_inference_duration_seconds_bucket", "diglm_batch_size_bucket", "diglm_requests_in_flight", "diglm_model_info"):
         assert name in text
+
+
+def test_drift_endpoint_and_gauges_follow_the_served_window(client, checkpoint, digits):
+    predict(client, digits.tolist())
+    predict(client, [[[0] * 8] * 8] * 4)  # blank images: rejected, the lowest or highest log p(x)
+    body = client.get("/v2/models/tiny/drift").json()
+    assert body["window_size"] == body["instances"] == 10 and body["instances_seen"] >= 12
+    assert set(body["tests"]) == {"log_px", "p_value", "rejection_rate"} and 0 <= body["p_val"] <= 1
+    assert body["is_drift"] in (0, 1) and body["threshold"] == 1e-4 and body["rejection_rate"] >= 0.4
+    assert body["alpha"] == load_checkpoint(checkpoint).gate.alpha
+    assert metric(client, "diglm_drift_window_instances") == 10
+    assert metric(client, "diglm_drift_rejection_rate") == pytest.approx(body["rejection_rate"])
+    assert metric(client, "diglm_drift_test_p_value", test="rejection_rate") == pytest.approx(body["tests"]["rejection_rate"]["p_val"])
+    assert client.get("/v2/models/other/drift").status_code == 404
 
 
 def test_not_ready_before_load_and_never_with_a_damaged_checkpoint(checkpoint, tmp_path):

@@ -79,6 +79,15 @@ async def model_config(name: str, request: Request) -> dict:
     return config
 
 
+@router.get("/models/{name}/drift", responses=ERRORS)
+async def model_drift(name: str, request: Request) -> dict:
+    """The drift monitor's sliding window of served inputs against the gate's calibration split
+    (``service.drift``): per-test statistics and p-values, the combined p-value and ``is_drift``."""
+    state = service_state(request)
+    runtime = state.require_model(name)
+    return {"name": runtime.name, "version": runtime.version, **state.drift.report().as_dict()}
+
+
 @router.get("/models/{name}/stats", responses=ERRORS)
 async def model_statistics(name: str, request: Request) -> dict:
     """Inference statistics since start (the statistics extension: counts and nanoseconds)."""
