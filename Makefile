@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 MODEL_DIR ?= artifacts/digits
 CONFIG ?= training/configs/digits.yaml
 
-.PHONY: install test train serve bench-env bench-load bench-serve bench-train-speed mutation clean
+.PHONY: install test train serve bench-env bench-load bench-serve bench-train-speed mutation alerts docker-wheels docker-smoke clean
 
 install: $(VENV)/.installed
 
@@ -18,12 +18,26 @@ $(VENV)/.installed: pyproject.toml
 test: install
 	$(PY) -m pytest
 
-# Mutation testing of the gate (models/conformal.py, models/gate.py; [tool.mutmut] in pyproject.toml).
-# Not part of `make test`: a few minutes on 2 cores. Survivors: $(VENV)/bin/mutmut results.
+# Mutation testing ([tool.mutmut] in pyproject.toml: the gate, heads, hybrid model, preprocessing,
+# the service's encoding and runtime, the trainer's calibration). Not part of `make test`: about
+# 40 minutes on 2 cores. Survivors: $(VENV)/bin/mutmut results; one: $(VENV)/bin/mutmut show NAME.
 mutation: install
 	$(PY) -m pip install --quiet mutmut==3.8.1
 	rm -rf mutants
 	$(VENV)/bin/mutmut run
+
+# Prometheus alert rules (docker/alerts.yml) checked and unit-tested (docker/alerts.test.yml).
+alerts:
+	@command -v promtool >/dev/null || { echo "promtool is needed: apt-get install prometheus"; exit 1; }
+	cd docker && promtool check rules alerts.yml && promtool test rules alerts.test.yml
+
+# The wheelhouse the CPU images install from (docker/wheels/README.md): every wheel, CPU torch included.
+docker-wheels:
+	$(PYTHON) -m pip download --quiet --dest docker/wheels --only-binary=:all: --python-version 3.11 '.[serve,train,onnx-cpu]' setuptools wheel
+
+# Build the images and run the compose stack end to end on this machine (docker/smoke.py).
+docker-smoke: install docker-wheels
+	$(PY) docker/smoke.py
 
 train: install
 	@if [ -e $(MODEL_DIR) ]; then echo "$(MODEL_DIR) exists: not retraining (delete it to retrain)"; \

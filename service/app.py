@@ -75,7 +75,7 @@ def create_app(settings: ServiceSettings | None = None, runtime: ModelRuntime | 
         try:
             await asyncio.to_thread(load_and_warm_up)
             state.start_batching()
-            state.ready = True
+            state.mark_ready()
         except (CheckpointError, DeviceUnavailable) as error:
             state.load_error = str(error)
             log.error("not ready: %s", error)

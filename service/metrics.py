@@ -94,6 +94,11 @@ class ServiceMetrics:
         self.in_flight = Gauge("diglm_requests_in_flight", "Requests being handled", names, registry=self.registry)
         self.statistics = InferenceStatistics()
         self.info = Gauge("diglm_model_info", "The served model (value 1)", [*names, "task", "gate_method", "backend", "device"], registry=self.registry)
+        self.ready = Gauge("diglm_ready", "1 while the model is loaded, warmed up and serving", names, registry=self.registry)
+        self.gate_alpha = Gauge("diglm_gate_alpha", "The gate's calibrated false-rejection rate (alpha)", names, registry=self.registry)
+        self.gate_alpha.labels(**self.labels).set(gate.alpha)
+        self.gate_tau = Gauge("diglm_gate_tau_nats", "The gate's tau on log p(x) (nats; the validation tau for the conformal gate)", names, registry=self.registry)
+        self.gate_tau.labels(**self.labels).set(gate.tau)
         if drift is not None:
             self.registry.register(DriftCollector(drift, self.labels))
 

@@ -41,6 +41,11 @@ class ServiceState:
             device=str(runtime.device),
         ).set(1)
 
+    def mark_ready(self, ready: bool = True) -> None:
+        """Readiness for the health route and the ``diglm_ready`` gauge."""
+        self.ready = ready
+        self.metrics.ready.labels(**self.metrics.labels).set(int(ready))
+
     def require_model(self, name: str) -> ModelRuntime:
         """The runtime if ``name`` is the served model and it is ready; else a 404 or 503."""
         if self.runtime is None or not self.ready:

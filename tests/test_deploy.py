@@ -1,6 +1,13 @@
-"""The deployment files, checked with what runs here (no Docker engine): compose structure,
-Dockerfile references, the health check path, the Prometheus target."""
+"""The deployment files, checked without a Docker engine (`make docker-smoke` runs them for real):
+compose structure, Dockerfile references, the health check path, the Prometheus target, the alert
+rules (promtool, when installed) and the Grafana dashboard."""
+import json
+import re
+import shutil
+import subprocess
 from pathlib import Path
+
+import pytest
 
 import yaml
 
@@ -18,9 +25,52 @@ def test_compose_runs_trainer_then_service_then_prometheus():
         build = services[name]["build"]
         assert (ROOT / build["dockerfile"]).is_file()
         assert any(volume.startswith("models:/models") for volume in services[name]["volumes"])
-    prometheus_config = services["prometheus"]["volumes"][0].split(":")[0]
-    scrape = yaml.safe_load((ROOT / prometheus_config).read_text())["scrape_configs"][0]
+    mounts = dict(reversed(volume.split(":")[:2]) for volume in services["prometheus"]["volumes"])
+    prometheus = yaml.safe_load((ROOT / mounts["/etc/prometheus/prometheus.yml"]).read_text())
+    scrape = prometheus["scrape_configs"][0]
     assert scrape["metrics_path"] == "/metrics" and scrape["static_configs"][0]["targets"] == ["service:8000"]
+    assert prometheus["rule_files"] == ["/etc/prometheus/alerts.yml"] and mounts["/etc/prometheus/alerts.yml"] == "./docker/alerts.yml"
+    local = yaml.safe_load((ROOT / "docker" / "compose.local.yml").read_text())["services"]
+    assert all(service["network_mode"] == "host" for service in local.values())
+    assert set(local) <= set(services) and local["service"]["environment"]["DIGLM_PORT"] == "18080"
+
+
+def alert_names() -> list[str]:
+    return [rule["alert"] for group in yaml.safe_load((ROOT / "docker" / "alerts.yml").read_text())["groups"] for rule in group["rules"]]
+
+
+def test_every_alert_rule_has_a_unit_test_that_fires_it_and_promtool_passes_them():
+    tests = yaml.safe_load((ROOT / "docker" / "alerts.test.yml").read_text())["tests"]
+    fired = {case["alertname"] for test in tests for case in test["alert_rule_test"] if case["exp_alerts"]}
+    assert fired == set(alert_names()) and len(alert_names()) == 6
+    if shutil.which("promtool") is None:
+        pytest.skip("promtool is not installed (apt-get install prometheus); .ci/run installs it")
+    for command in (["promtool", "check", "rules", "alerts.yml"], ["promtool", "test", "rules", "alerts.test.yml"]):
+        result = subprocess.run(command, cwd=ROOT / "docker", capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, result.stdout + result.stderr
+
+
+def dashboard_expressions() -> list[str]:
+    dashboard = json.loads((ROOT / "docker" / "grafana" / "dashboards" / "diglm.json").read_text())
+    datasource = yaml.safe_load((ROOT / "docker" / "grafana" / "provisioning" / "datasources" / "prometheus.yml").read_text())["datasources"][0]
+    assert dashboard["uid"] == "diglm" and len({panel["id"] for panel in dashboard["panels"]}) == len(dashboard["panels"])
+    for panel in dashboard["panels"]:
+        assert panel["datasource"]["uid"] == datasource["uid"] and panel["targets"], panel["title"]
+        assert {"x", "y", "w", "h"} <= set(panel["gridPos"])
+    return [target["expr"] for panel in dashboard["panels"] for target in panel["targets"]]
+
+
+def referenced_metrics() -> set[str]:
+    """Every ``diglm_*`` series the dashboard and the alert rules query."""
+    rules = [rule["expr"] for group in yaml.safe_load((ROOT / "docker" / "alerts.yml").read_text())["groups"] for rule in group["rules"]]
+    return {name for expression in [*dashboard_expressions(), *rules] for name in re.findall(r"\bdiglm_[a-z_]+", expression)}
+
+
+def test_the_dashboard_covers_what_operators_watch():
+    expressions = " ".join(dashboard_expressions())
+    for metric in ("diglm_requests_total", "diglm_request_duration_seconds_bucket", "diglm_batch_size_sum", "diglm_log_px_nats_bucket",
+                   "diglm_gate_tau_nats", "diglm_instances_rejected_total", "diglm_gate_alpha", "diglm_drift_p_value", "diglm_drift_is_drift"):
+        assert metric in expressions, metric
 
 
 def test_dockerfiles_copy_existing_paths_and_check_readiness():
@@ -28,7 +78,7 @@ def test_dockerfiles_copy_existing_paths_and_check_readiness():
     for dockerfile in ("Dockerfile.gpu", "Dockerfile.cpu"):
         text = (ROOT / "docker" / dockerfile).read_text()
         for line in text.splitlines():
-            if line.startswith("COPY "):
+            if line.startswith("COPY ") and "--from=" not in line:
                 for source in line.split()[1:-1]:
                     assert (ROOT / source).exists(), f"{dockerfile} copies missing {source}"
         assert "/v2/health/ready" in text and "/v2/health/ready" in routes

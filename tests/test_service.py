@@ -3,6 +3,7 @@ metrics, readiness, and concurrency. Uses a tiny checkpoint trained once for the
 import asyncio
 import json
 import math
+import re
 from pathlib import Path
 
 import httpx
@@ -292,6 +293,15 @@ def test_drift_endpoint_and_gauges_follow_the_served_window(client, checkpoint, 
     assert metric(client, "diglm_drift_rejection_rate") == pytest.approx(body["rejection_rate"])
     assert metric(client, "diglm_drift_test_p_value", test="rejection_rate") == pytest.approx(body["tests"]["rejection_rate"]["p_val"])
     assert client.get("/v2/models/other/drift").status_code == 404
+
+
+def test_dashboard_and_alert_rules_query_only_metrics_the_service_exports(client, checkpoint, digits):
+    from tests.test_deploy import referenced_metrics
+
+    predict(client, digits[:2].tolist())
+    exported = {re.split(r"[{ ]", line, 1)[0] for line in client.get("/metrics").text.splitlines() if line.startswith("diglm_")}
+    assert referenced_metrics() and referenced_metrics() <= exported, referenced_metrics() - exported
+    assert metric(client, "diglm_ready") == 1 and metric(client, "diglm_gate_alpha") == load_checkpoint(checkpoint).gate.alpha
 
 
 def test_not_ready_before_load_and_never_with_a_damaged_checkpoint(checkpoint, tmp_path):
