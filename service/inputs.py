@@ -16,33 +16,68 @@ class InputError(ValueError):
         self.status = status
 
 
+def _refuse_constant(token: str) -> None:
+    raise InputError(f"request body holds {token}, which is not a valid input (JSON has no NaN or Infinity)")
+
+
 def parse_json(body: bytes) -> Any:
-    """orjson on the hot path; the standard parser only to name NaN / Infinity tokens."""
+    """UTF-8 JSON. orjson on the hot path; what it refuses, the standard parser tells apart: NaN /
+    Infinity tokens, nesting deeper than orjson's 1024 levels, integers beyond 64 bits (parsed, and
+    then out of any input range), and invalid JSON."""
     try:
         return orjson.loads(body)
     except orjson.JSONDecodeError:
         pass
     try:
-        json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise InputError(f"request body is not UTF-8 text (byte {error.start}); send UTF-8 JSON") from None
+    try:
+        return json.loads(text, parse_constant=_refuse_constant)
+    except RecursionError:
+        raise InputError("request body is nested too deeply") from None
+    except json.JSONDecodeError as error:
         raise InputError(f"request body is not valid JSON: {error}") from None
-    raise InputError("request body holds NaN or Infinity, which are not valid inputs")
+    except InputError:
+        raise
+    except ValueError as error:  # e.g. an integer literal past Python's digit limit
+        raise InputError(f"request body holds a number that cannot be read: {str(error).splitlines()[0][:120]}") from None
+
+
+def _holds_booleans(values: Any) -> bool:
+    """Whether nested lists hold a JSON true / false (numpy would count them as 1 / 0)."""
+    stack = [values]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, list) and item:
+            if isinstance(item[0], list):
+                stack.extend(item)
+            elif bool in set(map(type, item)):
+                return True
+    return False
 
 
 def to_array(values: Any, what: str) -> np.ndarray:
-    """Nested lists of numbers to a float64 array; ragged or non-numeric values are an error."""
+    """Nested lists of numbers to a float64 array. Ragged lists, strings, true / false, null and
+    integers beyond 64 bits are an error (numpy would read "7" as 7 and true as 1)."""
     try:
-        array = np.asarray(values, dtype=np.float64)
-    except (ValueError, TypeError):
-        raise InputError(f"{what} must be numbers in nested lists of equal lengths") from None
-    if array.dtype == object:
-        raise InputError(f"{what} must be numbers in nested lists of equal lengths")
-    return array
+        array = np.asarray(values)
+    except (ValueError, TypeError, OverflowError):
+        array = np.empty(0, dtype=object)
+    kind = array.dtype.kind
+    if kind in "US":
+        raise InputError(f"{what} must be numbers, not strings")
+    if kind == "b" or (kind in "iuf" and _holds_booleans(values)):
+        raise InputError(f"{what} must be numbers, not true / false")
+    if kind not in "iuf":
+        raise InputError(f"{what} must be numbers (at most 64-bit) in nested lists of equal lengths")
+    return array.astype(np.float64)
 
 
-def conform(array: np.ndarray, input_shape: tuple[int, ...], what: str) -> np.ndarray:
+def conform(array: np.ndarray, input_shape: tuple[int, ...], what: str, input_range: tuple[float, float] | None = None) -> np.ndarray:
     """``(N, ...)`` to ``(N, *input_shape)`` float32, accepting the input shape itself, a leading
-    channel of 1, or a flat vector of the right length; values must be finite."""
+    channel of 1, or a flat vector of the right length; values must be finite, and inside
+    ``input_range`` (the model's declared [low, high]) when there is one."""
     size = math.prod(input_shape)
     allowed = {tuple(input_shape), (1, *input_shape), (size,)}
     if array.ndim < 2 or tuple(array.shape[1:]) not in allowed:
@@ -53,6 +88,12 @@ def conform(array: np.ndarray, input_shape: tuple[int, ...], what: str) -> np.nd
         )
     if not np.isfinite(array).all():
         raise InputError(f"{what}: values must be finite numbers (found NaN or infinity)")
+    if input_range is not None and array.size:
+        low, high = input_range
+        smallest, largest = float(array.min()), float(array.max())
+        if smallest < low or largest > high:
+            found = smallest if smallest < low else largest
+            raise InputError(f"{what}: values must lie in the model's input range [{low:g}, {high:g}]; found {found:.6g}")
     return array.reshape(len(array), *input_shape).astype(np.float32)
 
 
@@ -63,7 +104,7 @@ def check_count(count: int, limit: int) -> None:
         raise InputError(f"{count} instances in one request, the limit is {limit}; split the request", status=413)
 
 
-def decode_v1(body: Any, input_shape: tuple[int, ...], limit: int) -> np.ndarray:
+def decode_v1(body: Any, input_shape: tuple[int, ...], limit: int, input_range: tuple[float, float] | None = None) -> np.ndarray:
     """``{"instances": [x, ...]}`` to ``(N, *input_shape)`` float32."""
     if not isinstance(body, dict) or "instances" not in body:
         raise InputError('request body must be a JSON object {"instances": [...]}')
@@ -71,7 +112,7 @@ def decode_v1(body: Any, input_shape: tuple[int, ...], limit: int) -> np.ndarray
     if not isinstance(instances, list):
         raise InputError('"instances" must be a list of inputs')
     check_count(len(instances), limit)
-    return conform(to_array(instances, "instances"), input_shape, "instances")
+    return conform(to_array(instances, "instances"), input_shape, "instances", input_range)
 
 
 def batch_test_flag(value: Any, what: str) -> bool:
@@ -96,7 +137,9 @@ def split_binary_request(body: bytes, header_length: str) -> tuple[Any, bytes]:
     return parse_json(body[:size]), body[size:]
 
 
-def decode_v2_tensor(tensor: dict, input_shape: tuple[int, ...], limit: int, binary: bytes = b"") -> np.ndarray:
+def decode_v2_tensor(
+    tensor: dict, input_shape: tuple[int, ...], limit: int, binary: bytes = b"", input_range: tuple[float, float] | None = None
+) -> np.ndarray:
     """An Open Inference Protocol input tensor to ``(N, *input_shape)``: ``{name, shape, datatype,
     data}`` with JSON data, or with ``parameters.binary_data_size`` and the raw little-endian bytes
     in ``binary`` (the binary tensor extension)."""
@@ -104,12 +147,15 @@ def decode_v2_tensor(tensor: dict, input_shape: tuple[int, ...], limit: int, bin
     if datatype not in V2_DTYPES:
         raise InputError(f"input datatype {datatype or 'missing'!r} is not supported; use one of {sorted(V2_DTYPES)}")
     shape = tensor.get("shape")
-    if not isinstance(shape, list) or not shape or not all(isinstance(d, int) and d >= 0 for d in shape):
+    if not isinstance(shape, list) or not shape or not all(type(d) is int and d >= 0 for d in shape):
         raise InputError('input "shape" must be a list of non-negative integers [N, ...]')
     check_count(shape[0], limit)
-    binary_size = (tensor.get("parameters") or {}).get("binary_data_size")
+    parameters = tensor.get("parameters")
+    if parameters is not None and not isinstance(parameters, dict):
+        raise InputError('input "parameters" must be an object')
+    binary_size = (parameters or {}).get("binary_data_size")
     if binary_size is not None:
-        if not isinstance(binary_size, int) or binary_size != len(binary):
+        if type(binary_size) is not int or binary_size != len(binary):
             raise InputError(f"binary_data_size {binary_size!r} does not match the {len(binary)} bytes after the JSON header")
         dtype = np.dtype(V2_DTYPES[datatype])
         if len(binary) != math.prod(shape) * dtype.itemsize:
@@ -119,4 +165,4 @@ def decode_v2_tensor(tensor: dict, input_shape: tuple[int, ...], limit: int, bin
         data = to_array(tensor.get("data"), "input data")
     if data.size != math.prod(shape):
         raise InputError(f"input data holds {data.size} values, shape {shape} needs {math.prod(shape)}")
-    return conform(data.reshape(shape), input_shape, "input")
+    return conform(data.reshape(shape), input_shape, "input", input_range)

@@ -28,6 +28,7 @@ class ModelRuntime:
         self.task: str = self.manifest.task
         self.input_shape: tuple[int, ...] = tuple(self.manifest.input_shape)
         self.dims = int(np.prod(self.input_shape))
+        self.input_range: tuple[float, float] | None = tuple(self.manifest.input_range) if self.manifest.input_range else None
         self.gate = checkpoint.gate
         self.gate_scores = list(self.gate.tails)
         classes = len(self.manifest.classes) if self.task == "classification" else None

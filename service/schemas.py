@@ -34,7 +34,7 @@ class Prediction(BaseModel):
 
 
 class PredictRequest(BaseModel):
-    instances: list[Any] = Field(description="inputs of the model's input_shape (a leading channel of 1 optional) or flat")
+    instances: list[Any] = Field(min_length=1, description="inputs of the model's input_shape (a leading channel of 1 optional) or flat")
     batch_test: bool = Field(False, description="also test the whole request for typicality (mean log p(x) against the calibration split)")
 
 

@@ -51,7 +51,8 @@ class ServiceState:
         if self.runtime is None or not self.ready:
             raise InputError("model is not ready yet" + (f": {self.load_error}" if self.load_error else ""), status=503)
         if name != self.runtime.name:
-            raise InputError(f"model {name!r} not found; this server serves {self.runtime.name!r}", status=404)
+            shown = name if len(name) <= 64 else name[:64] + "..."
+            raise InputError(f"model {shown!r} not found; this server serves {self.runtime.name!r}", status=404)
         return self.runtime
 
     def start_batching(self) -> None:

@@ -150,11 +150,13 @@ def test_noise_is_rejected_and_a_test_digit_accepted(client, checkpoint):
     np.testing.assert_allclose(rejected["probabilities"], manifest.label_prior, atol=1e-6)
 
 
-def test_out_of_range_input_has_null_log_px_and_is_rejected(client):
-    response = predict(client, [[[20] * 8] * 8])
-    assert response.status_code == 200
-    prediction = response.json()["predictions"][0]
-    assert prediction["log_px"] is None and prediction["accepted"] is False and prediction["outlier"]["instance_score"] is None
+def test_inputs_outside_the_declared_input_range_are_a_clear_400(client):
+    for value, shown in ((20, "20"), (-1e6, "-1e+06"), (1e300, "1e+300"), (16.5, "16.5")):
+        response = predict(client, [[[value] * 8] * 8])
+        assert response.status_code == 400 and response.json()["error"] == f"instances: values must lie in the model's input range [0, 16]; found {shown}"
+    body = {"inputs": [{"name": "input", "shape": [1, 8, 8], "datatype": "FP32", "data": [17.0] * 64}]}
+    assert "input range [0, 16]" in client.post("/v2/models/tiny/infer", json=body).json()["error"]
+    assert predict(client, [[[16] * 8] * 8]).status_code == 200 and predict(client, [[[0] * 8] * 8]).status_code == 200
 
 
 @pytest.mark.parametrize(
@@ -168,6 +170,11 @@ def test_out_of_range_input_has_null_log_px_and_is_rejected(client):
         ({"wrong": 1}, 400, "instances"),
         ([1, 2], 400, "instances"),
         ({"instances": "x"}, 400, "list"),
+        ({"instances": [[["7"] * 8] * 8]}, 400, "numbers, not strings"),
+        ({"instances": [[[True] * 8] * 8]}, 400, "not true / false"),
+        ({"instances": [[[1] * 7 + [False]] * 8]}, 400, "not true / false"),
+        ({"instances": [[[None] * 8] * 8]}, 400, "numbers"),
+        ({"instances": [[[0] * 8] * 8], "batch_test": "yes"}, 400, "true or false"),
     ],
 )
 def test_bad_v1_input_is_a_clear_4xx(client, body, status, message):
@@ -185,6 +192,35 @@ def test_nan_infinity_invalid_json_and_oversized_bodies(client):
     assert response.status_code == 400 and "not valid JSON" in response.json()["error"]
     response = client.post("/v1/models/tiny:predict", content=b" " * (65 * 1024), headers={"content-type": "application/json"})
     assert response.status_code == 413
+
+
+def test_malformed_bodies_found_by_fuzzing_are_4xx_with_the_real_reason(client):
+    post = lambda body, **headers: client.post("/v1/models/tiny:predict", content=body, headers={"content-type": "application/json", **headers})
+    cases = [
+        (b"[" * 5000 + b"]" * 5000, 400, "nested too deeply"),
+        (b'{"instances": [' + b"9" * 5000 + b"]}", 400, "number that cannot be read"),
+        (b'{"instances": [' + b"9" * 400 + b"]}", 400, "numbers (at most 64-bit)"),
+        ('{"instances": [[1]]}'.encode("utf-32"), 400, "not UTF-8"),
+        (b'{"instances": [NaN]}', 400, "holds NaN"),
+    ]
+    for body, status, message in cases:
+        response = post(body)
+        assert response.status_code == status and message in response.json()["error"], (body[:40], response.text)
+    response = post(b'{"instances": [[0]]}', **{"content-type": "text/plain"})
+    assert response.status_code == 415 and "application/json" in response.json()["error"]
+    assert post(b'{"instances": [[0]]}', **{"content-type": "application/json; charset=utf-8"}).status_code == 400  # shape, not type
+    response = client.get("/v1/models/tiny:predict")
+    assert response.status_code == 405 and response.headers["allow"] == "POST"
+    response = client.put("/v2/models/tiny/infer", json={})
+    assert response.status_code == 405 and response.headers["allow"] == "POST"
+    response = client.get("/v2/models/" + "x" * 10_000)
+    assert response.status_code == 404 and len(response.json()["error"]) < 200
+    good = {"name": "input", "shape": [1, 8, 8], "datatype": "FP32", "data": [0.0] * 64}
+    for tensor, message in ((dict(good, parameters=[1]), '"parameters" must be an object'), (dict(good, shape=[1, True, 8]), "non-negative integers")):
+        response = client.post("/v2/models/tiny/infer", json={"inputs": [tensor]})
+        assert response.status_code == 400 and message in response.json()["error"]
+    schema = client.get("/openapi.json").json()["paths"]["/v1/models/{name}:predict"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert schema["properties"]["instances"]["minItems"] == 1
 
 
 def test_bad_v2_input_is_a_clear_4xx(client):
@@ -267,15 +303,15 @@ def test_metrics_move_after_requests(client, digits):
         "log_px": metric(client, "diglm_log_px_nats_count"),
     }
     predict(client, digits[:3].tolist())
-    predict(client, [[[17] * 8] * 8])  # outside the 0-16 support
+    predict(client, [[[0] * 8] * 8])  # a blank image: rejected
     predict(client, [[1]])
     assert metric(client, "diglm_requests_total", endpoint="/v1/models/{name}:predict", status="200") == before["ok"] + 2
     assert metric(client, "diglm_requests_total", endpoint="/v1/models/{name}:predict", status="400") == before["bad"] + 1
     assert metric(client, "diglm_instances_total") == before["instances"] + 4
-    assert metric(client, "diglm_instances_rejected_total", reason="support") == before["support"] + 1  # 16 is in range, the flat [1] input is 400
+    assert metric(client, "diglm_instances_rejected_total", reason="support") == before["support"]  # inputs outside the range are a 400
     rejected = sum(metric(client, "diglm_instances_rejected_total", reason=r) for r in ("support", "log_px", "complexity", "likelihood_ratio", "latent_distance", "level_1", "level_2", "max_probability"))
     assert rejected >= before["rejected"] + 1
-    assert metric(client, "diglm_log_px_nats_count") == before["log_px"] + 3  # the unsupported input has no log p(x)
+    assert metric(client, "diglm_log_px_nats_count") == before["log_px"] + 4
     text = client.get("/metrics").text
     for name in ("diglm_request_duration_seconds_bucket", "diglm_inference_duration_seconds_bucket", "diglm_batch_size_bucket", "diglm_requests_in_flight", "diglm_model_info"):
         assert name in text

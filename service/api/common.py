@@ -11,7 +11,9 @@ from service.inputs import InputError, parse_json
 from service.schemas import ErrorResponse
 from service.state import ServiceState
 
-ERRORS = {status: {"model": ErrorResponse} for status in (400, 404, 413, 503)}
+ERRORS = {status: {"model": ErrorResponse} for status in (400, 404, 413, 415, 503)}
+JSON_TYPES = ("application/json",)
+BINARY_TYPES = ("application/json", "application/octet-stream")  # the binary tensor extension's bodies
 
 
 def json_post(response: type[BaseModel], request: type[BaseModel]) -> dict:
@@ -35,8 +37,18 @@ def service_state(request: Request) -> ServiceState:
     return request.app.state.service
 
 
-async def read_body(request: Request) -> bytes:
-    """The raw body; 413 when it is over ``max_body_bytes`` (checked before reading it all)."""
+def check_content_type(request: Request, allowed: tuple[str, ...]) -> None:
+    """415 unless the Content-Type is one of ``allowed`` (or a ``+json`` type); none at all is read as
+    JSON, as most clients send."""
+    media = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if media and media not in allowed and not media.endswith("+json"):
+        raise InputError(f"Content-Type {media[:60]!r} is not supported here; send {' or '.join(allowed)}", status=415)
+
+
+async def read_body(request: Request, allowed: tuple[str, ...] = JSON_TYPES) -> bytes:
+    """The raw body, after checking its Content-Type against ``allowed``; 413 when it is over
+    ``max_body_bytes`` (checked before reading it all)."""
+    check_content_type(request, allowed)
     limit = service_state(request).settings.max_body_bytes
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:

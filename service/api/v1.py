@@ -1,7 +1,7 @@
 """KServe v1: ``POST /v1/models/{name}:predict`` with ``{"instances": [...]}``."""
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, HTTPException, Request
 
 from service.api.common import ERRORS, JSONBody, json_body, json_post, service_state
 from service.encoding import instance_records
@@ -18,7 +18,7 @@ async def predict(name: str, request: Request) -> JSONBody:
     state = service_state(request)
     runtime = state.require_model(name)
     body = await json_body(request)
-    x = decode_v1(body, runtime.input_shape, state.settings.max_instances)
+    x = decode_v1(body, runtime.input_shape, state.settings.max_instances, runtime.input_range)
     batch_test = batch_test_flag(body.get("batch_test"), '"batch_test"')
     result = await state.predict(runtime, x)
     response = {
@@ -34,5 +34,7 @@ async def predict(name: str, request: Request) -> JSONBody:
 
 @router.get("/models/{name}", responses=ERRORS)
 async def model_status(name: str, request: Request) -> dict:
+    if name.endswith(":predict"):  # GET on the prediction route, which this path pattern also matches
+        raise HTTPException(405, "use POST to predict", headers={"Allow": "POST"})
     runtime = service_state(request).require_model(name)
     return {"name": runtime.name, "version": runtime.version, "ready": True}

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request
 
-from service.api.common import ERRORS, JSONBody, json_body, json_post, read_body, service_state
+from service.api.common import BINARY_TYPES, ERRORS, JSONBody, json_body, json_post, read_body, service_state
 from service.encoding import output_tensors, v2_output
 from service.inputs import InputError, batch_test_flag, decode_v2_tensor, split_binary_request
 from service.schemas import ErrorResponse, InferRequest, InferResponse
@@ -125,13 +125,13 @@ async def infer(name: str, request: Request) -> JSONBody:
     if header_length is None:
         body, binary = await json_body(request), b""
     else:
-        body, binary = split_binary_request(await read_body(request), header_length)
+        body, binary = split_binary_request(await read_body(request, BINARY_TYPES), header_length)
     if not isinstance(body, dict) or not isinstance(body.get("inputs"), list) or len(body["inputs"]) != 1 or not isinstance(body["inputs"][0], dict):
         raise InputError(f'request must hold "inputs": a list with one tensor named {INPUT_NAME!r}')
     tensor = body["inputs"][0]
     if tensor.get("name") != INPUT_NAME:
         raise InputError(f"unknown input {tensor.get('name')!r}; the model's input is named {INPUT_NAME!r}")
-    x = decode_v2_tensor(tensor, runtime.input_shape, state.settings.max_instances, binary)
+    x = decode_v2_tensor(tensor, runtime.input_shape, state.settings.max_instances, binary, runtime.input_range)
     parameters = body.get("parameters")
     if parameters is not None and not isinstance(parameters, dict):
         raise InputError('"parameters" must be an object')
