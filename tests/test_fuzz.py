@@ -1,0 +1,100 @@
+"""Property-based fuzzing of the prediction routes (hypothesis, a few hundred cases): arbitrary JSON
+in v1 and v2 bodies, near-valid tensors, raw bytes, odd headers and the binary tensor extension.
+Every answer is a 2xx or a 4xx with a JSON error, never a 5xx; the server answers correctly after."""
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from service.app import create_app
+from service.settings import ServiceSettings
+from training.cli import main as training_main
+from training.config import DataConfig
+from training.data import load_dataset
+
+CONFIGS = Path(__file__).resolve().parents[1] / "training" / "configs"
+FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+
+scalars = st.one_of(
+    st.none(), st.booleans(), st.integers(min_value=-(2**70), max_value=2**70), st.floats(allow_nan=False, allow_infinity=False),
+    st.text(max_size=8),
+)
+json_values = st.recursive(scalars, lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=6), children, max_size=4), max_leaves=30)
+pixels = st.one_of(st.integers(-3, 20), st.floats(-2, 18, allow_nan=False), st.booleans(), st.text(max_size=2), st.none())
+images = st.lists(st.lists(pixels, min_size=7, max_size=9), min_size=7, max_size=9)
+v1_bodies = st.one_of(
+    json_values,
+    st.fixed_dictionaries({"instances": st.one_of(json_values, st.lists(images, min_size=0, max_size=3))}, optional={"batch_test": json_values}),
+)
+datatypes = st.sampled_from(["FP32", "FP64", "INT64", "UINT8", "BOOL", "BYTES", "fp32", "", "FP128"])
+shapes = st.one_of(st.lists(st.one_of(st.integers(-2, 70), st.booleans(), st.floats(0, 9)), max_size=4), json_values)
+v2_tensors = st.fixed_dictionaries(
+    {"name": st.sampled_from(["input", "x", ""]), "shape": shapes, "datatype": datatypes},
+    optional={"data": st.one_of(json_values, st.lists(pixels, max_size=70)), "parameters": st.one_of(json_values, st.fixed_dictionaries({"binary_data_size": json_values}))},
+)
+v2_bodies = st.one_of(
+    json_values,
+    st.fixed_dictionaries({"inputs": st.one_of(json_values, st.lists(v2_tensors, max_size=2))}, optional={"outputs": json_values, "parameters": json_values, "id": json_values}),
+)
+content_types = st.sampled_from(["application/json", "application/octet-stream", "text/plain", "", "application/json; charset=utf-32", "multipart/form-data"])
+
+
+@pytest.fixture(scope="module")
+def client(tmp_path_factory):
+    checkpoint = tmp_path_factory.mktemp("fuzz") / "tiny"
+    assert training_main(["train", "--config", str(CONFIGS / "tiny.yaml"), "--out", str(checkpoint), "--quiet", "--set", "train.epochs=1"]) == 0
+    with TestClient(create_app(ServiceSettings(model_dir=checkpoint, device="cpu", max_instances=16, log_level="warning")), raise_server_exceptions=False) as test_client:
+        while test_client.get("/v2/health/ready").status_code != 200:
+            pass
+        digits = load_dataset(DataConfig(name="digits")).x[:4].tolist()
+        before = test_client.post("/v1/models/tiny:predict", json={"instances": digits}).json()["predictions"]
+        yield test_client
+        after = test_client.post("/v1/models/tiny:predict", json={"instances": digits}).json()["predictions"]
+        assert after == before  # still answering, and the same answers
+
+
+def assert_client_error_at_most(response) -> None:
+    assert response.status_code < 500, response.text[:300]
+    if response.status_code >= 400:
+        assert isinstance(response.json()["error"], str)
+
+
+@FUZZ
+@given(body=v1_bodies, content_type=content_types)
+def test_v1_bodies_never_get_a_5xx(client, body, content_type):
+    assert_client_error_at_most(client.post("/v1/models/tiny:predict", content=json.dumps(body).encode(), headers={"content-type": content_type}))
+
+
+@FUZZ
+@given(body=v2_bodies, content_type=content_types)
+def test_v2_bodies_never_get_a_5xx(client, body, content_type):
+    assert_client_error_at_most(client.post("/v2/models/tiny/infer", content=json.dumps(body).encode(), headers={"content-type": content_type}))
+
+
+@FUZZ
+@given(header=st.one_of(st.integers(-5, 400).map(str), st.text(st.characters(min_codepoint=32, max_codepoint=126), max_size=6)), payload=st.binary(max_size=300), shape=shapes, datatype=datatypes)
+def test_binary_extension_never_gets_a_5xx(client, header, payload, shape, datatype):
+    tensor = {"name": "input", "shape": shape, "datatype": datatype, "parameters": {"binary_data_size": len(payload)}}
+    json_part = json.dumps({"inputs": [tensor]}).encode()
+    header = str(len(json_part)) if header == "0" else header
+    headers = {"inference-header-content-length": header, "content-type": "application/octet-stream"}
+    assert_client_error_at_most(client.post("/v2/models/tiny/infer", content=json_part + payload, headers=headers))
+
+
+@FUZZ
+@given(body=st.binary(max_size=400), path=st.sampled_from(["/v1/models/tiny:predict", "/v2/models/tiny/infer"]))
+def test_raw_bytes_never_get_a_5xx(client, body, path):
+    assert_client_error_at_most(client.post(path, content=body, headers={"content-type": "application/json"}))
+
+
+def test_a_valid_binary_request_still_answers_like_json(client):
+    x = np.zeros((1, 8, 8), dtype=np.float32)
+    tensor = {"name": "input", "shape": [1, 8, 8], "datatype": "FP32", "parameters": {"binary_data_size": x.nbytes}}
+    json_part = json.dumps({"inputs": [tensor]}).encode()
+    binary = client.post("/v2/models/tiny/infer", content=json_part + x.tobytes(), headers={"inference-header-content-length": str(len(json_part))})
+    as_json = client.post("/v2/models/tiny/infer", json={"inputs": [{"name": "input", "shape": [1, 8, 8], "datatype": "FP32", "data": [0.0] * 64}]})
+    assert binary.status_code == as_json.status_code == 200 and binary.json()["outputs"] == as_json.json()["outputs"]
