@@ -11,6 +11,7 @@ import uvicorn
 from models.checkpoint import CheckpointError
 from models.device import DeviceUnavailable
 from service.app import create_app
+from service.auth import warn_if_open
 from service.runtime import ModelRuntime
 from service.settings import SettingsProblem, parse_settings
 
@@ -28,6 +29,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         print(f"to retrain: move {settings.model_dir} away, then run `make train` (or python -m training train ...)", file=sys.stderr)
         return 2
+    warn_if_open(settings.host, settings.all_api_keys())
     uvicorn.run(create_app(settings, runtime), host=settings.host, port=settings.port, log_level=settings.log_level)
     return 0
 

@@ -17,6 +17,7 @@ from models.checkpoint import CheckpointError
 from models.device import DeviceUnavailable
 from service.api import v1, v2
 from service.api.common import JSONBody
+from service.auth import ApiKeyMiddleware
 from service.batching import QueueFull
 from service.inputs import InputError
 from service.runtime import ModelRuntime
@@ -98,7 +99,8 @@ def create_app(settings: ServiceSettings | None = None, runtime: ModelRuntime | 
     app.state.service = state
     app.include_router(v1.router)
     app.include_router(v2.router)
-    app.add_middleware(MetricsMiddleware, state=state)
+    app.add_middleware(ApiKeyMiddleware, keys=settings.all_api_keys(), metrics_require_key=settings.metrics_require_key)
+    app.add_middleware(MetricsMiddleware, state=state)  # outermost: 401s are counted too
 
     @app.get("/metrics", include_in_schema=False)
     async def metrics() -> Response:

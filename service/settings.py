@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, ValidationError, model_validator
-from pydantic_settings import BaseSettings, CliApp, SettingsConfigDict, SettingsError
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, CliApp, NoDecode, SettingsConfigDict, SettingsError
 
 ENV_PREFIX = "DIGLM_"
 
@@ -43,7 +43,29 @@ class ServiceSettings(BaseSettings):
     drift_window: int = Field(1000, ge=10, description="served instances in the drift monitor's sliding window (see service.drift)")
     drift_threshold: float = Field(1e-4, gt=0, lt=1, description="drift is declared when the window's combined drift p-value is below this")
     warmup_batch: int = Field(8, ge=1, description="instances in the warm-up batch run before reporting ready")
+    api_keys: Annotated[list[str], NoDecode] = Field(
+        [], description="API keys clients must send (Authorization: Bearer KEY or X-API-Key); comma-separated in DIGLM_API_KEYS; none: no authentication"
+    )
+    api_keys_file: Path | None = Field(None, description="file with more API keys, one per line (# comments)")
+    metrics_require_key: bool = Field(False, description="with API keys, /metrics needs one too")
     log_level: Literal["critical", "error", "warning", "info", "debug"] = Field("info", description="logging level of the service and uvicorn")
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, value):
+        return [key.strip() for key in value.split(",") if key.strip()] if isinstance(value, str) else value
+
+    @field_validator("api_keys_file")
+    @classmethod
+    def _readable(cls, path: Path | None) -> Path | None:
+        if path is not None and not path.is_file():
+            raise ValueError(f"no such file: {path}")
+        return path
+
+    def all_api_keys(self) -> list[str]:
+        """``api_keys`` and the lines of ``api_keys_file`` (blank lines and # comments skipped)."""
+        lines = self.api_keys_file.read_text().splitlines() if self.api_keys_file else []
+        return [*self.api_keys, *(line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#"))]
 
     @model_validator(mode="after")
     def _no_unknown_variables(self) -> "ServiceSettings":
