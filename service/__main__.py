@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import threading
 
 import uvicorn
 
@@ -14,6 +15,30 @@ from service.app import create_app
 from service.auth import warn_if_open
 from service.runtime import ModelRuntime
 from service.settings import SettingsProblem, parse_settings
+from service.state import ServiceState
+
+log = logging.getLogger("service")
+
+
+class DrainingServer(uvicorn.Server):
+    """uvicorn with a graceful drain. The first SIGTERM / SIGINT turns readiness to 503 while
+    requests are still served for ``shutdown_delay_s`` (the pattern of a Kubernetes preStop delay),
+    then uvicorn's shutdown: listeners close, queued and in-flight requests finish (up to
+    ``timeout_graceful_shutdown``), and the process exits 0. A second signal skips the delay."""
+
+    def __init__(self, config: uvicorn.Config, state: ServiceState, shutdown_delay_s: float):
+        super().__init__(config)
+        self.state, self.shutdown_delay_s = state, shutdown_delay_s
+
+    def handle_exit(self, sig, frame) -> None:  # not recorded, so uvicorn does not re-raise it at exit
+        if self.state.draining:
+            self.should_exit = True
+            return
+        self.state.begin_drain()
+        log.info("signal %s: readiness is 503; serving %.1f s more, then draining", sig, self.shutdown_delay_s)
+        timer = threading.Timer(self.shutdown_delay_s, setattr, (self, "should_exit", True))
+        timer.daemon = True
+        timer.start()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -30,7 +55,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"to retrain: move {settings.model_dir} away, then run `make train` (or python -m training train ...)", file=sys.stderr)
         return 2
     warn_if_open(settings.host, settings.all_api_keys())
-    uvicorn.run(create_app(settings, runtime), host=settings.host, port=settings.port, log_level=settings.log_level)
+    app = create_app(settings, runtime)
+    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level, timeout_graceful_shutdown=settings.drain_timeout_s)
+    DrainingServer(config, app.state.service, settings.shutdown_delay_s).run()
     return 0
 
 

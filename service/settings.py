@@ -43,6 +43,10 @@ class ServiceSettings(BaseSettings):
     drift_window: int = Field(1000, ge=10, description="served instances in the drift monitor's sliding window (see service.drift)")
     drift_threshold: float = Field(1e-4, gt=0, lt=1, description="drift is declared when the window's combined drift p-value is below this")
     warmup_batch: int = Field(8, ge=1, description="instances in the warm-up batch run before reporting ready")
+    shutdown_delay_s: float = Field(
+        2.0, ge=0, description="after SIGTERM: readiness answers 503 at once, requests are still served this long (load balancers stop sending), then the drain"
+    )
+    drain_timeout_s: float = Field(30.0, gt=0, description="after the delay: most seconds for queued and in-flight requests to finish before exit")
     api_keys: Annotated[list[str], NoDecode] = Field(
         [], description="API keys clients must send (Authorization: Bearer KEY or X-API-Key); comma-separated in DIGLM_API_KEYS; none: no authentication"
     )

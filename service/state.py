@@ -27,6 +27,7 @@ class ServiceState:
     executor: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference"))
     batcher: DynamicBatcher | None = None
     drift: DriftMonitor | None = None
+    draining: bool = False  # after SIGTERM: readiness is 503, requests are still served
 
     def attach(self, runtime: ModelRuntime) -> None:
         self.runtime = runtime
@@ -41,10 +42,21 @@ class ServiceState:
             device=str(runtime.device),
         ).set(1)
 
-    def mark_ready(self, ready: bool = True) -> None:
-        """Readiness for the health route and the ``diglm_ready`` gauge."""
-        self.ready = ready
-        self.metrics.ready.labels(**self.metrics.labels).set(int(ready))
+    def mark_ready(self) -> None:
+        """Loaded and warmed up: ready for the health route and the ``diglm_ready`` gauge."""
+        self.ready = True
+        self.metrics.ready.labels(**self.metrics.labels).set(1)
+
+    def begin_drain(self) -> None:
+        """Readiness (route and gauge) turns 503 / 0 so load balancers stop sending; predictions go on."""
+        self.draining = True
+        if self.metrics is not None:
+            self.metrics.ready.labels(**self.metrics.labels).set(0)
+
+    @property
+    def accepting(self) -> bool:
+        """What readiness reports: loaded, warmed up and not draining."""
+        return self.ready and not self.draining
 
     def require_model(self, name: str) -> ModelRuntime:
         """The runtime if ``name`` is the served model and it is ready; else a 404 or 503."""

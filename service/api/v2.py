@@ -20,8 +20,9 @@ async def live() -> dict:
 @router.get("/health/ready", responses={503: {"model": ErrorResponse}})
 async def ready(request: Request) -> JSONBody:
     state = service_state(request)
-    if not state.ready:
-        return JSONBody({"ready": False, "error": state.load_error or "model is loading"}, status_code=503)
+    if not state.accepting:
+        reason = "draining before shutdown" if state.draining else state.load_error or "model is loading"
+        return JSONBody({"ready": False, "error": reason}, status_code=503)
     return JSONBody({"ready": True})
 
 

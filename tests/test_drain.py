@@ -1,0 +1,70 @@
+"""Graceful drain of ``python -m service``: SIGTERM while 50 requests are in flight. Readiness turns
+503 at once, requests are still served during the shutdown delay, every in-flight request gets a
+complete answer, and the process exits 0 within the delay plus the drain timeout."""
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+from training.cli import main as training_main
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ROOT / "training" / "configs"
+
+
+def test_sigterm_with_50_requests_in_flight_loses_none(tmp_path):
+    checkpoint = tmp_path / "tiny"
+    assert training_main(["train", "--config", str(CONFIGS / "tiny.yaml"), "--out", str(checkpoint), "--quiet", "--set", "train.epochs=1"]) == 0
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    environment = {**os.environ, "DIGLM_SHUTDOWN_DELAY_S": "2.5", "DIGLM_DRAIN_TIMEOUT_S": "20", "DIGLM_LOG_LEVEL": "info", "DIGLM_MAX_QUEUE": "100000"}
+    server = subprocess.Popen(
+        [sys.executable, "-m", "service", "--model-dir", str(checkpoint), "--port", str(port), "--device", "cpu"],
+        cwd=ROOT, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            try:
+                if httpx.get(f"{base}/v2/health/ready", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        instances = np.random.default_rng(0).integers(0, 17, (1024, 8, 8)).tolist()
+
+        async def scenario():
+            async with httpx.AsyncClient(base_url=base, timeout=60, limits=httpx.Limits(max_connections=100)) as client:
+                flying = [asyncio.create_task(client.post("/v1/models/tiny:predict", json={"instances": instances})) for _ in range(50)]
+                await asyncio.sleep(0.3)
+                in_flight = sum(not task.done() for task in flying)
+                signalled = time.monotonic()
+                server.send_signal(signal.SIGTERM)
+                await asyncio.sleep(0.3)
+                readiness = (await client.get("/v2/health/ready")).status_code
+                during_delay = (await client.post("/v1/models/tiny:predict", json={"instances": instances[:2]})).status_code
+                responses = await asyncio.gather(*flying, return_exceptions=True)
+                return in_flight, signalled, readiness, during_delay, responses
+
+        in_flight, signalled, readiness, during_delay, responses = asyncio.run(scenario())
+        exit_code = server.wait(timeout=30)
+        seconds = time.monotonic() - signalled
+    finally:
+        if server.poll() is None:
+            server.kill()
+    log = server.stdout.read()
+    assert in_flight >= 10, f"only {in_flight} requests were in flight at SIGTERM"
+    assert readiness == 503 and during_delay == 200
+    assert [getattr(r, "status_code", repr(r)) for r in responses] == [200] * 50
+    assert all(len(r.json()["predictions"]) == 1024 for r in responses)
+    assert exit_code == 0, log[-2000:]
+    assert 2.5 <= seconds < 2.5 + 20, seconds
+    assert "readiness is 503" in log and "Traceback" not in log
