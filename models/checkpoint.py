@@ -2,6 +2,10 @@
 ``gate.safetensors`` (the gate's latent Gaussian and calibration arrays, ``models.gate``), plus
 optional files such as ``model.onnx``, each listed in the manifest with its sha256.
 
+The manifest is sealed: its ``digest`` covers every field (tau, calibration, config, the file
+hashes) and the version is derived from it, so an edited field is refused at load. Sites that want
+provenance sign the digest with a key (HMAC-SHA256, ``sign_checkpoint``) and load with that key.
+
 The folder is written atomically (a temporary sibling folder, then a rename), so a crash never
 leaves a half-written checkpoint. Loading checks the format version and every hash and raises
 ``CheckpointError`` with a one-line message that says what is wrong.
@@ -9,6 +13,7 @@ leaves a half-written checkpoint. Loading checks the format version and every ha
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import shutil
 import tempfile
@@ -23,8 +28,10 @@ from safetensors.torch import load_file, save_file
 from models.gate import GATE_FILE, Gate
 from models.hybrid import HybridModel
 from models.manifest import FORMAT_VERSION, Manifest
+
 MANIFEST_FILE = "manifest.json"
 WEIGHTS_FILE = "weights.safetensors"
+UNSEALED_FIELDS = ("digest", "version", "signature")  # what the digest does not cover
 
 
 class CheckpointError(Exception):
@@ -47,14 +54,28 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
+def manifest_digest(fields: dict) -> str:
+    """sha256 of the canonical JSON (sorted keys, no spaces) of ``fields`` but ``UNSEALED_FIELDS``."""
+    sealed = {key: value for key, value in fields.items() if key not in UNSEALED_FIELDS}
+    return hashlib.sha256(json.dumps(sealed, sort_keys=True, separators=(",", ":"), allow_nan=False).encode()).hexdigest()
+
+
+def signature_of(digest: str, key: bytes) -> str:
+    return hmac.new(key, digest.encode(), hashlib.sha256).hexdigest()
+
+
+def _write_manifest(path: Path, manifest: Manifest) -> None:
+    path.write_text(json.dumps(manifest.model_dump(mode="json"), indent=2, allow_nan=False) + "\n")
+
+
 def save_checkpoint(
     directory: str | Path, model: HybridModel, manifest: dict, extra_files: dict[str, Path] | None = None
 ) -> Manifest:
     """Write model weights, ``extra_files`` (name -> source path, copied) and the manifest (the
     fields of ``Manifest`` as a dict; validated before anything is replaced) into ``directory``,
     replacing an existing checkpoint there only once the new one is complete. Fills in
-    ``format_version``, ``model``, ``files`` and, if absent, ``version`` (a short hash of the
-    weights). Returns the manifest written."""
+    ``format_version``, ``model``, ``files``, ``digest`` and ``version`` (any given are replaced; a
+    signature is dropped, as it no longer matches). Returns the manifest written."""
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
@@ -64,14 +85,12 @@ def save_checkpoint(
         for name, source in (extra_files or {}).items():
             shutil.copyfile(source, staging / name)
         files = {path.name: sha256_of(path) for path in sorted(staging.iterdir())}
-        manifest = Manifest.model_validate({
-            **manifest,
-            "format_version": FORMAT_VERSION,
-            "version": manifest.get("version") or files[WEIGHTS_FILE][:12],
-            "model": model.config.model_dump(mode="json"),
-            "files": files,
-        })
-        (staging / MANIFEST_FILE).write_text(json.dumps(manifest.model_dump(mode="json"), indent=2, allow_nan=False) + "\n")
+        fields = {key: value for key, value in manifest.items() if key not in UNSEALED_FIELDS}
+        fields.update(format_version=FORMAT_VERSION, model=model.config.model_dump(mode="json"), files=files)
+        fields = Manifest.model_validate({**fields, "version": "", "digest": ""}).model_dump(mode="json", exclude=set(UNSEALED_FIELDS))
+        digest = manifest_digest(fields)
+        manifest = Manifest.model_validate({**fields, "digest": digest, "version": digest[:12]})
+        _write_manifest(staging / MANIFEST_FILE, manifest)
         if directory.exists():
             retired = Path(tempfile.mkdtemp(prefix=f".{directory.name}.old-", dir=directory.parent))
             directory.rename(retired / directory.name)
@@ -85,9 +104,10 @@ def save_checkpoint(
     return manifest
 
 
-def read_manifest(directory: str | Path) -> Manifest:
-    """The manifest after checking the format version, its schema (``models.manifest``) and the
-    sha256 of every listed file."""
+def read_manifest(directory: str | Path, signing_key: bytes | None = None) -> Manifest:
+    """The manifest after checking the format version, the sha256 of every listed file, the schema
+    (``models.manifest``), the digest and the version derived from it, and, with ``signing_key``,
+    the signature."""
     directory = Path(directory)
     manifest_path = directory / MANIFEST_FILE
     if not manifest_path.is_file():
@@ -114,17 +134,39 @@ def read_manifest(directory: str | Path) -> Manifest:
         if sha256_of(path) != expected:
             raise CheckpointError(f"checkpoint file {path} does not match its sha256 in the manifest (changed or damaged)")
     try:
-        return Manifest.model_validate(manifest)
+        validated = Manifest.model_validate(manifest)
     except ValidationError as error:
         first = error.errors()[0]
         where = ".".join(str(part) for part in first["loc"])
         raise CheckpointError(f"{manifest_path}: {where}: {first['msg']}") from None
+    digest = manifest_digest(manifest)
+    if manifest.get("digest") != digest or manifest.get("version") != digest[:12]:
+        raise CheckpointError(
+            f"{manifest_path} does not match its digest: it was edited after the checkpoint was written; "
+            "refit the gate with python -m training calibrate, or retrain"
+        )
+    if signing_key is not None and not hmac.compare_digest(str(manifest.get("signature") or ""), signature_of(digest, signing_key)):
+        raise CheckpointError(f"checkpoint {directory} is not signed with the configured key; sign it with python -m training sign")
+    return validated
 
 
-def load_checkpoint(directory: str | Path, device: str | torch.device = "cpu") -> LoadedCheckpoint:
-    """Verify and load a checkpoint; the model is in eval mode on ``device``."""
+def sign_checkpoint(directory: str | Path, key: bytes) -> Manifest:
+    """Add the HMAC-SHA256 of the manifest's digest with ``key`` (after verifying the checkpoint);
+    the manifest is replaced atomically."""
     directory = Path(directory)
     manifest = read_manifest(directory)
+    manifest = manifest.model_copy(update={"signature": signature_of(manifest.digest, key)})
+    staging = directory / f".{MANIFEST_FILE}.tmp"
+    _write_manifest(staging, manifest)
+    staging.replace(directory / MANIFEST_FILE)
+    return manifest
+
+
+def load_checkpoint(directory: str | Path, device: str | torch.device = "cpu", signing_key: bytes | None = None) -> LoadedCheckpoint:
+    """Verify and load a checkpoint; the model is in eval mode on ``device``. With ``signing_key``,
+    an unsigned checkpoint or one signed with another key is refused."""
+    directory = Path(directory)
+    manifest = read_manifest(directory, signing_key)
     try:
         model = HybridModel(manifest.model)
         model.load_state_dict(load_file(directory / WEIGHTS_FILE))

@@ -11,7 +11,7 @@ from models.config import ModelConfig, PreprocessingConfig
 from models.conformal import Combine, Tail
 
 GateMethod = Literal["conformal", "validation", "min_train"]
-FORMAT_VERSION = 2  # 2: the conformal gate (gate.safetensors, gate.scores / alpha / combine)
+FORMAT_VERSION = 3  # 2: the conformal gate (gate.safetensors, gate.scores / alpha / combine); 3: the manifest's digest
 
 
 class Section(BaseModel):
@@ -107,9 +107,15 @@ class TrainingRecord(Section):
 
 
 class Manifest(Section):
+    """``digest``: sha256 of the canonical JSON of every other field but ``version`` and
+    ``signature`` (file hashes included, so it covers the whole checkpoint); ``version`` is its first
+    12 hex digits; ``signature``: an optional HMAC-SHA256 of the digest (``python -m training sign``)."""
+
     format_version: int
     name: str
     version: str
+    digest: str
+    signature: str | None = None
     task: Literal["classification", "regression"]
     input_shape: list[int]
     input_range: list[float] | None = None

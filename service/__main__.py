@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        runtime = ModelRuntime.load(settings.model_dir, settings.device, settings.backend, settings.inference_threads)
+        runtime = ModelRuntime.load(settings.model_dir, settings.device, settings.backend, settings.inference_threads, settings.signing_key())
     except (CheckpointError, DeviceUnavailable) as error:
         print(f"error: {error}", file=sys.stderr)
         print(f"to retrain: move {settings.model_dir} away, then run `make train` (or python -m training train ...)", file=sys.stderr)

@@ -67,7 +67,7 @@ def create_app(settings: ServiceSettings | None = None, runtime: ModelRuntime | 
     state = ServiceState(settings)
 
     def load_and_warm_up() -> None:
-        loaded = runtime or ModelRuntime.load(settings.model_dir, settings.device, settings.backend, settings.inference_threads)
+        loaded = runtime or ModelRuntime.load(settings.model_dir, settings.device, settings.backend, settings.inference_threads, settings.signing_key())
         seconds = loaded.warm_up(settings.warmup_batch)
         state.attach(loaded)
         log.info("warmed up %s version %s (batch of %d in %.3f s)", loaded.name, loaded.version, settings.warmup_batch, seconds)

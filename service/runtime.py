@@ -58,12 +58,15 @@ class ModelRuntime:
         return "onnxruntime_onnx" if self.backend.name == "onnx" else "pytorch_torch"
 
     @classmethod
-    def load(cls, model_dir, device: str = "auto", backend: str = "torch", threads: int | None = None) -> "ModelRuntime":
-        """Load and verify a checkpoint (``CheckpointError`` on any problem) and start ``backend``
-        (``torch``, ``onnx`` or ``auto``: the faster on a warm-up measurement). ``threads``: CPU
-        threads for model math (default per backend, see ``service.backends``)."""
+    def load(
+        cls, model_dir, device: str = "auto", backend: str = "torch", threads: int | None = None, signing_key: bytes | None = None
+    ) -> "ModelRuntime":
+        """Load and verify a checkpoint (``CheckpointError`` on any problem; with ``signing_key``
+        also its signature) and start ``backend`` (``torch``, ``onnx`` or ``auto``: the faster on a
+        warm-up measurement). ``threads``: CPU threads for model math (default per backend, see
+        ``service.backends``)."""
         resolved = resolve_device(device)
-        runtime = cls(load_checkpoint(model_dir, resolved), resolved, backend, threads)
+        runtime = cls(load_checkpoint(model_dir, resolved, signing_key), resolved, backend, threads)
         log.info("loaded %s version %s from %s: %s backend on %s", runtime.name, runtime.version, model_dir, runtime.backend.name, resolved)
         return runtime
 

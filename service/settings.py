@@ -51,6 +51,7 @@ class ServiceSettings(BaseSettings):
         [], description="API keys clients must send (Authorization: Bearer KEY or X-API-Key); comma-separated in DIGLM_API_KEYS; none: no authentication"
     )
     api_keys_file: Path | None = Field(None, description="file with more API keys, one per line (# comments)")
+    signing_key_file: Path | None = Field(None, description="refuse checkpoints not signed with the key in this file (python -m training sign)")
     metrics_require_key: bool = Field(False, description="with API keys, /metrics needs one too")
     log_level: Literal["critical", "error", "warning", "info", "debug"] = Field("info", description="logging level of the service and uvicorn")
 
@@ -59,12 +60,15 @@ class ServiceSettings(BaseSettings):
     def _split_keys(cls, value):
         return [key.strip() for key in value.split(",") if key.strip()] if isinstance(value, str) else value
 
-    @field_validator("api_keys_file")
+    @field_validator("api_keys_file", "signing_key_file")
     @classmethod
     def _readable(cls, path: Path | None) -> Path | None:
         if path is not None and not path.is_file():
             raise ValueError(f"no such file: {path}")
         return path
+
+    def signing_key(self) -> bytes | None:
+        return self.signing_key_file.read_bytes().strip() if self.signing_key_file else None
 
     def all_api_keys(self) -> list[str]:
         """``api_keys`` and the lines of ``api_keys_file`` (blank lines and # comments skipped)."""

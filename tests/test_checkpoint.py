@@ -1,10 +1,12 @@
 """Checkpoint round trip, integrity checks and atomic replacement."""
+import hashlib
+import hmac
 import json
 
 import pytest
 import torch
 
-from models.checkpoint import FORMAT_VERSION, CheckpointError, load_checkpoint, save_checkpoint
+from models.checkpoint import FORMAT_VERSION, CheckpointError, load_checkpoint, manifest_digest, save_checkpoint, sign_checkpoint
 from models.gate import GATE_FILE, calibrate_gate
 from tests.test_heads import classifier
 from training.evaluate import model_outputs
@@ -97,3 +99,46 @@ def test_failed_write_keeps_the_old_checkpoint(saved, monkeypatch):
         save_checkpoint(path, model, {"name": "digits"})
     assert load_checkpoint(path).manifest.version == manifest.version
     assert sorted(p.name for p in path.parent.iterdir()) == ["ckpt", "source"]
+
+
+def test_any_edited_manifest_field_is_refused_and_the_version_follows_the_digest(saved):
+    path, _, written = saved
+    original = (path / "manifest.json").read_text()
+    manifest = json.loads(original)
+    assert written.digest == manifest_digest(manifest) and written.version == written.digest[:12] and written.signature is None
+    for edit in (
+        lambda m: m["gate"].update(tau=-1e9),
+        lambda m: m["gate"].update(alpha=0.5),
+        lambda m: m.update(name="other"),
+        lambda m: m["preprocessing"].update(levels=256),
+        lambda m: m.update(version="0123456789ab"),
+    ):
+        edited = json.loads(original)
+        edit(edited)
+        (path / "manifest.json").write_text(json.dumps(edited))
+        with pytest.raises(CheckpointError, match="manifest.json does not match its digest: it was edited after the checkpoint was written"):
+            load_checkpoint(path)
+    (path / "manifest.json").write_text(json.dumps(manifest, indent=4))  # layout is not content
+    assert load_checkpoint(path).manifest.version == written.version
+
+
+def test_signed_checkpoints_load_only_with_their_key(saved):
+    path, model, written = saved
+    with pytest.raises(CheckpointError, match="not signed with the configured key"):
+        load_checkpoint(path, signing_key=b"site key")
+    signed = sign_checkpoint(path, b"site key")
+    assert signed.signature == hmac.new(b"site key", written.digest.encode(), hashlib.sha256).hexdigest()
+    assert signed.version == written.version and load_checkpoint(path, signing_key=b"site key").manifest.signature == signed.signature
+    assert load_checkpoint(path).manifest.version == written.version  # a signature needs no key to load
+    with pytest.raises(CheckpointError, match="not signed with the configured key"):
+        load_checkpoint(path, signing_key=b"another key")
+    manifest = json.loads((path / "manifest.json").read_text())
+    manifest["gate"]["tau"] = -1e9
+    manifest["digest"] = manifest_digest(manifest)  # re-sealed by hand: the signature no longer matches
+    manifest["version"] = manifest["digest"][:12]
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    assert load_checkpoint(path).manifest.gate.tau == -1e9
+    with pytest.raises(CheckpointError, match="not signed with the configured key"):
+        load_checkpoint(path, signing_key=b"site key")
+    resaved = save_checkpoint(path, model, json.loads((path / "manifest.json").read_text()), extra_files={GATE_FILE: path / GATE_FILE})
+    assert resaved.signature is None and resaved.digest != written.digest  # rewriting drops a signature

@@ -2,6 +2,7 @@
 import math
 
 import numpy as np
+import pytest
 import torch
 from torch.autograd.functional import jacobian
 
@@ -71,3 +72,33 @@ def test_standardize_logdet():
     layer.fit(torch.randn(1000, 3) * torch.tensor([1.0, 2.0, 4.0]))
     _, logabsdet = layer(torch.zeros(2, 3))
     torch.testing.assert_close(logabsdet, -torch.log(layer.std).sum().expand(2))
+
+
+@pytest.mark.parametrize("logit_alpha", [None, 0.05])
+def test_dequantize_inverts_at_the_bin_centre_and_clamps_outside_the_support(logit_alpha):
+    layer = Dequantize(17, logit_alpha)
+    x = torch.tensor([[0.0, 3.0, 16.0], [5.0, 8.0, 11.0]])
+    y, logabsdet = layer(x)
+    torch.testing.assert_close(layer.inverse(y), x, rtol=1e-5, atol=1e-4)
+    noise = torch.tensor([[0.1, 0.9, 0.5], [0.0, 0.25, 0.75]])
+    shifted, _ = layer(x, noise)
+    centre = (x + noise) / 17
+    expected = centre - 0.5 if logit_alpha is None else torch.logit(logit_alpha + (1 - 2 * logit_alpha) * centre)
+    torch.testing.assert_close(shifted, expected, rtol=1e-5, atol=1e-5)
+    single = torch.stack([layer(row[None])[1][0] for row in x])
+    torch.testing.assert_close(logabsdet, single)  # per row, not summed over the batch
+    outside, outside_logdet = layer(torch.tensor([[-3.0, 3.0, 40.0]]))
+    inside, _ = layer(torch.tensor([[0.0, 3.0, 16.0]]))
+    torch.testing.assert_close(outside, inside)  # clamped to [0, K - 1] for the latents
+    assert outside_logdet[0] == -math.inf
+
+
+def test_dequantize_needs_two_levels_and_standardize_centres():
+    Dequantize(2)
+    with pytest.raises(ValueError, match="levels must be at least 2, got 1"):
+        Dequantize(1)
+    layer = Standardize((2,))
+    layer.fit(torch.tensor([[1.0, 10.0], [3.0, 30.0]]))
+    y, _ = layer(torch.tensor([[2.0, 20.0], [3.0, 30.0]]))
+    torch.testing.assert_close(y, torch.tensor([[0.0, 0.0], [2 ** -0.5, 2 ** -0.5]]))
+    torch.testing.assert_close(layer.inverse(y), torch.tensor([[2.0, 20.0], [3.0, 30.0]]))

@@ -272,3 +272,26 @@ def test_summaries_per_score_p_values_and_method_taus_are_exact(tmp_path):
     assert gate.batch_p_value(scores["log_px"][:5]) == gate.batch_p_value(scores["log_px"][:5])
     gate.save(tmp_path / "gate.safetensors")
     assert Gate.load(gate.summary, tmp_path / "gate.safetensors").fitted is None
+
+
+def test_small_references_the_fitted_tails_and_clear_errors():
+    from models.conformal import Surprise, UpperTail, combined_statistic
+    from models.gate import gated_probabilities, summarize_log_px
+
+    assert UpperTail.fit(np.arange(5.0)).threshold == 4.0  # the largest of 5: ceil(0.9 * 5) is past the end
+    assert UpperTail.fit(np.arange(100.0)).threshold == 90.0
+    upper, lower, both = (Surprise.fit(np.arange(20.0), tail) for tail in ("upper", "lower", "both"))
+    assert upper.lower is None and lower.upper is None and both.upper is not None and both.lower is not None
+    with pytest.raises(ValueError, match="combine 'bonferroni' has no calibrated statistic"):
+        combined_statistic(np.zeros((2, 2)), "bonferroni")
+    with pytest.raises(ValueError, match="available: log_px, level_1"):
+        gate_tails({"nope": "upper"}, ["log_px", "level_1"])
+    with pytest.raises(ValueError, match="^no finite log p\\(x\\) values to summarize$"):
+        summarize_log_px(np.array([np.nan]))
+    probabilities = np.array([[0.25, 0.75]], dtype=np.float32)
+    assert gated_probabilities(probabilities, np.array([False]), np.array([0.5, 0.5], dtype=np.float64)).dtype == np.float32
+
+
+def test_batch_typicality_draws_from_every_calibration_value():
+    calibration = np.sort(np.r_[-100.0, np.zeros(9)])  # one value in ten is far out
+    assert batch_typicality_p_value(calibration, np.array([-100.0]), draws=999, seed=1) > 0.05  # as likely as a draw of the minimum

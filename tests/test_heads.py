@@ -1,11 +1,12 @@
 """GLM heads against direct computations; the hybrid loss against plain cross-entropy."""
 import math
 
+import pytest
 import torch
 import torch.nn.functional as F
 
 from models.config import FlowConfig, HeadConfig, ModelConfig, PreprocessingConfig
-from models.heads import BayesianLinearHead, SufficientStatistics, log_marginal_likelihood, posterior, with_bias_column
+from models.heads import BayesianLinearHead, CategoricalHead, GaussianHead, SufficientStatistics, log_marginal_likelihood, posterior, with_bias_column
 from models.hybrid import HybridModel
 
 
@@ -114,3 +115,93 @@ def test_log_px_is_latent_density_plus_logdets():
     expected = torch.distributions.Normal(0.0, 1.0).log_prob(z).sum(1) + flow_logdet + pre
     torch.testing.assert_close(output.log_px, expected)
     assert torch.allclose(pre, torch.full((3,), -64 * math.log(17)))
+
+
+def test_heads_give_per_row_log_likelihoods_in_the_input_dtype():
+    torch.manual_seed(3)
+    z, y = torch.randn(6, 3), torch.randint(0, 4, (6,))
+    categorical = CategoricalHead(3, 4)
+    logits = categorical.linear(z)
+    torch.testing.assert_close(categorical.log_likelihood(z, y), torch.log_softmax(logits, 1)[torch.arange(6), y])
+    prediction = categorical.predict(z)
+    assert set(prediction) == {"logits", "probabilities"}
+    torch.testing.assert_close(prediction["probabilities"], torch.softmax(logits, 1))
+    probabilities = torch.softmax(logits, 1)
+    torch.testing.assert_close(categorical.entropy(z), -(probabilities * probabilities.log()).sum(1))
+    targets = torch.randn(6)
+    gaussian = GaussianHead(3, noise_std=0.5)
+    mean = gaussian.linear(z).squeeze(1)
+    expected = torch.distributions.Normal(mean, 0.5).log_prob(targets)
+    assert set(gaussian.predict(z)) == {"mean", "variance"}
+    torch.testing.assert_close(gaussian.predict(z)["variance"], torch.full((6,), 0.25))
+    torch.testing.assert_close(gaussian.log_likelihood(z, targets), expected)
+    torch.testing.assert_close(gaussian.batch_log_likelihood(z, targets), expected.mean())
+
+
+def test_bayesian_head_objectives_and_its_unfitted_state():
+    z, y, alpha, noise_variance = bayesian_problem(n=40)
+    head = BayesianLinearHead(3, objective="gaussian", alpha=float(alpha), noise_std=float(noise_variance.sqrt()))
+    assert not bool(head.fitted) and head.posterior_precision_chol.dtype == head.posterior_mean.dtype == torch.float64
+    point = head.point_estimate(z.float()).squeeze(1)
+    expected = torch.distributions.Normal(point.double(), noise_variance.sqrt()).log_prob(y).mean()
+    torch.testing.assert_close(head.batch_log_likelihood(z.float(), y.float()).double(), expected, rtol=1e-5, atol=1e-5)
+    unfitted = head.predict(z.float())
+    assert unfitted["mean"].dtype == torch.float32 and set(unfitted) == {"mean", "variance"}
+    torch.testing.assert_close(unfitted["variance"], torch.full((40,), float(noise_variance)))
+    marginal = BayesianLinearHead(3, alpha=float(alpha), noise_std=float(noise_variance.sqrt())).train()
+    stats = SufficientStatistics.from_batch(z, y)
+    per_row = marginal.batch_log_likelihood(z.float(), y.float())
+    assert per_row.dtype == torch.float32 and bool(marginal.fitted)  # training stores the batch posterior
+    torch.testing.assert_close(per_row.double(), log_marginal_likelihood(stats, alpha, noise_variance) / 40, rtol=1e-5, atol=1e-5)
+    fitted = marginal.predict(z.float())
+    assert fitted["mean"].dtype == fitted["variance"].dtype == torch.float32
+    returned = BayesianLinearHead(3, alpha=float(alpha), noise_std=float(noise_variance.sqrt())).fit_posterior(stats, optimize_hyperparameters=False)
+    assert returned == pytest.approx(float(log_marginal_likelihood(stats, alpha, noise_variance)) / 40)
+    one_step, full = (BayesianLinearHead(3, alpha=10.0, noise_std=3.0) for _ in range(2))
+    one_step.fit_posterior(stats, optimize_hyperparameters=True, max_iter=1)
+    full.fit_posterior(stats, optimize_hyperparameters=True, max_iter=200)
+    assert abs(float(one_step.noise_variance) - float(full.noise_variance)) > 1e-3  # max_iter is honoured
+    with pytest.raises(ValueError, match="objective must be one of"):
+        BayesianLinearHead(3, objective="other")
+
+
+def test_model_config_reaches_the_modules():
+    bayesian = HybridModel(ModelConfig(
+        input_shape=[3], preprocessing=PreprocessingConfig(kind="standardize"), flow=FlowConfig(kind="realnvp", steps=2, hidden=8, net_layers=2),
+        head=HeadConfig(kind="bayesian", alpha=0.3, noise_std=2.0),
+    ))
+    assert float(bayesian.head.alpha) == pytest.approx(0.3) and float(bayesian.head.noise_variance) == pytest.approx(4.0)
+    assert bayesian.task == "regression" and bayesian.target_moments.tolist() == [0.0, 1.0] and bayesian.flow_shape == (3,)
+    realnvp_layers = [m for m in bayesian.flow.modules() if isinstance(m, torch.nn.Linear)]
+    assert len(realnvp_layers) == 2 * 3  # two coupling steps, each a net of net_layers=2 hidden layers + output
+    gaussian = HybridModel(ModelConfig(input_shape=[3], preprocessing=PreprocessingConfig(kind="standardize"), flow=FlowConfig(kind="realnvp", steps=1, hidden=4), head=HeadConfig(kind="gaussian", noise_std=0.5)))
+    assert isinstance(gaussian.head, GaussianHead) and float(gaussian.head.log_noise_std.exp()) == pytest.approx(0.5)
+    logit = HybridModel(ModelConfig(input_shape=[1, 4, 4], preprocessing=PreprocessingConfig(levels=256, logit_alpha=0.05), flow=FlowConfig(levels=1, steps=1, hidden=4), head=HeadConfig(num_classes=3)))
+    assert logit.preprocessing.logit_alpha == 0.05 and logit.flow_shape == (1, 4, 4)
+    torch.testing.assert_close(logit.label_prior, torch.full((3,), 1 / 3))
+    with pytest.raises(ValueError, match="model config needs input_shape"):
+        HybridModel(ModelConfig(input_shape=[], head=HeadConfig(num_classes=3)))
+    with pytest.raises(ValueError, match="dequantize preprocessing needs preprocessing.levels"):
+        HybridModel(ModelConfig(input_shape=[4, 4], flow=FlowConfig(levels=1, steps=1, hidden=4), head=HeadConfig(num_classes=3)))
+    with pytest.raises(ValueError, match="Glow needs image inputs"):
+        HybridModel(ModelConfig(input_shape=[16], preprocessing=PreprocessingConfig(levels=2), head=HeadConfig(num_classes=3)))
+
+
+def test_noise_reaches_the_dequantization_and_the_default_is_one_half():
+    model = classifier().eval()
+    x = torch.randint(0, 17, (3, 8, 8)).float()
+    noise = torch.rand(3, 8, 8)
+    torch.testing.assert_close(model(x).log_px, model(x, torch.full_like(x, 0.5)).log_px)
+    with_noise = model(x, noise)
+    h, pre = model.preprocessing(x.reshape(3, 1, 8, 8), noise.reshape(3, 1, 8, 8))
+    z, flow_logdet = model.flow(h)
+    torch.testing.assert_close(with_noise.log_px, torch.distributions.Normal(0.0, 1.0).log_prob(z).sum(1) + flow_logdet + pre)
+    y = torch.randint(0, 10, (3,))
+    loss, output = model.loss(x, y, None, 1.0, noise=noise)
+    torch.testing.assert_close(output.log_px, with_noise.log_px)
+    partly = torch.tensor([True, False, True])
+    plain, _ = model.loss(x, y, partly, 1.0)
+    weightless, _ = model.loss(x, y, partly, 1.0, entropy_weight=0.0)
+    torch.testing.assert_close(plain, weightless)  # no entropy term unless asked
+    all_labeled, _ = model.loss(x, y, torch.ones(3, dtype=torch.bool), 1.0, entropy_weight=0.3)
+    assert torch.isfinite(all_labeled)  # no entropy of an empty set of unlabeled rows

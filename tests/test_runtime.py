@@ -86,13 +86,27 @@ def test_runtime_describes_its_checkpoint_and_backend(tiny, runtime):
     assert (runtime.name, runtime.version, runtime.task) == (manifest.name, manifest.version, "classification")
     assert runtime.input_shape == (8, 8) and runtime.dims == 64 and runtime.gate_scores == list(runtime.gate.tails)
     assert runtime.backend.name == "torch" and runtime.platform == "pytorch_torch"
-    assert [spec.name for spec in runtime.outputs] == [spec.name for spec in output_table("classification", 10, runtime.gate_scores)]
+    assert runtime.outputs == output_table("classification", 10, runtime.gate_scores)
+    assert runtime.input_range == (0.0, 16.0)
     midrange = runtime.midrange_inputs(3)
     assert midrange.shape == (3, 8, 8) and midrange.dtype == np.float32 and (midrange == 8.0).all()
-    assert runtime.warm_up(2) > 0
-    onnx = ModelRuntime.load(tiny, "cpu", "onnx")
+    assert 0 < runtime.warm_up(2) < 60
+    onnx = ModelRuntime.load(tiny, "cpu", "onnx", threads=3)
     assert onnx.backend.name == "onnx" and onnx.platform == "onnxruntime_onnx"
+    assert onnx.backend.session.get_session_options().intra_op_num_threads == 3
     assert ModelRuntime.load(tiny, "cpu", "auto").backend.name in ("torch", "onnx")
+
+
+def test_load_sets_threads_on_the_device_and_logs_what_it_loaded(tiny, caplog):
+    threads = torch.get_num_threads()
+    try:
+        with caplog.at_level("INFO", logger="service.runtime"):
+            runtime = ModelRuntime.load(tiny, "cpu", "torch", threads=3)
+        assert torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(threads)
+    assert caplog.messages == [f"loaded tiny version {runtime.version} from {tiny}: torch backend on cpu"]
+    assert runtime.device == torch.device("cpu") and next(runtime.model.parameters()).device == torch.device("cpu")
 
 
 def test_onnx_backend_needs_an_export(tiny, tmp_path):
@@ -141,6 +155,7 @@ def test_regression_predict_falls_back_to_the_target_moments_when_rejected(tmp_p
     np.testing.assert_allclose(result["mean"][accepted], head["mean"].numpy()[accepted], rtol=1e-5, atol=1e-6)
     np.testing.assert_array_equal(result["mean"][~accepted], 5.0)
     np.testing.assert_array_equal(result["variance"][~accepted], 9.0)
+    np.testing.assert_allclose(result["variance"][accepted], head["variance"].numpy()[accepted], rtol=1e-5)
     assert "label" not in result and [s.name for s in runtime.outputs][:4] == ["mean", "variance", "model_mean", "model_variance"]
     assert runtime.midrange_inputs(1).tolist() == [[0.5, 0.5, 0.5]]  # no levels: the middle of [0, 1]
 

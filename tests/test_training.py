@@ -160,7 +160,7 @@ def test_calibrate_refits_the_gate_and_keeps_the_weights(tiny_checkpoint, tmp_pa
     assert main(["calibrate", "--checkpoint", str(copy), "--set", "gate.combine=fisher", "--set", "gate.alpha=0.1", "--set", "gate.scores={log_px: lower, complexity: both}"]) == 0
     after = load_checkpoint(copy)
     assert after.manifest.files["weights.safetensors"] == before.manifest.files["weights.safetensors"]
-    assert after.manifest.version == before.manifest.version
+    assert after.manifest.version != before.manifest.version  # a new gate is a new model version
     assert after.gate.combine == "fisher" and after.gate.alpha == 0.1 and after.gate.tails == {"log_px": "lower", "complexity": "both"}
     assert after.manifest.training.config["gate"]["alpha"] == 0.1 and "wrote" in capsys.readouterr().out
     assert main(["calibrate", "--checkpoint", str(copy), "--set", "train.epochs=9"]) == 2
@@ -224,3 +224,24 @@ def test_training_noise_is_uniform_dequantization_and_none_for_continuous_data()
     moons = load_config(CONFIGS / "moons.yaml")
     continuous = HybridModel(complete_model_config(moons.model, load_dataset(moons.data)))
     assert Trainer(moons, progress=False)._noise(continuous, torch.zeros(3, 2), torch.Generator()) is None
+
+
+def test_sign_cli_and_a_service_that_requires_the_signature(tiny_checkpoint, tmp_path, capsys):
+    import shutil
+
+    from models.checkpoint import CheckpointError
+    from service.runtime import ModelRuntime
+    from service.settings import ServiceSettings
+
+    copy = tmp_path / "tiny"
+    shutil.copytree(tiny_checkpoint, copy)
+    key = tmp_path / "key"
+    assert main(["sign", "--checkpoint", str(copy), "--key-file", str(key)]) == 2
+    assert "no such file, or it is empty" in capsys.readouterr().err
+    key.write_text("s3cret\n")
+    settings = ServiceSettings(model_dir=copy, device="cpu", signing_key_file=key)
+    with pytest.raises(CheckpointError, match="not signed with the configured key"):
+        ModelRuntime.load(copy, "cpu", signing_key=settings.signing_key())
+    assert main(["sign", "--checkpoint", str(copy), "--key-file", str(key)]) == 0
+    assert f"DIGLM_SIGNING_KEY_FILE={key}" in capsys.readouterr().out
+    assert ModelRuntime.load(copy, "cpu", signing_key=settings.signing_key()).version == load_checkpoint(tiny_checkpoint).manifest.version

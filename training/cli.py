@@ -67,6 +67,16 @@ def _calibrate(args: argparse.Namespace) -> None:
     print(f"wrote {args.checkpoint} ({manifest.name} version {manifest.version}); {_summary(manifest)}")
 
 
+def _sign(args: argparse.Namespace) -> None:
+    from models.checkpoint import sign_checkpoint
+
+    key_file = Path(args.key_file)
+    if not key_file.is_file() or not key_file.read_bytes().strip():
+        raise ConfigError(f"--key-file {key_file}: no such file, or it is empty")
+    manifest = sign_checkpoint(args.checkpoint, key_file.read_bytes().strip())
+    print(f"signed {args.checkpoint} ({manifest.name} version {manifest.version}); serve it with DIGLM_SIGNING_KEY_FILE={key_file}")
+
+
 def _evaluate(args: argparse.Namespace) -> None:
     from training.report import evaluate_checkpoint
 
@@ -125,6 +135,11 @@ def build_parser() -> argparse.ArgumentParser:
     calibrate.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a gate.* or evaluation.* setting, e.g. --set gate.combine=min (repeatable)")
     calibrate.add_argument("--data-dir", help="folder with the training data files, if the data set reads files")
     calibrate.set_defaults(handler=_calibrate)
+
+    sign = commands.add_parser("sign", help="sign a checkpoint's manifest with a key", description="Add an HMAC-SHA256 of the manifest's digest (which covers every field and file hash) with the key in --key-file. A service started with that key (DIGLM_SIGNING_KEY_FILE) refuses checkpoints without a matching signature.")
+    sign.add_argument("--checkpoint", required=True, help="checkpoint folder")
+    sign.add_argument("--key-file", required=True, help="file holding the signing key (its bytes, surrounding whitespace stripped)")
+    sign.set_defaults(handler=_sign)
 
     evaluate = commands.add_parser("evaluate", help="evaluate a checkpoint on its test split and OOD sets", description="Evaluate a checkpoint on the test split of its training data and on out-of-distribution sets; print a table and write JSON and a log p(x) histogram.")
     evaluate.add_argument("--checkpoint", required=True, help="checkpoint folder")
