@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 from pathlib import Path
 
 import httpx
@@ -34,6 +35,7 @@ from training.docs import update_section
 ROOT = Path(__file__).resolve().parents[1]
 WARM = 2_000  # in-distribution instances before a shift starts
 SHIFTED = 6_000  # instances replayed after the switch (at most)
+EVIDENCE_CAP = 20  # the plot's -log10 p axis ends here
 
 
 def replay(runtime: ModelRuntime, stream: np.ndarray, batch: int, settings: ServiceSettings) -> list[dict]:
@@ -57,6 +59,11 @@ def replay(runtime: ModelRuntime, stream: np.ndarray, batch: int, settings: Serv
         return reports
 
     return asyncio.run(go())
+
+
+def compact(reports: list[dict]) -> list[dict]:
+    """Reports with floats at 4 significant digits (the JSON kept in docs/)."""
+    return [{key: float(f"{value:.4g}") if isinstance(value, float) else value for key, value in report.items()} for report in reports]
 
 
 def summarize(reports: list[dict], switch: int | None) -> dict:
@@ -109,14 +116,14 @@ def plot(traces: dict[str, tuple[list[dict], int | None]], threshold: float, pat
     figure, axes = plt.subplots(1, len(traces), figsize=(3.4 * len(traces), 3.2), sharey=True, squeeze=False)
     for axis, (name, (reports, switch)) in zip(axes[0], traces.items()):
         x = [r["instances"] for r in reports if r["p_val"] is not None]
-        p = [max(r["p_val"], 1e-300) for r in reports if r["p_val"] is not None]
-        axis.semilogy(x, p, linewidth=0.8)
-        axis.axhline(threshold, color="C3", linestyle="--", linewidth=0.8, label="threshold")
+        evidence = [min(-math.log10(max(r["p_val"], 1e-300)), EVIDENCE_CAP) for r in reports if r["p_val"] is not None]
+        axis.plot(x, evidence, linewidth=0.8)
+        axis.axhline(-math.log10(threshold), color="C3", linestyle="--", linewidth=0.8, label="threshold")
         if switch is not None:
             axis.axvline(switch, color="black", linestyle=":", linewidth=0.8, label="shift starts")
         axis.set_title(name, fontsize=9)
         axis.set_xlabel("instances served")
-    axes[0][0].set_ylabel("drift p-value (window)")
+    axes[0][0].set_ylabel(f"-log10 drift p-value (capped at {EVIDENCE_CAP})")
     axes[0][0].legend(fontsize=7)
     figure.tight_layout()
     figure.savefig(path, dpi=100)
@@ -172,7 +179,7 @@ def main() -> None:
     if args.write:
         out = ROOT / "docs" / "results"
         out.mkdir(parents=True, exist_ok=True)
-        (out / "drift.json").write_text(json.dumps({**results, "traces": {k: v[0] for k, v in traces.items()}}, indent=1, default=float) + "\n")
+        (out / "drift.json").write_text(json.dumps({**results, "traces": {k: compact(v[0]) for k, v in traces.items()}}, separators=(",", ":"), default=float) + "\n")
         plot(traces, settings.drift_threshold, out / "drift.png")
         command = "python -m bench.drift_replay --data-dir ../shared/data --write"
         update_section(ROOT / "docs" / "operations.md", "drift", section(results, command), title="# Operations\n\nRunning the service: deployment, monitoring, alerts, drift.\n")
