@@ -56,7 +56,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     warn_if_open(settings.host, settings.all_api_keys())
     app = create_app(settings, runtime)
-    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level, timeout_graceful_shutdown=settings.drain_timeout_s)
+    config = uvicorn.Config(
+        app, host=settings.host, port=settings.port, log_level=settings.log_level, timeout_graceful_shutdown=settings.drain_timeout_s,
+        timeout_keep_alive=settings.keep_alive_timeout_s, limit_concurrency=settings.max_connections,
+    )
     DrainingServer(config, app.state.service, settings.shutdown_delay_s).run()
     return 0
 

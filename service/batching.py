@@ -5,12 +5,14 @@ One loop runs batches back to back in the inference thread. While a batch runs, 
 the next batch takes them all (up to ``max_batch_size`` instances), so batches grow with the load
 and a lone request never waits for company. ``max_delay_s`` > 0 additionally holds a batch open that
 long, but only while the previous batch held more than one request (there is concurrency to wait
-for). More than ``max_queue`` queued instances is refused with ``QueueFull`` (the service answers
-503 with Retry-After) instead of growing without bound.
+for). More than ``max_queue`` queued instances, or an expected wait (the batches queued ahead times
+the measured seconds per batch) longer than ``max_wait_s``, is refused with ``QueueFull`` (the
+service answers 503 with Retry-After) instead of letting latency grow without bound.
 """
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections import deque
 from concurrent.futures import Executor
@@ -42,6 +44,7 @@ class DynamicBatcher:
         max_delay_s: float,
         max_queue: int,
         observe: Callable[[Result, float, list[float]], None] | None = None,
+        max_wait_s: float | None = None,
     ):
         """``run_batch``: x ``(N, ...)`` -> dict of arrays with leading dimension N, run in ``executor``;
         ``observe(result, forward_seconds, queue_seconds_per_request)`` after each batch."""
@@ -56,6 +59,13 @@ class DynamicBatcher:
         self.wakeup = asyncio.Event()
         self.task: asyncio.Task | None = None
         self.last_batch_requests = 0
+        self.max_wait_s = max_wait_s
+        self.seconds_per_batch: float | None = None  # moving average
+
+    def expected_wait(self) -> float:
+        """Seconds a new request would wait for the batches queued ahead of it (0 with an empty
+        queue, or before any batch was measured: a lone request is always tried)."""
+        return math.ceil(self.queued_instances / self.max_batch_size) * (self.seconds_per_batch or 0.0)
 
     def start(self) -> None:
         self.task = asyncio.get_running_loop().create_task(self._loop())
@@ -71,6 +81,8 @@ class DynamicBatcher:
         """Queue ``x`` ``(n, ...)`` and wait for its n rows of every output."""
         if self.queued_instances + len(x) > self.max_queue:
             raise QueueFull(f"{self.queued_instances} instances are queued (limit {self.max_queue}); retry shortly")
+        if self.max_wait_s is not None and self.expected_wait() > self.max_wait_s:
+            raise QueueFull(f"the expected wait of {self.expected_wait():.1f} s is over the {self.max_wait_s:g} s deadline; retry shortly")
         request = _Request(x, asyncio.get_running_loop().create_future())
         self.pending.append(request)
         self.queued_instances += len(x)
@@ -108,8 +120,10 @@ class DynamicBatcher:
                     if not request.future.done():
                         request.future.set_exception(error)
                 continue
+            seconds = time.perf_counter() - started
+            self.seconds_per_batch = seconds if self.seconds_per_batch is None else 0.8 * self.seconds_per_batch + 0.2 * seconds
             if self.observe is not None:
-                self.observe(result, time.perf_counter() - started, [started - request.enqueued for request in batch])
+                self.observe(result, seconds, [started - request.enqueued for request in batch])
             if len(batch) == 1:
                 if not batch[0].future.done():
                     batch[0].future.set_result(result)

@@ -42,6 +42,11 @@ class ServiceSettings(BaseSettings):
     max_queue: int = Field(4096, ge=1, description="most queued instances before answering 503")
     drift_window: int = Field(1000, ge=10, description="served instances in the drift monitor's sliding window (see service.drift)")
     drift_threshold: float = Field(1e-4, gt=0, lt=1, description="drift is declared when the window's combined drift p-value is below this")
+    request_timeout_s: float = Field(
+        5.0, gt=0, description="a prediction not answered in this many seconds is a 504 and its queued work is dropped; the batcher also answers 503 when the expected wait is longer"
+    )
+    keep_alive_timeout_s: float = Field(5.0, gt=0, description="idle keep-alive connections are closed after this many seconds")
+    max_connections: int | None = Field(None, ge=1, description="concurrent connections; beyond them new requests get 503 (default: no limit)")
     warmup_batch: int = Field(8, ge=1, description="instances in the warm-up batch run before reporting ready")
     shutdown_delay_s: float = Field(
         2.0, ge=0, description="after SIGTERM: readiness answers 503 at once, requests are still served this long (load balancers stop sending), then the drain"

@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from starlette.requests import Request
+
 from service.batching import DynamicBatcher
 from service.drift import DriftMonitor
 from service.inputs import InputError
@@ -73,13 +75,28 @@ class ServiceState:
         if settings.batching:
             self.batcher = DynamicBatcher(
                 self.runtime.predict, self.executor, settings.max_batch_size, settings.max_delay_ms / 1000,
-                settings.max_queue, self.observe,
+                settings.max_queue, self.observe, max_wait_s=settings.request_timeout_s,
             )
             self.batcher.start()
 
-    async def predict(self, runtime: ModelRuntime, x: np.ndarray) -> dict[str, np.ndarray]:
+    async def predict(self, runtime: ModelRuntime, x: np.ndarray, request: Request | None = None) -> dict[str, np.ndarray]:
         """Run the model in the inference thread (through the batcher when batching is on) and
-        record the metrics."""
+        record the metrics. Past ``request_timeout_s`` a 504 ``InputError``; a client that
+        disconnects (``request`` given) a 499. Either way its queued work is dropped."""
+        work = asyncio.ensure_future(self._predict(runtime, x))
+        watched = {work}
+        if request is not None:
+            watched.add(asyncio.ensure_future(_disconnected(request)))
+        done, _ = await asyncio.wait(watched, timeout=self.settings.request_timeout_s, return_when=asyncio.FIRST_COMPLETED)
+        for task in watched - done:
+            task.cancel()
+        if work in done:
+            return work.result()
+        if done:
+            raise InputError("the client closed the connection before the answer", status=499)
+        raise InputError(f"no answer within the request timeout of {self.settings.request_timeout_s:g} s; retry later", status=504)
+
+    async def _predict(self, runtime: ModelRuntime, x: np.ndarray) -> dict[str, np.ndarray]:
         if self.batcher is not None:
             return await self.batcher.submit(x)
         started = time.perf_counter()
@@ -91,3 +108,9 @@ class ServiceState:
         """After one forward pass: the metrics, and the drift monitor's window."""
         self.metrics.observe_predictions(result, seconds, queue_seconds)
         self.drift.add(result["log_px"], result["p_value"], result["accepted"])
+
+
+async def _disconnected(request: Request) -> None:
+    """Returns once the client has gone (the ASGI server reports ``http.disconnect``)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass

@@ -193,6 +193,67 @@ def test_batcher_refuses_past_its_queue_limit():
     np.testing.assert_array_equal(second["value"], [4, 4, 4])
 
 
+def test_a_request_past_its_deadline_is_504_and_its_queued_work_is_dropped(exported, digits):
+    runtime = ModelRuntime.load(exported, "cpu", "torch")
+    original, calls, slow = runtime.predict, [], threading.Event()
+
+    def slow_predict(x):
+        if slow.is_set():
+            calls.append(len(x))
+            time.sleep(0.6)
+        return original(x)
+
+    runtime.predict = slow_predict
+    settings = ServiceSettings(model_dir=exported, device="cpu", request_timeout_s=0.25, warmup_batch=1)
+    body = {"instances": [digits[0].tolist()]}
+
+    async def requests(client):
+        slow.set()
+        first = asyncio.ensure_future(client.post("/v1/models/tiny:predict", json=body))
+        await asyncio.sleep(0.1)  # its batch is running
+        second = await client.post("/v1/models/tiny:predict", json={"instances": [digits[1].tolist()] * 3})  # queued behind it
+        answers = [await first, second]
+        await asyncio.sleep(0.8)  # the running batch ends; the queued, expired request must not run
+        slow.clear()
+        return [*answers, await client.post("/v1/models/tiny:predict", json=body)]
+
+    (first, second, later), _ = run_app(settings, runtime, requests)
+    assert first.status_code == second.status_code == 504 and "request timeout of 0.25 s" in first.json()["error"]
+    assert calls == [1] and later.status_code == 200
+
+
+def test_batcher_refuses_when_the_expected_wait_is_past_the_deadline():
+    async def go():
+        with ThreadPoolExecutor(1) as executor:
+            batcher = DynamicBatcher(lambda x: {"value": x.sum(axis=1)}, executor, max_batch_size=4, max_delay_s=0, max_queue=1000, max_wait_s=0.5)
+            batcher.queued_instances = 100
+            assert batcher.expected_wait() == 0.0  # nothing measured yet: only the count limit applies
+            batcher.seconds_per_batch, batcher.queued_instances = 0.2, 0
+            assert batcher.expected_wait() == 0.0  # an empty queue: a lone request is always tried
+            batcher.queued_instances = 9  # three batches of 4 ahead
+            assert batcher.expected_wait() == pytest.approx(0.6)
+            with pytest.raises(QueueFull, match="expected wait of 0.6 s is over the 0.5 s deadline"):
+                await batcher.submit(np.ones((1, 2)))
+
+    asyncio.run(go())
+
+
+def test_a_client_that_disconnects_gets_its_work_dropped(exported):
+    from service.inputs import InputError
+    from service.state import ServiceState
+
+    class Gone:
+        async def receive(self):
+            return {"type": "http.disconnect"}
+
+    state = ServiceState(ServiceSettings(model_dir=exported, device="cpu", batching=False))
+    runtime = ModelRuntime.load(exported, "cpu", "torch")
+    state.attach(runtime)
+    with pytest.raises(InputError) as raised:
+        asyncio.run(state.predict(runtime, runtime.midrange_inputs(2), Gone()))
+    assert raised.value.status == 499
+
+
 def test_binary_tensor_input_equals_json(exported, digits):
     with TestClient(create_app(ServiceSettings(model_dir=exported, device="cpu"))) as client:
         for _ in range(200):

@@ -11,7 +11,7 @@ from service.inputs import InputError, parse_json
 from service.schemas import ErrorResponse
 from service.state import ServiceState
 
-ERRORS = {status: {"model": ErrorResponse} for status in (400, 404, 413, 415, 503)}
+ERRORS = {status: {"model": ErrorResponse} for status in (400, 404, 413, 415, 503, 504)}
 JSON_TYPES = ("application/json",)
 BINARY_TYPES = ("application/json", "application/octet-stream")  # the binary tensor extension's bodies
 

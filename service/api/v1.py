@@ -20,7 +20,7 @@ async def predict(name: str, request: Request) -> JSONBody:
     body = await json_body(request)
     x = decode_v1(body, runtime.input_shape, state.settings.max_instances, runtime.input_range)
     batch_test = batch_test_flag(body.get("batch_test"), '"batch_test"')
-    result = await state.predict(runtime, x)
+    result = await state.predict(runtime, x, request)
     response = {
         "predictions": instance_records(result, runtime.gate_scores, runtime.gate.outlier_threshold),
         "model_name": runtime.name,

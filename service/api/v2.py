@@ -142,7 +142,7 @@ async def infer(name: str, request: Request) -> JSONBody:
     unknown = [n for n in requested if n not in specs]
     if unknown:
         raise InputError(f"unknown outputs {unknown}; available: {list(specs)}")
-    result = await state.predict(runtime, x)
+    result = await state.predict(runtime, x, request)
     tensors = output_tensors(result, runtime.gate.outlier_threshold)
     response = {"model_name": runtime.name, "model_version": runtime.version, "outputs": [v2_output(specs[n], tensors[n]) for n in requested]}
     if body.get("id") is not None:
