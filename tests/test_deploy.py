@@ -22,6 +22,8 @@ def test_compose_runs_trainer_then_service_then_prometheus():
     services = compose["services"]
     assert services["service"]["depends_on"]["trainer"]["condition"] == "service_completed_successfully"
     assert services["prometheus"]["depends_on"]["service"]["condition"] == "service_healthy"
+    for name in ("service", "service-gpu"):
+        assert services[name]["read_only"] is True and services[name]["volumes"] == ["models:/models:ro"]
     for name in ("trainer", "service", "service-gpu"):
         build = services[name]["build"]
         assert (ROOT / build["dockerfile"]).is_file()
