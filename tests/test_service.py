@@ -219,8 +219,12 @@ def test_malformed_bodies_found_by_fuzzing_are_4xx_with_the_real_reason(client):
     for tensor, message in ((dict(good, parameters=[1]), '"parameters" must be an object'), (dict(good, shape=[1, True, 8]), "non-negative integers")):
         response = client.post("/v2/models/tiny/infer", json={"inputs": [tensor]})
         assert response.status_code == 400 and message in response.json()["error"]
-    schema = client.get("/openapi.json").json()["paths"]["/v1/models/{name}:predict"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    paths = client.get("/openapi.json").json()["paths"]
+    schema = paths["/v1/models/{name}:predict"]["post"]["requestBody"]["content"]["application/json"]["schema"]
     assert schema["properties"]["instances"]["minItems"] == 1
+    infer = paths["/v2/models/{name}/infer"]["post"]["requestBody"]["content"]
+    assert set(infer) == {"application/json", "application/octet-stream"} and "$defs" not in json.dumps(infer)
+    assert infer["application/json"]["schema"]["properties"]["inputs"]["items"]["required"] == ["name", "shape", "datatype", "data"]
 
 
 def test_bad_v2_input_is_a_clear_4xx(client):

@@ -16,13 +16,40 @@ JSON_TYPES = ("application/json",)
 BINARY_TYPES = ("application/json", "application/octet-stream")  # the binary tensor extension's bodies
 
 
-def json_post(response: type[BaseModel], request: type[BaseModel]) -> dict:
+def inline_definitions(schema: dict) -> dict:
+    """A JSON schema with its ``#/$defs/...`` references replaced by the definitions: in an OpenAPI
+    request body they would point at a root the document does not have."""
+    definitions = schema.pop("$defs", {})
+
+    def resolve(node):
+        if isinstance(node, dict):
+            reference = node.get("$ref", "")
+            if reference.startswith("#/$defs/"):
+                return resolve(definitions[reference.removeprefix("#/$defs/")])
+            return {key: resolve(value) for key, value in node.items()}
+        return [resolve(item) for item in node] if isinstance(node, list) else node
+
+    return resolve(schema)
+
+
+BINARY_BODY = {
+    "schema": {"type": "string", "format": "binary"},
+    "description": "the binary tensor extension: the JSON request (its length in the Inference-Header-Content-Length header), "
+    "then each input's raw little-endian bytes, sized by its parameters.binary_data_size",
+}
+
+
+def json_post(response: type[BaseModel], request: type[BaseModel], binary: bool = False) -> dict:
     """``router.post`` options of a hot-path endpoint: orjson response, documented response and error
-    models, and the request schema for OpenAPI (the body itself is decoded by ``service.inputs``)."""
+    models, and the request schema for OpenAPI (the body itself is decoded by ``service.inputs``);
+    ``binary``: the body may also be the binary tensor extension."""
+    content = {"application/json": {"schema": inline_definitions(request.model_json_schema())}}
+    if binary:
+        content["application/octet-stream"] = BINARY_BODY
     return {
         "response_class": JSONBody,
         "responses": {200: {"model": response}, **ERRORS},
-        "openapi_extra": {"requestBody": {"content": {"application/json": {"schema": request.model_json_schema()}}, "required": True}},
+        "openapi_extra": {"requestBody": {"content": content, "required": True}},
     }
 
 

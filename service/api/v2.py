@@ -114,7 +114,7 @@ async def model_statistics(name: str, request: Request) -> dict:
     }
 
 
-@router.post("/models/{name}/infer", **json_post(InferResponse, InferRequest))
+@router.post("/models/{name}/infer", **json_post(InferResponse, InferRequest, binary=True))
 async def infer(name: str, request: Request) -> JSONBody:
     """One input tensor named ``input`` of shape ``[N, *input_shape]``, as JSON data or raw bytes (the
     binary tensor extension: header ``Inference-Header-Content-Length``); outputs as JSON tensors, as
