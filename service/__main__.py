@@ -13,6 +13,7 @@ from models.checkpoint import CheckpointError
 from models.device import DeviceUnavailable
 from service.app import create_app
 from service.auth import warn_if_open
+from service.http import with_header_timeout
 from service.runtime import ModelRuntime
 from service.settings import SettingsProblem, parse_settings
 from service.state import ServiceState
@@ -59,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     config = uvicorn.Config(
         app, host=settings.host, port=settings.port, log_level=settings.log_level, timeout_graceful_shutdown=settings.drain_timeout_s,
         timeout_keep_alive=settings.keep_alive_timeout_s, limit_concurrency=settings.max_connections,
+        http=with_header_timeout(settings.header_timeout_s),
     )
     DrainingServer(config, app.state.service, settings.shutdown_delay_s).run()
     return 0

@@ -45,6 +45,7 @@ class ServiceSettings(BaseSettings):
     request_timeout_s: float = Field(
         5.0, gt=0, description="a prediction not answered in this many seconds is a 504 and its queued work is dropped; the batcher also answers 503 when the expected wait is longer"
     )
+    header_timeout_s: float = Field(10.0, gt=0, description="a connection whose request headers have not all arrived this many seconds after it opened is closed (slow clients)")
     keep_alive_timeout_s: float = Field(5.0, gt=0, description="idle keep-alive connections are closed after this many seconds")
     max_connections: int | None = Field(None, ge=1, description="concurrent connections; beyond them new requests get 503 (default: no limit)")
     warmup_batch: int = Field(8, ge=1, description="instances in the warm-up batch run before reporting ready")

@@ -1,6 +1,7 @@
-"""Graceful drain of ``python -m service``: SIGTERM while 50 requests are in flight. Readiness turns
-503 at once, requests are still served during the shutdown delay, every in-flight request gets a
-complete answer, and the process exits 0 within the delay plus the drain timeout."""
+"""``python -m service`` as a process: the graceful drain (SIGTERM while 50 requests are in flight:
+readiness turns 503 at once, requests are still served during the shutdown delay, every in-flight
+request gets a complete answer, exit 0 within the delay plus the drain timeout) and slow-header
+clients closed at the header timeout."""
 import asyncio
 import os
 import signal
@@ -68,3 +69,51 @@ def test_sigterm_with_50_requests_in_flight_loses_none(tmp_path):
     assert exit_code == 0, log[-2000:]
     assert 2.5 <= seconds < 2.5 + 20, seconds
     assert "readiness is 503" in log and "Traceback" not in log
+
+
+def test_slow_header_connections_are_closed_at_the_header_timeout(tmp_path):
+    checkpoint = tmp_path / "tiny"
+    assert training_main(["train", "--config", str(CONFIGS / "tiny.yaml"), "--out", str(checkpoint), "--quiet", "--set", "train.epochs=1"]) == 0
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    environment = {**os.environ, "DIGLM_HEADER_TIMEOUT_S": "1", "DIGLM_LOG_LEVEL": "warning"}
+    server = subprocess.Popen([sys.executable, "-m", "service", "--model-dir", str(checkpoint), "--port", str(port), "--device", "cpu"], cwd=ROOT, env=environment)
+    try:
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/v2/health/ready", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        slow = []
+        for _ in range(50):
+            connection = socket.create_connection(("127.0.0.1", port))
+            connection.sendall(b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n")  # never the blank line
+            connection.settimeout(5)
+            slow.append(connection)
+        started = time.monotonic()
+        for _ in range(3):  # one more header byte now and then, as slowloris does
+            time.sleep(0.3)
+            for connection in slow:
+                try:
+                    connection.sendall(b"X")
+                except OSError:
+                    pass
+        closed = 0
+        for connection in slow:
+            try:
+                closed += connection.recv(1024) == b""
+            except (ConnectionResetError, socket.timeout):
+                pass
+            connection.close()
+        seconds = time.monotonic() - started
+        assert closed == 50 and seconds < 4, (closed, seconds)
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}") as client:  # keep-alive: two requests on one connection
+            assert client.get("/v2/health/live").status_code == 200
+            time.sleep(0.5)
+            assert client.get("/v2/health/live").status_code == 200
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
