@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 MODEL_DIR ?= artifacts/digits
 CONFIG ?= training/configs/digits.yaml
 
-.PHONY: install test train serve bench-env bench-load bench-serve bench-train-speed mutation alerts docker-wheels docker-smoke clean
+.PHONY: install test train serve bench-env bench-load bench-serve bench-train-speed mutation alerts docker-wheels docker-smoke fuzz soak clean
 
 install: $(VENV)/.installed
 
@@ -25,6 +25,16 @@ mutation: install
 	$(PY) -m pip install --quiet mutmut==3.8.1
 	rm -rf mutants
 	$(VENV)/bin/mutmut run
+
+# The live service fuzzed: the project's own fuzzer (10,000 requests) and schemathesis (bench/fuzz.py).
+fuzz: train
+	$(PY) -m pip install --quiet schemathesis==4.32.5
+	$(PY) -m bench.fuzz --model-dir $(MODEL_DIR) --cases 10000
+
+# Overload for 5 minutes with wrk, then check nothing was lost (bench/soak.py).
+soak: train
+	@command -v wrk >/dev/null || { echo "wrk is needed: apt-get install wrk"; exit 1; }
+	$(PY) -m bench.soak --model-dir $(MODEL_DIR) --minutes 5
 
 # Prometheus alert rules (docker/alerts.yml) checked and unit-tested (docker/alerts.test.yml).
 alerts:
