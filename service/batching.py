@@ -5,14 +5,13 @@ One loop runs batches back to back in the inference thread. While a batch runs, 
 the next batch takes them all (up to ``max_batch_size`` instances), so batches grow with the load
 and a lone request never waits for company. ``max_delay_s`` > 0 additionally holds a batch open that
 long, but only while the previous batch held more than one request (there is concurrency to wait
-for). More than ``max_queue`` queued instances, or an expected wait (the batches queued ahead times
-the measured seconds per batch) longer than ``max_wait_s``, is refused with ``QueueFull`` (the
+for). More than ``max_queue`` queued instances, or an expected wait (the instances queued ahead times
+the measured seconds per instance) longer than ``max_wait_s``, is refused with ``QueueFull`` (the
 service answers 503 with Retry-After) instead of letting latency grow without bound.
 """
 from __future__ import annotations
 
 import asyncio
-import math
 import time
 from collections import deque
 from concurrent.futures import Executor
@@ -60,12 +59,12 @@ class DynamicBatcher:
         self.task: asyncio.Task | None = None
         self.last_batch_requests = 0
         self.max_wait_s = max_wait_s
-        self.seconds_per_batch: float | None = None  # moving average
+        self.seconds_per_instance: float | None = None  # moving average over batches
 
     def expected_wait(self) -> float:
-        """Seconds a new request would wait for the batches queued ahead of it (0 with an empty
+        """Seconds a new request would wait for the instances queued ahead of it (0 with an empty
         queue, or before any batch was measured: a lone request is always tried)."""
-        return math.ceil(self.queued_instances / self.max_batch_size) * (self.seconds_per_batch or 0.0)
+        return self.queued_instances * (self.seconds_per_instance or 0.0)
 
     def start(self) -> None:
         self.task = asyncio.get_running_loop().create_task(self._loop())
@@ -121,7 +120,8 @@ class DynamicBatcher:
                         request.future.set_exception(error)
                 continue
             seconds = time.perf_counter() - started
-            self.seconds_per_batch = seconds if self.seconds_per_batch is None else 0.8 * self.seconds_per_batch + 0.2 * seconds
+            per_instance = seconds / len(x)
+            self.seconds_per_instance = per_instance if self.seconds_per_instance is None else 0.8 * self.seconds_per_instance + 0.2 * per_instance
             if self.observe is not None:
                 self.observe(result, seconds, [started - request.enqueued for request in batch])
             if len(batch) == 1:

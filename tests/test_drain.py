@@ -13,6 +13,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import pytest
 
 from training.cli import main as training_main
 
@@ -20,26 +21,38 @@ ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "training" / "configs"
 
 
-def test_sigterm_with_50_requests_in_flight_loses_none(tmp_path):
-    checkpoint = tmp_path / "tiny"
-    assert training_main(["train", "--config", str(CONFIGS / "tiny.yaml"), "--out", str(checkpoint), "--quiet", "--set", "train.epochs=1"]) == 0
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("server") / "tiny"
+    assert training_main(["train", "--config", str(CONFIGS / "tiny.yaml"), "--out", str(out), "--quiet", "--set", "train.epochs=1"]) == 0
+    return out
+
+
+def serve(checkpoint: Path, **variables: str) -> tuple[subprocess.Popen, str, int]:
+    """``python -m service`` on a free port with ``DIGLM_*`` variables, once it is ready: the
+    process (output piped, text), its base URL and port."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    environment = {**os.environ, "DIGLM_SHUTDOWN_DELAY_S": "2.5", "DIGLM_DRAIN_TIMEOUT_S": "20", "DIGLM_LOG_LEVEL": "info", "DIGLM_MAX_QUEUE": "100000"}
     server = subprocess.Popen(
         [sys.executable, "-m", "service", "--model-dir", str(checkpoint), "--port", str(port), "--device", "cpu"],
-        cwd=ROOT, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        cwd=ROOT, env={**os.environ, **{f"DIGLM_{name.upper()}": value for name, value in variables.items()}},
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     base = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        try:
+            if httpx.get(f"{base}/v2/health/ready", timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    return server, base, port
+
+
+def test_sigterm_with_50_requests_in_flight_loses_none(checkpoint):
+    server, base, _ = serve(checkpoint, shutdown_delay_s="2.5", drain_timeout_s="20", log_level="info", max_queue="100000", request_timeout_s="60")
     try:
-        deadline = time.time() + 60
-        while time.time() < deadline:
-            try:
-                if httpx.get(f"{base}/v2/health/ready", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.1)
         instances = np.random.default_rng(0).integers(0, 17, (1024, 8, 8)).tolist()
 
         async def scenario():
@@ -71,22 +84,9 @@ def test_sigterm_with_50_requests_in_flight_loses_none(tmp_path):
     assert "readiness is 503" in log and "Traceback" not in log
 
 
-def test_slow_header_connections_are_closed_at_the_header_timeout(tmp_path):
-    checkpoint = tmp_path / "tiny"
-    assert training_main(["train", "--config", str(CONFIGS / "tiny.yaml"), "--out", str(checkpoint), "--quiet", "--set", "train.epochs=1"]) == 0
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    environment = {**os.environ, "DIGLM_HEADER_TIMEOUT_S": "1", "DIGLM_LOG_LEVEL": "warning"}
-    server = subprocess.Popen([sys.executable, "-m", "service", "--model-dir", str(checkpoint), "--port", str(port), "--device", "cpu"], cwd=ROOT, env=environment)
+def test_slow_header_connections_are_closed_at_the_header_timeout(checkpoint):
+    server, base, port = serve(checkpoint, header_timeout_s="1", log_level="warning")
     try:
-        deadline = time.time() + 60
-        while time.time() < deadline:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/v2/health/ready", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.1)
         slow = []
         for _ in range(50):
             connection = socket.create_connection(("127.0.0.1", port))
@@ -110,7 +110,7 @@ def test_slow_header_connections_are_closed_at_the_header_timeout(tmp_path):
             connection.close()
         seconds = time.monotonic() - started
         assert closed == 50 and seconds < 4, (closed, seconds)
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}") as client:  # keep-alive: two requests on one connection
+        with httpx.Client(base_url=base) as client:  # keep-alive: two requests on one connection
             assert client.get("/v2/health/live").status_code == 200
             time.sleep(0.5)
             assert client.get("/v2/health/live").status_code == 200

@@ -228,9 +228,9 @@ def test_batcher_refuses_when_the_expected_wait_is_past_the_deadline():
             batcher = DynamicBatcher(lambda x: {"value": x.sum(axis=1)}, executor, max_batch_size=4, max_delay_s=0, max_queue=1000, max_wait_s=0.5)
             batcher.queued_instances = 100
             assert batcher.expected_wait() == 0.0  # nothing measured yet: only the count limit applies
-            batcher.seconds_per_batch, batcher.queued_instances = 0.2, 0
+            batcher.seconds_per_instance, batcher.queued_instances = 0.2, 0
             assert batcher.expected_wait() == 0.0  # an empty queue: a lone request is always tried
-            batcher.queued_instances = 9  # three batches of 4 ahead
+            batcher.queued_instances = 3
             assert batcher.expected_wait() == pytest.approx(0.6)
             with pytest.raises(QueueFull, match="expected wait of 0.6 s is over the 0.5 s deadline"):
                 await batcher.submit(np.ones((1, 2)))
