@@ -18,7 +18,7 @@ from models.hybrid import HybridModel
 from models.scores import forward_scores
 from service.encoding import instance_records, output_table, output_tensors, v2_output
 from service.runtime import ModelRuntime
-from training.calibration import differs_only_in_gate, fit_gate, recalibrate, score_names, subsample
+from training.calibration import differs_only_in_gate, fit_gate, recalibrate, refit_gate, score_names, subsample
 from training.cli import main as training_main
 from training.config import ConfigError, ExperimentConfig, GateSettings
 from training.data import DataError, Split, Splits, load_dataset, split_dataset
@@ -188,13 +188,19 @@ def test_fit_gate_for_a_classifier_uses_the_head_space_and_labelled_rows(runtime
     assert gate.summary.fitted.latent_dims == 10 and gate.summary.fitted.neighbour_scale > 0
     assert gate.summary.calibration_size == len(splits.calibration) and gate.summary.reference_size == len(splits.validation)
     torch.testing.assert_close(gate.fitted.latent.means, runtime.gate.fitted.latent.means)
+    assert {"latent_distance", "likelihood_ratio", "complexity"} <= set(gate.tails)  # the calibration scores use the fitted parts
+    pca = fit_gate(runtime.model, splits, GateSettings(alpha=0.05, latent_space="pca", latent_dims=2))
+    assert pca.summary.fitted.latent_space == "pca" and pca.summary.fitted.latent_dims == 2
+    two = Splits(splits.train, splits.validation, splits.test, Split(splits.calibration.x[:2], splits.calibration.y[:2]))
+    assert fit_gate(runtime.model, two, GateSettings(method="validation", alpha=0.05)).summary.calibration_size == 2
 
 
 def test_score_names_subsample_and_what_counts_as_a_gate_only_change():
     outputs = {"z": np.zeros((4, 2)), "log_px": np.zeros(4), "mean": np.zeros(4), "variance": np.zeros(4), "log_px_dequantized": np.zeros(4), "level_1": np.zeros(4), "probabilities": np.zeros((4, 3))}
     assert score_names(outputs) == ["log_px", "level_1"]
-    split = Split(np.arange(50.0)[:, None], np.arange(50))
+    split = Split(np.arange(50.0)[:, None], np.arange(50), np.arange(50) % 2 == 0)
     assert subsample(split, 50, 0) is split
+    np.testing.assert_array_equal(subsample(split, 10, 3).labeled, subsample(split, 10, 3).y % 2 == 0)
     small = subsample(split, 10, 3)
     assert len(small) == 10 and len(set(small.y)) == 10 and (np.diff(small.y) > 0).all()
     np.testing.assert_array_equal(small.x[:, 0], small.y)
@@ -211,8 +217,19 @@ def test_recalibrate_changes_only_the_gate(tiny, tmp_path):
     before = load_checkpoint(copy)
     with pytest.raises(ConfigError, match="only gate.\\* and evaluation.\\* settings, not 'train.epochs=3'"):
         recalibrate(before, ["train.epochs=3"])
+    with pytest.raises(ConfigError, match="gate.alpha"):
+        recalibrate(before, ["gate.alpha=2"])
     written = recalibrate(before, ["gate.alpha=0.1", "evaluation.batch_size=64"])
     after = load_checkpoint(copy)
+    splits = tiny_splits(before.manifest)  # the very calibration split it was trained beside
+    from training.evaluate import model_outputs
+
+    expected = model_outputs(after.model, splits.calibration.x, fitted=after.gate.fitted)["log_px"]
+    np.testing.assert_allclose(after.gate.calibration["log_px"], np.sort(expected), rtol=1e-6)
+    assert "optimizer.safetensors" in after.manifest.files
+    other = ExperimentConfig.model_validate({**before.manifest.training.config, "train": {**before.manifest.training.config["train"], "epochs": 9}})
+    with pytest.raises(ConfigError, match="was trained with another data or model config"):
+        refit_gate(after, other)
     assert written.gate.alpha == after.manifest.gate.alpha == 0.1 and after.gate.alpha == 0.1
     assert after.manifest.training.config["evaluation"]["batch_size"] == 64
     assert after.manifest.files["weights.safetensors"] == before.manifest.files["weights.safetensors"]
