@@ -95,12 +95,12 @@ def host_network_compose_file() -> None:
 def build_images() -> None:
     for target, tag in IMAGES.items():
         run(["docker", "build", "--network", "host", "--pull=false", "-f", "docker/Dockerfile.cpu", "--target", target,
-             "--build-arg", "PIP_INDEX_ARGS=--no-index", "-t", tag, "."])
+             "--build-arg", "PIP_INDEX_ARGS=--no-index", "-t", tag, "."], capture=True)
 
 
 def trainer_then_service() -> None:
-    run([*COMPOSE, "down", "-v", "--remove-orphans"])
-    run([*COMPOSE, "up", "-d", "--no-build", "service", "prometheus"])
+    run([*COMPOSE, "down", "-v", "--remove-orphans"], capture=True)
+    run([*COMPOSE, "up", "-d", "--no-build", "service", "prometheus"], capture=True)
     trainer = wait_for("the trainer container", lambda: container("trainer"), 60)
     state = wait_for("the trainer to finish", lambda: (s := inspect(trainer)["State"])["Status"] == "exited" and s, 900, 2)
     if state["ExitCode"] != 0:
