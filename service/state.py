@@ -8,7 +8,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
-
 from starlette.requests import Request
 
 from service.batching import DynamicBatcher
