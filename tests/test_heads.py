@@ -170,7 +170,7 @@ def test_model_config_reaches_the_modules():
         input_shape=[3], preprocessing=PreprocessingConfig(kind="standardize"), flow=FlowConfig(kind="realnvp", steps=2, hidden=8, net_layers=2),
         head=HeadConfig(kind="bayesian", alpha=0.3, noise_std=2.0),
     ))
-    assert float(bayesian.head.alpha) == pytest.approx(0.3) and float(bayesian.head.noise_variance) == pytest.approx(4.0)
+    assert float(bayesian.head.alpha.detach()) == pytest.approx(0.3) and float(bayesian.head.noise_variance.detach()) == pytest.approx(4.0)
     assert bayesian.task == "regression" and bayesian.target_moments.tolist() == [0.0, 1.0] and bayesian.flow_shape == (3,)
     realnvp_layers = [m for m in bayesian.flow.modules() if isinstance(m, torch.nn.Linear)]
     assert len(realnvp_layers) == 2 * 3  # two coupling steps, each a net of net_layers=2 hidden layers + output
