@@ -175,7 +175,7 @@ def test_model_config_reaches_the_modules():
     realnvp_layers = [m for m in bayesian.flow.modules() if isinstance(m, torch.nn.Linear)]
     assert len(realnvp_layers) == 2 * 3  # two coupling steps, each a net of net_layers=2 hidden layers + output
     gaussian = HybridModel(ModelConfig(input_shape=[3], preprocessing=PreprocessingConfig(kind="standardize"), flow=FlowConfig(kind="realnvp", steps=1, hidden=4), head=HeadConfig(kind="gaussian", noise_std=0.5)))
-    assert isinstance(gaussian.head, GaussianHead) and float(gaussian.head.log_noise_std.exp()) == pytest.approx(0.5)
+    assert isinstance(gaussian.head, GaussianHead) and float(gaussian.head.log_noise_std.detach().exp()) == pytest.approx(0.5)
     logit = HybridModel(ModelConfig(input_shape=[1, 4, 4], preprocessing=PreprocessingConfig(levels=256, logit_alpha=0.05), flow=FlowConfig(levels=1, steps=1, hidden=4), head=HeadConfig(num_classes=3)))
     assert logit.preprocessing.logit_alpha == 0.05 and logit.flow_shape == (1, 4, 4)
     torch.testing.assert_close(logit.label_prior, torch.full((3,), 1 / 3))
