@@ -1,5 +1,8 @@
-"""Choosing the torch device: ``auto`` is CUDA when present, else the CPU."""
+"""Choosing the torch device (``auto`` is CUDA when present, else the CPU) and counting the CPUs
+this process may use."""
 from __future__ import annotations
+
+import os
 
 import torch
 
@@ -15,3 +18,8 @@ def resolve_device(requested: str) -> torch.device:
     if requested == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(requested)
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity mask, not the host's count)."""
+    return len(os.sched_getaffinity(0))

@@ -12,23 +12,17 @@ for classification, ``mean`` and ``variance`` for regression) and every score of
 from __future__ import annotations
 
 import logging
-import os
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from models.device import DeviceUnavailable
+from models.device import DeviceUnavailable, usable_cpus
 from models.hybrid import HybridModel
 from models.scores import ScoreFit, forward_scores
 
 log = logging.getLogger(__name__)
-
-
-def usable_cpus() -> int:
-    """CPUs this process may run on (its affinity mask, not the host's count)."""
-    return len(os.sched_getaffinity(0))
 
 
 class TorchBackend:

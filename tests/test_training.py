@@ -245,3 +245,15 @@ def test_sign_cli_and_a_service_that_requires_the_signature(tiny_checkpoint, tmp
     assert main(["sign", "--checkpoint", str(copy), "--key-file", str(key)]) == 0
     assert f"DIGLM_SIGNING_KEY_FILE={key}" in capsys.readouterr().out
     assert ModelRuntime.load(copy, "cpu", signing_key=settings.signing_key()).version == load_checkpoint(tiny_checkpoint).manifest.version
+
+
+def test_threads_flag_sets_torch_threads_and_refuses_zero(tmp_path, capsys):
+    before = torch.get_num_threads()
+    try:
+        assert main(["train", "--config", str(CONFIGS / "tiny.yaml"), "--out", str(tmp_path / "t"), "--quiet", "--set", "train.epochs=1", "--threads", "1"]) == 0
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+    with pytest.raises(SystemExit):
+        main(["train", "--config", str(CONFIGS / "tiny.yaml"), "--out", str(tmp_path / "t"), "--threads", "0"])
+    assert "expected a positive integer, got '0'" in capsys.readouterr().err

@@ -9,8 +9,10 @@ import logging
 import sys
 from pathlib import Path
 
+import torch
+
 from models.checkpoint import CheckpointError, load_checkpoint
-from models.device import DeviceUnavailable, resolve_device
+from models.device import DeviceUnavailable, resolve_device, usable_cpus
 from models.manifest import Manifest
 from training.config import ConfigError, load_config
 from training.data import DataError
@@ -20,9 +22,15 @@ from training.trainer import TrainingError
 USER_ERRORS = (ConfigError, DataError, CheckpointError, TrainingError, DeviceUnavailable, ExportError)
 
 
+def _set_threads(threads: int | None) -> None:
+    """torch's CPU threads for this run: ``--threads`` or every CPU this process may use."""
+    torch.set_num_threads(threads or usable_cpus())
+
+
 def _train(args: argparse.Namespace) -> None:
     from training.trainer import Trainer
 
+    _set_threads(args.threads)
     overrides = list(args.set)
     if args.data_dir is not None:
         overrides.append(f"data.data_dir={args.data_dir}")
@@ -90,6 +98,7 @@ def _evaluate(args: argparse.Namespace) -> None:
 def _experiment(args: argparse.Namespace) -> None:
     from training.experiments import EXPERIMENTS, ExperimentContext
 
+    _set_threads(args.threads)
     context = ExperimentContext(
         results_dir=Path(args.results_dir),
         document=Path(args.document),
@@ -108,6 +117,15 @@ def _experiment(args: argparse.Namespace) -> None:
     print(f"wrote {'the figures of ' if args.redraw else ''}{context.results_path(args.name)} and the {args.name!r} section of {args.document}")
 
 
+THREADS_HELP = "torch CPU threads (default: every CPU this process may use); 1 keeps training usable beside another busy process (docs/benchmarks.md)"
+
+
+def positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return int(text)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m training",
@@ -124,6 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", help="continue training from this checkpoint folder (same model config)")
     train.add_argument("--onnx", action="store_true", help="also export the trained model to ONNX (model.onnx in the checkpoint)")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
+    train.add_argument("--threads", type=positive_int, help=THREADS_HELP)
     train.set_defaults(handler=_train)
 
     export = commands.add_parser("export", help="export a checkpoint to ONNX", description="Export the checkpoint's density direction (log p(x) and the head's output, dynamic batch) to model.onnx inside the checkpoint, check ONNX Runtime against torch, and record the file's hash in the manifest.")
@@ -161,6 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
     experiment.add_argument("--data-dir", help="folder with data files (MNIST experiments: the folder holding mnist/ and notmnist/)")
     experiment.add_argument("--quick", action="store_true", help="tiny sizes and few steps (a smoke test, not the experiment)")
     experiment.add_argument("--quiet", action="store_true", help="no progress bars")
+    experiment.add_argument("--threads", type=positive_int, help=THREADS_HELP)
     experiment.add_argument("--redraw", action="store_true", help="no training or measuring: redraw the figures and the results section from the last run's saved results")
     experiment.set_defaults(handler=_experiment)
     return parser
