@@ -2,7 +2,10 @@
 
 Each (implementation, configuration) runs in its own subprocess, so its peak resident memory is its
 own: random inputs (values 0-255), random labels, Adam, a linear class head on all latents, and the
-same loss, bits/dim + cross-entropy. Reports training images/s after warm-up and the peak RSS.
+same loss, bits/dim + cross-entropy. Reports training images/s after warm-up and the peak RSS. Each
+row runs ``--repeats`` times, the implementations alternating within every repeat so that drift of
+the machine hits them alike; the table gives the median, the spread (min-max) and the median of the
+per-repeat ratios to normflows.
 Needs ``normflows`` beside torch==2.13.0: ``make bench-train-speed`` builds that environment
 (``.venv-bench``) and runs this script.
 
@@ -16,6 +19,7 @@ import math
 import os
 import platform
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -128,7 +132,8 @@ def run_worker(implementation: str, config: str, steps: int, compile_model: bool
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=20, help="timed training steps per row (after 3 warm-up steps)")
+    parser.add_argument("--steps", type=int, default=40, help="timed training steps per run (after 3 warm-up steps)")
+    parser.add_argument("--repeats", type=int, default=3, help="runs per row, alternating the implementations")
     parser.add_argument("--compile", action="store_true", help="also time our model under torch.compile")
     parser.add_argument("--write", action="store_true", help="update the train-speed section of docs/benchmarks.md")
     parser.add_argument("--worker", nargs=2, metavar=("IMPLEMENTATION", "CONFIG"), help=argparse.SUPPRESS)
@@ -139,16 +144,28 @@ def main() -> None:
 
     import torch
 
+    variants = [("normflows", False), ("ours", False)] + ([("ours", True)] if args.compile else [])
     rows = []
     for config in CONFIGS:
-        baseline = run_worker("normflows", config, args.steps, False)
-        variants = [("ours", False)] + ([("ours", True)] if args.compile else [])
-        rows.append((config, "normflows", baseline, 1.0))
-        for implementation, compiled in variants:
-            result = run_worker(implementation, config, args.steps, compiled)
-            rows.append((config, implementation + (" + torch.compile" if compiled else ""), result, result["images_per_s"] / baseline["images_per_s"]))
-    header = "| configuration | implementation | images/s | ratio to normflows | peak RSS (MB) | parameters | warm-up (s) |\n|---|---|---:|---:|---:|---:|---:|"
-    lines = [f"| {c} | {impl} | {r['images_per_s']:.0f} | {ratio:.2f}x | {r['peak_rss_mb']:.0f} | {r['parameters']:,} | {r['warmup_s']:.1f} |" for c, impl, r, ratio in rows]
+        runs: dict[tuple[str, bool], list[dict]] = {variant: [] for variant in variants}
+        for _ in range(args.repeats):
+            for implementation, compiled in variants:
+                runs[(implementation, compiled)].append(run_worker(implementation, config, args.steps, compiled))
+        baseline = [run["images_per_s"] for run in runs[("normflows", False)]]
+        for (implementation, compiled), results in runs.items():
+            speeds = [run["images_per_s"] for run in results]
+            ratios = [speed / base for speed, base in zip(speeds, baseline)]
+            name = implementation + (" + torch.compile" if compiled else "")
+            rows.append((config, name, results, speeds, ratios))
+    header = (
+        "| configuration | implementation | images/s (median) | spread | ratio to normflows (median, min-max) | peak RSS (MB) | parameters | warm-up (s) |\n"
+        "|---|---|---:|---:|---:|---:|---:|---:|"
+    )
+    lines = [
+        f"| {c} | {impl} | {statistics.median(speeds):.0f} | {min(speeds):.0f}-{max(speeds):.0f} | {statistics.median(ratios):.2f}x ({min(ratios):.2f}-{max(ratios):.2f}) | "
+        f"{max(r['peak_rss_mb'] for r in results):.0f} | {results[0]['parameters']:,} | {statistics.median(r['warmup_s'] for r in results):.1f} |"
+        for c, impl, results, speeds, ratios in rows
+    ]
     table = "\n".join([header, *lines])
     print(table)
     if args.write:
@@ -161,7 +178,8 @@ def main() -> None:
             f"## Training speed: our Glow hybrid vs normflows (`bench/train_speed.py`)\n\n"
             f"Batch {BATCH} of random 8-bit images with random labels, Adam, a linear class head on all latents, loss = bits/dim + "
             f"cross-entropy, LU-parametrised 1x1 convolutions and affine couplings in both. Each row is its own process "
-            f"(peak RSS is that process's), {args.steps} timed steps after 3 warm-up steps, rows run one after another on {machine}.\n\n"
+            f"(peak RSS is that process's), {args.steps} timed steps after 3 warm-up steps, {args.repeats} repeats per row with the implementations "
+            f"alternating within each repeat, on {machine}.\n\n"
             f"Command: `make bench-train-speed`\n\n{table}\n",
         )
 
