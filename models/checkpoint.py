@@ -87,9 +87,9 @@ def save_checkpoint(
         files = {path.name: sha256_of(path) for path in sorted(staging.iterdir())}
         fields = {key: value for key, value in manifest.items() if key not in UNSEALED_FIELDS}
         fields.update(format_version=FORMAT_VERSION, model=model.config.model_dump(mode="json"), files=files)
-        fields = Manifest.model_validate({**fields, "version": "", "digest": ""}).model_dump(mode="json", exclude=set(UNSEALED_FIELDS))
-        digest = manifest_digest(fields)
-        manifest = Manifest.model_validate({**fields, "digest": digest, "version": digest[:12]})
+        validated = Manifest.model_validate({**fields, "version": "", "digest": ""})
+        digest = manifest_digest(validated.model_dump(mode="json"))  # as written, defaults filled in
+        manifest = validated.model_copy(update={"digest": digest, "version": digest[:12]})
         _write_manifest(staging / MANIFEST_FILE, manifest)
         if directory.exists():
             retired = Path(tempfile.mkdtemp(prefix=f".{directory.name}.old-", dir=directory.parent))

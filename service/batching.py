@@ -80,8 +80,9 @@ class DynamicBatcher:
         """Queue ``x`` ``(n, ...)`` and wait for its n rows of every output."""
         if self.queued_instances + len(x) > self.max_queue:
             raise QueueFull(f"{self.queued_instances} instances are queued (limit {self.max_queue}); retry shortly")
-        if self.max_wait_s is not None and self.expected_wait() > self.max_wait_s:
-            raise QueueFull(f"the expected wait of {self.expected_wait():.1f} s is over the {self.max_wait_s:g} s deadline; retry shortly")
+        wait = self.expected_wait()
+        if self.max_wait_s is not None and wait > self.max_wait_s:
+            raise QueueFull(f"the expected wait of {wait:.1f} s is over the {self.max_wait_s:g} s deadline; retry shortly")
         request = _Request(x, asyncio.get_running_loop().create_future())
         self.pending.append(request)
         self.queued_instances += len(x)

@@ -70,11 +70,11 @@ class DriftMonitor:
 
     def add(self, log_px: np.ndarray, p_value: np.ndarray, accepted: np.ndarray) -> None:
         """Append served instances (``(N,)`` each), the oldest leaving the window."""
+        kept = min(len(log_px), self.window)  # a batch longer than the window keeps its last instances
         with self._lock:
+            index = (self._seen + np.arange(kept)) % self.window
             for values, buffer in ((log_px, self._log_px), (p_value, self._p_value), (~np.asarray(accepted), self._rejected)):
-                values = np.asarray(values)[-self.window :]
-                index = (self._seen + np.arange(len(values))) % self.window
-                buffer[index] = values
+                buffer[index] = np.asarray(values)[len(values) - kept :]
             self._seen += len(log_px)
 
     def _window(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:

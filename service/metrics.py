@@ -79,7 +79,7 @@ class DriftCollector:
 
 
 class ServiceMetrics:
-    def __init__(self, model_name: str, model_version: str, gate: GateSection, drift: DriftMonitor | None = None):
+    def __init__(self, model_name: str, model_version: str, gate: GateSection, drift: DriftMonitor):
         self.registry = CollectorRegistry()
         self.labels = {"model": model_name, "version": model_version}
         names = ["model", "version"]
@@ -99,8 +99,7 @@ class ServiceMetrics:
         self.gate_alpha.labels(**self.labels).set(gate.alpha)
         self.gate_tau = Gauge("diglm_gate_tau_nats", "The gate's tau on log p(x) (nats; the validation tau for the conformal gate)", names, registry=self.registry)
         self.gate_tau.labels(**self.labels).set(gate.tau)
-        if drift is not None:
-            self.registry.register(DriftCollector(drift, self.labels))
+        self.registry.register(DriftCollector(drift, self.labels))
 
     def observe_predictions(self, result: dict[str, np.ndarray], seconds: float, queue_seconds: list[float]) -> None:
         """After one forward pass: its time, size, the gate's decisions, log p(x), and how long each
