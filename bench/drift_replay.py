@@ -39,8 +39,9 @@ EVIDENCE_CAP = 20  # the plot's -log10 p axis ends here
 
 
 def replay(runtime: ModelRuntime, stream: np.ndarray, batch: int, settings: ServiceSettings) -> list[dict]:
-    """Send ``stream`` in requests of ``batch`` instances; the drift report after each request."""
-    app = create_app(settings, runtime)
+    """Send ``stream`` in requests of ``batch`` instances to the service serving ``runtime``'s
+    checkpoint; the drift report after each request."""
+    app = create_app(settings.model_copy(update={"model_dir": runtime.checkpoint_path}))
 
     async def go() -> list[dict]:
         reports = []

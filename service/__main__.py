@@ -1,4 +1,5 @@
-"""``python -m service``: load and verify a checkpoint, then serve it with uvicorn.
+"""``python -m service``: load and verify the checkpoint (or the model repository's selected
+versions), then serve them with uvicorn.
 
 A checkpoint that does not load stops the start with its one-line error (exit 2)."""
 from __future__ import annotations
@@ -14,7 +15,7 @@ from models.device import DeviceUnavailable
 from service.app import create_app
 from service.auth import warn_if_open
 from service.http import with_header_timeout
-from service.runtime import ModelRuntime
+from service.registry import RepositoryError
 from service.settings import SettingsProblem, parse_settings
 from service.state import ServiceState
 
@@ -49,14 +50,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    app = create_app(settings)
     try:
-        runtime = ModelRuntime.load(settings.model_dir, settings.device, settings.backend, settings.inference_threads, settings.signing_key())
-    except (CheckpointError, DeviceUnavailable) as error:
+        app.state.service.models.preload()
+    except (CheckpointError, DeviceUnavailable, RepositoryError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
-        print(f"to retrain: move {settings.model_dir} away, then run `make train` (or python -m training train ...)", file=sys.stderr)
+        if settings.model_repository is None:
+            print(f"to retrain: move {settings.model_dir} away, then run `make train` (or python -m training train ...)", file=sys.stderr)
         return 2
     warn_if_open(settings.host, settings.all_api_keys())
-    app = create_app(settings, runtime)
     config = uvicorn.Config(
         app, host=settings.host, port=settings.port, log_level=settings.log_level, timeout_graceful_shutdown=settings.drain_timeout_s,
         timeout_keep_alive=settings.keep_alive_timeout_s, limit_concurrency=settings.max_connections,

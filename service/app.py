@@ -1,5 +1,5 @@
 """The app factory: routers, error handlers, the metrics middleware, and the lifespan that loads the
-checkpoint (unless one is passed in), runs a warm-up batch and only then reports ready."""
+models (``service.registry``: each version verified and warmed up) and only then reports ready."""
 from __future__ import annotations
 
 import asyncio
@@ -13,13 +13,12 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
-from models.checkpoint import CheckpointError
-from models.device import DeviceUnavailable
-from service.api import v1, v2
-from service.api.common import JSONBody
+from service.api import repository, v1, v2
+from service.api.common import SERVED_BY, JSONBody
 from service.auth import ApiKeyMiddleware
 from service.batching import QueueFull
 from service.inputs import InputError
+from service.metrics import ServiceMetrics
 from service.runtime import ModelRuntime
 from service.settings import ServiceSettings
 from service.state import ServiceState
@@ -34,13 +33,13 @@ def _error(status: int, message: str) -> JSONBody:
 class MetricsMiddleware:
     """Counts requests by route template and status, times them, and tracks requests in flight."""
 
-    def __init__(self, app, state: ServiceState):
+    def __init__(self, app, metrics: ServiceMetrics):
         self.app = app
-        self.state = state
+        self.metrics = metrics
 
     async def __call__(self, scope, receive, send):
-        metrics = self.state.metrics
-        if scope["type"] != "http" or metrics is None:
+        metrics = self.metrics
+        if scope["type"] != "http":
             return await self.app(scope, receive, send)
         status = {"code": 500}
 
@@ -49,45 +48,38 @@ class MetricsMiddleware:
                 status["code"] = message["status"]
             await send(message)
 
-        gauge = metrics.in_flight.labels(**metrics.labels)
-        gauge.inc()
+        metrics.in_flight.inc()
         started = time.perf_counter()
         try:
             await self.app(scope, receive, send_with_status)
         finally:
-            gauge.dec()
-            route = scope.get("route")
-            endpoint = getattr(route, "path", "unmatched")
-            metrics.requests.labels(endpoint=endpoint, status=str(status["code"]), **metrics.labels).inc()
-            metrics.request_seconds.labels(endpoint=endpoint, **metrics.labels).observe(time.perf_counter() - started)
+            metrics.in_flight.dec()
+            endpoint = getattr(scope.get("route"), "path", "unmatched")
+            model, version = scope.get("state", {}).get(SERVED_BY, ("", ""))
+            metrics.requests.labels(endpoint=endpoint, status=str(status["code"]), model=model, version=version).inc()
+            metrics.request_seconds.labels(endpoint=endpoint, model=model, version=version).observe(time.perf_counter() - started)
 
 
-def create_app(settings: ServiceSettings | None = None, runtime: ModelRuntime | None = None) -> FastAPI:
+def create_app(settings: ServiceSettings | None = None, runtimes: list[ModelRuntime] = ()) -> FastAPI:
+    """The app; its models load when the lifespan starts. ``runtimes``: versions already loaded, used
+    instead of loading their folders again (``python -m service`` loads them first with
+    ``state.models.preload()``, to stop with a clear error)."""
     settings = settings or ServiceSettings()
     state = ServiceState(settings)
-
-    def load_and_warm_up() -> None:
-        loaded = runtime or ModelRuntime.load(settings.model_dir, settings.device, settings.backend, settings.inference_threads, settings.signing_key())
-        seconds = loaded.warm_up(settings.warmup_batch)
-        state.attach(loaded)
-        log.info("warmed up %s version %s (batch of %d in %.3f s)", loaded.name, loaded.version, settings.warmup_batch, seconds)
+    state.models.preloaded.update({(runtime.name, runtime.version): runtime for runtime in runtimes})
 
     async def start() -> None:
-        try:
-            await asyncio.to_thread(load_and_warm_up)
-            state.start_batching()
-            state.mark_ready()
-        except (CheckpointError, DeviceUnavailable) as error:
-            state.load_error = str(error)
-            log.error("not ready: %s", error)
+        await state.models.start()
+        if state.ready and settings.repository_poll_s:
+            await state.models.poll(settings.repository_poll_s)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         loading = asyncio.create_task(start())
         yield
         loading.cancel()
-        if state.batcher is not None:
-            await state.batcher.stop()
+        await asyncio.gather(loading, return_exceptions=True)
+        await state.models.close()
         state.executor.shutdown(wait=False, cancel_futures=True)
 
     app = FastAPI(
@@ -99,13 +91,15 @@ def create_app(settings: ServiceSettings | None = None, runtime: ModelRuntime | 
     app.state.service = state
     app.include_router(v1.router)
     app.include_router(v2.router)
-    app.add_middleware(ApiKeyMiddleware, keys=settings.all_api_keys(), metrics_require_key=settings.metrics_require_key)
-    app.add_middleware(MetricsMiddleware, state=state)  # outermost: 401s are counted too
+    app.include_router(repository.router)
+    app.add_middleware(
+        ApiKeyMiddleware, keys=settings.all_api_keys(), admin_keys=settings.all_admin_api_keys(), metrics_require_key=settings.metrics_require_key
+    )
+    app.add_middleware(MetricsMiddleware, metrics=state.metrics)  # outermost: 401s are counted too
 
     @app.get("/metrics", include_in_schema=False)
     async def metrics() -> Response:
-        body = generate_latest(state.metrics.registry) if state.metrics else b""
-        return Response(body, media_type=CONTENT_TYPE_LATEST)
+        return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.exception_handler(InputError)
     async def input_error(request: Request, error: InputError) -> JSONBody:

@@ -1,7 +1,9 @@
 """API keys: when the service has any (settings ``api_keys`` / ``api_keys_file``), every route needs
 one, sent as ``Authorization: Bearer KEY`` or ``X-API-Key: KEY``, except liveness and readiness
-(probes carry no secrets) and ``/metrics`` unless ``metrics_require_key``. Keys are compared in
-constant time; a missing or wrong key is a 401 with ``WWW-Authenticate``."""
+(probes carry no secrets) and ``/metrics`` unless ``metrics_require_key``. The model repository
+routes (``/v2/repository/...``: load, unload, index) need an admin key (``admin_api_keys``) once any
+keys are configured; an admin key also opens every other route. Keys are compared in constant time;
+a missing or wrong key is a 401 with ``WWW-Authenticate``, a valid key without the admin right a 403."""
 from __future__ import annotations
 
 import hmac
@@ -13,6 +15,7 @@ import orjson
 log = logging.getLogger(__name__)
 
 OPEN_PATHS = ("/v2/health/live", "/v2/health/ready")
+ADMIN_PREFIX = "/v2/repository/"
 
 
 def presented_key(headers: dict[bytes, bytes]) -> bytes | None:
@@ -33,24 +36,35 @@ def key_matches(presented: bytes, keys: list[bytes]) -> bool:
 
 
 class ApiKeyMiddleware:
-    def __init__(self, app, keys: list[str], metrics_require_key: bool):
+    def __init__(self, app, keys: list[str], admin_keys: list[str], metrics_require_key: bool):
         self.app = app
         self.keys = [key.encode() for key in keys]
+        self.admin_keys = [key.encode() for key in admin_keys]
         self.open_paths = OPEN_PATHS if metrics_require_key else (*OPEN_PATHS, "/metrics")
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] != "http" or not self.keys or scope["path"] in self.open_paths:
+        if scope["type"] != "http" or scope["path"] in self.open_paths:
+            return await self.app(scope, receive, send)
+        admin = scope["path"].startswith(ADMIN_PREFIX)
+        if not self.keys and not (admin and self.admin_keys):  # no keys guard this route
             return await self.app(scope, receive, send)
         presented = presented_key(dict(scope["headers"]))
-        if presented is not None and key_matches(presented, self.keys):
+        if presented is None:
+            return await _refuse(send, 401, "an API key is required: send Authorization: Bearer KEY or X-API-Key: KEY")
+        if key_matches(presented, self.admin_keys) or (not admin and key_matches(presented, self.keys)):
             return await self.app(scope, receive, send)
-        message = "an API key is required: send Authorization: Bearer KEY or X-API-Key: KEY" if presented is None else "the API key is not valid"
-        await send({
-            "type": "http.response.start",
-            "status": 401,
-            "headers": [(b"content-type", b"application/json"), (b"www-authenticate", b'Bearer realm="diglm"')],
-        })
-        await send({"type": "http.response.body", "body": orjson.dumps({"error": message})})
+        if admin and key_matches(presented, self.keys):
+            reason = "this route needs an admin API key" if self.admin_keys else "model control is off: no admin API keys are configured (DIGLM_ADMIN_API_KEYS)"
+            return await _refuse(send, 403, reason)
+        await _refuse(send, 401, "the API key is not valid")
+
+
+async def _refuse(send, status: int, message: str) -> None:
+    headers = [(b"content-type", b"application/json")]
+    if status == 401:
+        headers.append((b"www-authenticate", b'Bearer realm="diglm"'))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": orjson.dumps({"error": message})})
 
 
 def warn_if_open(host: str, keys: list[str]) -> None:
@@ -60,4 +74,6 @@ def warn_if_open(host: str, keys: list[str]) -> None:
     except ValueError:
         loopback = host == "localhost"
     if not keys and not loopback:
-        log.warning("listening on %s with no API keys: anyone who reaches it can use it (set DIGLM_API_KEYS or DIGLM_API_KEYS_FILE)", host)
+        log.warning(
+            "listening on %s with no API keys: anyone who reaches it can use it and load or unload models (set DIGLM_API_KEYS and DIGLM_ADMIN_API_KEYS)", host
+        )

@@ -1,13 +1,14 @@
-"""Prometheus metrics in base units (seconds, nats), one registry per app (no process globals), all
-labelled with the model's name and version."""
+"""Prometheus metrics in base units (seconds, nats), one registry per app (no process globals): the
+app's request metrics, and per loaded model version its own labelled set (``ModelMetrics``)."""
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Callable, Iterable
 
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import GaugeMetricFamily, Metric
 
 from models.manifest import GateSection
 from service.drift import TESTS, DriftMonitor
@@ -78,28 +79,35 @@ class DriftCollector:
         yield per_test
 
 
-class ServiceMetrics:
+class ModelMetrics:
+    """The metrics of one served model version, labelled with its name and version. Its metric
+    objects belong to no registry: ``ServiceMetrics`` exposes every loaded version's, so a version's
+    series go when it is unloaded and each keeps its own log p(x) buckets around its own tau."""
+
     def __init__(self, model_name: str, model_version: str, gate: GateSection, drift: DriftMonitor):
-        self.registry = CollectorRegistry()
         self.labels = {"model": model_name, "version": model_version}
         names = ["model", "version"]
-        self.requests = Counter("diglm_requests", "Requests by endpoint and HTTP status", ["endpoint", "status", *names], registry=self.registry)
-        self.request_seconds = Histogram("diglm_request_duration_seconds", "Request latency", ["endpoint", *names], buckets=LATENCY_BUCKETS, registry=self.registry)
-        self.inference_seconds = Histogram("diglm_inference_duration_seconds", "Model forward time per batch", names, buckets=LATENCY_BUCKETS, registry=self.registry)
-        self.instances = Counter("diglm_instances", "Instances predicted", names, registry=self.registry)
-        self.rejected = Counter("diglm_instances_rejected", "Instances the gate rejected, by reason (the score with the smallest p-value, log_px for a tau gate, or support)", ["reason", *names], registry=self.registry)
-        self.log_px = Histogram("diglm_log_px_nats", "log p(x) of served instances (nats; non-finite ones are not observed)", names, buckets=log_px_buckets(gate), registry=self.registry)
-        self.batch_size = Histogram("diglm_batch_size", "Instances per model forward pass", names, buckets=BATCH_BUCKETS, registry=self.registry)
-        self.queue_seconds = Histogram("diglm_queue_duration_seconds", "Time a request waited for its batch to start", names, buckets=LATENCY_BUCKETS, registry=self.registry)
-        self.in_flight = Gauge("diglm_requests_in_flight", "Requests being handled", names, registry=self.registry)
+        self.inference_seconds = Histogram("diglm_inference_duration_seconds", "Model forward time per batch", names, buckets=LATENCY_BUCKETS, registry=None)
+        self.instances = Counter("diglm_instances", "Instances predicted", names, registry=None)
+        self.rejected = Counter("diglm_instances_rejected", "Instances the gate rejected, by reason (the score with the smallest p-value, log_px for a tau gate, or support)", ["reason", *names], registry=None)
+        self.log_px = Histogram("diglm_log_px_nats", "log p(x) of served instances (nats; non-finite ones are not observed)", names, buckets=log_px_buckets(gate), registry=None)
+        self.batch_size = Histogram("diglm_batch_size", "Instances per model forward pass", names, buckets=BATCH_BUCKETS, registry=None)
+        self.queue_seconds = Histogram("diglm_queue_duration_seconds", "Time a request waited for its batch to start", names, buckets=LATENCY_BUCKETS, registry=None)
         self.statistics = InferenceStatistics()
-        self.info = Gauge("diglm_model_info", "The served model (value 1)", [*names, "task", "gate_method", "backend", "device"], registry=self.registry)
-        self.ready = Gauge("diglm_ready", "1 while the model is loaded, warmed up and serving", names, registry=self.registry)
-        self.gate_alpha = Gauge("diglm_gate_alpha", "The gate's calibrated false-rejection rate (alpha)", names, registry=self.registry)
+        self.info = Gauge("diglm_model_info", "A loaded model version (value 1)", [*names, "task", "gate_method", "backend", "device"], registry=None)
+        self.ready = Gauge("diglm_ready", "1 while the model version is loaded, warmed up and serving", names, registry=None)
+        self.gate_alpha = Gauge("diglm_gate_alpha", "The gate's calibrated false-rejection rate (alpha)", names, registry=None)
         self.gate_alpha.labels(**self.labels).set(gate.alpha)
-        self.gate_tau = Gauge("diglm_gate_tau_nats", "The gate's tau on log p(x) (nats; the validation tau for the conformal gate)", names, registry=self.registry)
+        self.gate_tau = Gauge("diglm_gate_tau_nats", "The gate's tau on log p(x) (nats; the validation tau for the conformal gate)", names, registry=None)
         self.gate_tau.labels(**self.labels).set(gate.tau)
-        self.registry.register(DriftCollector(drift, self.labels))
+        self.collectors = [
+            self.inference_seconds, self.instances, self.rejected, self.log_px, self.batch_size, self.queue_seconds,
+            self.info, self.ready, self.gate_alpha, self.gate_tau, DriftCollector(drift, self.labels),
+        ]
+
+    def collect(self):
+        for collector in self.collectors:
+            yield from collector.collect()
 
     def observe_predictions(self, result: dict[str, np.ndarray], seconds: float, queue_seconds: list[float]) -> None:
         """After one forward pass: its time, size, the gate's decisions, log p(x), and how long each
@@ -118,3 +126,34 @@ class ServiceMetrics:
         histogram = self.log_px.labels(**self.labels)
         for value in log_px[np.isfinite(log_px)]:
             histogram.observe(float(value))
+
+
+class LoadedVersionsCollector:
+    """Every loaded version's ``ModelMetrics``, merged into one family per metric name."""
+
+    def __init__(self, versions: Callable[[], Iterable[ModelMetrics]]):
+        self.versions = versions
+
+    def collect(self):
+        families: dict[str, Metric] = {}
+        for metrics in self.versions():
+            for family in metrics.collect():
+                if family.name in families:
+                    families[family.name].samples.extend(family.samples)
+                else:
+                    families[family.name] = family
+        yield from families.values()
+
+
+class ServiceMetrics:
+    """The app's registry: request counts and latency by route (labelled with the model and version
+    that answered; empty for routes that name no model), requests in flight, and every loaded
+    version's ``ModelMetrics``."""
+
+    def __init__(self, loaded_versions: Callable[[], Iterable[ModelMetrics]]):
+        self.registry = CollectorRegistry()
+        names = ["model", "version"]
+        self.requests = Counter("diglm_requests", "Requests by endpoint and HTTP status", ["endpoint", "status", *names], registry=self.registry)
+        self.request_seconds = Histogram("diglm_request_duration_seconds", "Request latency", ["endpoint", *names], buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.in_flight = Gauge("diglm_requests_in_flight", "Requests being handled", registry=self.registry)
+        self.registry.register(LoadedVersionsCollector(loaded_versions))

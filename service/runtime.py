@@ -19,12 +19,18 @@ log = logging.getLogger(__name__)
 
 
 class ModelRuntime:
-    def __init__(self, checkpoint: LoadedCheckpoint, device: torch.device, backend: str = "torch", threads: int | None = None):
+    def __init__(
+        self, checkpoint: LoadedCheckpoint, device: torch.device, backend: str = "torch", threads: int | None = None,
+        name: str | None = None, version: str | None = None,
+    ):
+        """``name``, ``version``: what it is served as (a repository's folder names); default the
+        manifest's name and version."""
         self.manifest = checkpoint.manifest
+        self.checkpoint_path = checkpoint.path
         self.model = checkpoint.model
         self.device = device
-        self.name: str = self.manifest.name
-        self.version: str = self.manifest.version
+        self.name: str = name or self.manifest.name
+        self.version: str = version or self.manifest.version
         self.task: str = self.manifest.task
         self.input_shape: tuple[int, ...] = tuple(self.manifest.input_shape)
         self.dims = int(np.prod(self.input_shape))
@@ -59,14 +65,15 @@ class ModelRuntime:
 
     @classmethod
     def load(
-        cls, model_dir, device: str = "auto", backend: str = "torch", threads: int | None = None, signing_key: bytes | None = None
+        cls, model_dir, device: str = "auto", backend: str = "torch", threads: int | None = None, signing_key: bytes | None = None,
+        name: str | None = None, version: str | None = None,
     ) -> "ModelRuntime":
         """Load and verify a checkpoint (``CheckpointError`` on any problem; with ``signing_key``
         also its signature) and start ``backend`` (``torch``, ``onnx`` or ``auto``: the faster on a
         warm-up measurement). ``threads``: CPU threads for model math (default per backend, see
         ``service.backends``)."""
         resolved = resolve_device(device)
-        runtime = cls(load_checkpoint(model_dir, resolved, signing_key), resolved, backend, threads)
+        runtime = cls(load_checkpoint(model_dir, resolved, signing_key), resolved, backend, threads, name, version)
         log.info("loaded %s version %s from %s: %s backend on %s", runtime.name, runtime.version, model_dir, runtime.backend.name, resolved)
         return runtime
 

@@ -10,6 +10,8 @@ from typing import Annotated, Literal
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, CliApp, NoDecode, SettingsConfigDict, SettingsError
 
+from service.repository import ModelSource, parse_policies
+
 ENV_PREFIX = "DIGLM_"
 
 
@@ -26,7 +28,15 @@ class ServiceSettings(BaseSettings):
         cli_use_class_docs_for_groups=False,
     )
 
-    model_dir: Path = Field(Path("artifacts/digits"), description="checkpoint folder to serve")
+    model_dir: Path = Field(Path("artifacts/digits"), description="checkpoint folder to serve (a repository of one model and one version)")
+    model_repository: Path | None = Field(
+        None, description="serve a model repository instead: DIR/<name>/<version>/ checkpoint folders (the Triton / KServe layout; versions are positive integers)"
+    )
+    version_policy: Annotated[list[str], NoDecode] = Field(
+        [], description="versions to serve: latest (the default), latest:N, all, or pinned versions 1,3; NAME=POLICY for one model; entries separated by ;"
+    )
+    max_loaded_versions: int = Field(8, ge=1, description="most model versions loaded at once (memory); a load past it is refused with 409")
+    repository_poll_s: float | None = Field(None, gt=0, description="check the models' folders this often (seconds) and load new, changed or removed versions; default: only on the load API")
     host: str = Field("127.0.0.1", description="address to listen on")
     port: int = Field(8000, ge=1, le=65535, description="port to listen on")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA when present")
@@ -57,16 +67,31 @@ class ServiceSettings(BaseSettings):
         [], description="API keys clients must send (Authorization: Bearer KEY or X-API-Key); comma-separated in DIGLM_API_KEYS; none: no authentication"
     )
     api_keys_file: Path | None = Field(None, description="file with more API keys, one per line (# comments)")
+    admin_api_keys: Annotated[list[str], NoDecode] = Field(
+        [], description="keys for the model repository routes (/v2/repository/...: index, load, unload) and everything else; with API keys but no admin keys those routes are refused (403)"
+    )
+    admin_api_keys_file: Path | None = Field(None, description="file with more admin API keys, one per line (# comments)")
     signing_key_file: Path | None = Field(None, description="refuse checkpoints not signed with the key in this file (python -m training sign)")
     metrics_require_key: bool = Field(False, description="with API keys, /metrics needs one too")
     log_level: Literal["critical", "error", "warning", "info", "debug"] = Field("info", description="logging level of the service and uvicorn")
 
-    @field_validator("api_keys", mode="before")
+    @field_validator("api_keys", "admin_api_keys", mode="before")
     @classmethod
     def _split_keys(cls, value):
         return [key.strip() for key in value.split(",") if key.strip()] if isinstance(value, str) else value
 
-    @field_validator("api_keys_file", "signing_key_file")
+    @field_validator("version_policy", mode="before")
+    @classmethod
+    def _split_policies(cls, value):
+        return [entry.strip() for entry in value.split(";") if entry.strip()] if isinstance(value, str) else value
+
+    @field_validator("version_policy")
+    @classmethod
+    def _valid_policies(cls, entries: list[str]) -> list[str]:
+        parse_policies(entries)
+        return entries
+
+    @field_validator("api_keys_file", "admin_api_keys_file", "signing_key_file")
     @classmethod
     def _readable(cls, path: Path | None) -> Path | None:
         if path is not None and not path.is_file():
@@ -77,16 +102,31 @@ class ServiceSettings(BaseSettings):
         return self.signing_key_file.read_bytes().strip() if self.signing_key_file else None
 
     def all_api_keys(self) -> list[str]:
-        """``api_keys`` and the lines of ``api_keys_file`` (blank lines and # comments skipped)."""
-        lines = self.api_keys_file.read_text().splitlines() if self.api_keys_file else []
-        return [*self.api_keys, *(line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#"))]
+        """``api_keys`` and the lines of ``api_keys_file``."""
+        return _keys(self.api_keys, self.api_keys_file)
+
+    def all_admin_api_keys(self) -> list[str]:
+        """``admin_api_keys`` and the lines of ``admin_api_keys_file``."""
+        return _keys(self.admin_api_keys, self.admin_api_keys_file)
+
+    def model_source(self) -> ModelSource:
+        """The repository, or else the one checkpoint folder."""
+        return ModelSource(repository=self.model_repository) if self.model_repository else ModelSource(checkpoint=self.model_dir)
 
     @model_validator(mode="after")
     def _no_unknown_variables(self) -> "ServiceSettings":
         unknown = unknown_variables(os.environ)
         if unknown:
             raise ValueError(f"unknown environment variable {unknown[0]}; settings are {', '.join(known_variables())}")
+        if self.model_repository is not None and "model_dir" in self.model_fields_set:
+            raise ValueError("give --model-dir or --model-repository, not both")
         return self
+
+
+def _keys(keys: list[str], file: Path | None) -> list[str]:
+    """``keys`` and the lines of ``file`` (blank lines and # comments skipped)."""
+    lines = file.read_text().splitlines() if file else []
+    return [*keys, *(line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#"))]
 
 
 def known_variables() -> list[str]:

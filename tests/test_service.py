@@ -374,9 +374,8 @@ def test_service_cli_refuses_a_damaged_checkpoint(checkpoint, tmp_path, capsys):
 
 
 def test_fifty_concurrent_requests_are_answered_correctly(settings, checkpoint, digits):
-    runtime = ModelRuntime.load(settings.model_dir, "cpu")
     expected = direct(checkpoint, digits)["log_px"]
-    app = create_app(settings, runtime)
+    app = create_app(settings)
 
     async def run() -> list:
         async with app.router.lifespan_context(app):

@@ -97,7 +97,7 @@ def test_onnx_backend_without_an_export_is_a_clear_error(tmp_path, exported):
 
 def run_app(settings: ServiceSettings, runtime: ModelRuntime, requests):
     """Start the app's lifespan, wait until ready, and run ``requests(client)`` concurrently."""
-    app = create_app(settings, runtime)
+    app = create_app(settings, [runtime])
 
     async def go():
         async with app.router.lifespan_context(app):
@@ -128,7 +128,7 @@ def test_batched_requests_get_their_own_results_in_order(exported, digits, backe
         assert prediction["label"] == int(expected["label"][i])
     many_log_px = [p["log_px"] for p in many.json()["predictions"]]
     np.testing.assert_allclose(many_log_px, [r.json()["predictions"][0]["log_px"] for r in single], atol=1e-4)
-    metrics = app.state.service.metrics
+    metrics = app.state.service.models.lookup("tiny").metrics
     batches = metrics.batch_size.labels(**metrics.labels).collect()[0].samples
     count = next(s.value for s in batches if s.name.endswith("_count"))
     assert count < len(digits) + 2  # some requests shared a forward pass
@@ -240,17 +240,17 @@ def test_batcher_refuses_when_the_expected_wait_is_past_the_deadline():
 
 def test_a_client_that_disconnects_gets_its_work_dropped(exported):
     from service.inputs import InputError
-    from service.state import ServiceState
+    from service.serving import ServedVersion
 
     class Gone:
         async def receive(self):
             return {"type": "http.disconnect"}
 
-    state = ServiceState(ServiceSettings(model_dir=exported, device="cpu", batching=False))
     runtime = ModelRuntime.load(exported, "cpu", "torch")
-    state.attach(runtime)
-    with pytest.raises(InputError) as raised:
-        asyncio.run(state.predict(runtime, runtime.midrange_inputs(2), Gone()))
+    with ThreadPoolExecutor(1) as executor:
+        served = ServedVersion(runtime, ServiceSettings(model_dir=exported, device="cpu", batching=False), executor)
+        with pytest.raises(InputError) as raised:
+            asyncio.run(served.predict(runtime.midrange_inputs(2), Gone()))
     assert raised.value.status == 499
 
 

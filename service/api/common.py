@@ -1,7 +1,8 @@
 """Helpers the routers share: the app state, the size-limited JSON body, the orjson response."""
 from __future__ import annotations
 
-from typing import Any
+from contextlib import contextmanager
+from typing import Any, Iterator
 
 import orjson
 from fastapi import Request, Response
@@ -9,7 +10,10 @@ from pydantic import BaseModel
 
 from service.inputs import InputError, parse_json
 from service.schemas import ErrorResponse
+from service.serving import ServedVersion
 from service.state import ServiceState
+
+SERVED_BY = "served_by"  # request state: the (model, version) that answered, for the metrics' labels
 
 ERRORS = {status: {"model": ErrorResponse} for status in (400, 404, 413, 415, 503, 504)}
 JSON_TYPES = ("application/json",)
@@ -64,6 +68,22 @@ def service_state(request: Request) -> ServiceState:
     return request.app.state.service
 
 
+def lookup(request: Request, name: str, version: str | None = None) -> ServedVersion:
+    """The ready model version a route names (its default version when ``version`` is None); a 404
+    or 503 ``InputError`` otherwise."""
+    served = service_state(request).models.lookup(name, version)
+    setattr(request.state, SERVED_BY, (served.name, served.version))
+    return served
+
+
+@contextmanager
+def serving(request: Request, name: str, version: str | None = None) -> Iterator[ServedVersion]:
+    """``lookup``, holding the version for the block: it is not released before the answer."""
+    served = lookup(request, name, version)
+    with served.use():
+        yield served
+
+
 def check_content_type(request: Request, allowed: tuple[str, ...]) -> None:
     """415 unless the Content-Type is one of ``allowed`` (or a ``+json`` type); none at all is read as
     JSON, as most clients send."""
@@ -72,9 +92,9 @@ def check_content_type(request: Request, allowed: tuple[str, ...]) -> None:
         raise InputError(f"Content-Type {media[:60]!r} is not supported here; send {' or '.join(allowed)}", status=415)
 
 
-async def read_body(request: Request, allowed: tuple[str, ...] = JSON_TYPES) -> bytes:
+async def read_body(request: Request, allowed: tuple[str, ...] = JSON_TYPES, optional: bool = False) -> bytes:
     """The raw body, after checking its Content-Type against ``allowed``; 413 when it is over
-    ``max_body_bytes`` (checked before reading it all)."""
+    ``max_body_bytes`` (checked before reading it all); 400 when empty unless ``optional``."""
     check_content_type(request, allowed)
     limit = service_state(request).settings.max_body_bytes
     declared = request.headers.get("content-length")
@@ -85,7 +105,7 @@ async def read_body(request: Request, allowed: tuple[str, ...] = JSON_TYPES) -> 
         body += chunk
         if len(body) > limit:
             raise InputError(f"request body is over the limit of {limit} bytes", status=413)
-    if not body:
+    if not body and not optional:
         raise InputError("request body is empty")
     return bytes(body)
 

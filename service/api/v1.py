@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, HTTPException, Request
 
-from service.api.common import ERRORS, JSONBody, json_body, json_post, service_state
+from service.api.common import ERRORS, JSONBody, json_body, json_post, lookup, service_state, serving
 from service.encoding import instance_records
 from service.inputs import batch_test_flag, decode_v1
 from service.schemas import PredictRequest, PredictResponse
@@ -14,13 +14,14 @@ router = APIRouter(prefix="/v1", tags=["v1"])
 @router.post("/models/{name}:predict", **json_post(PredictResponse, PredictRequest))
 async def predict(name: str, request: Request) -> JSONBody:
     """Predictions, log p(x) (nats), the gate's decision and its evidence for each instance, in
-    request order. ``"batch_test": true`` adds ``batch``: a typicality test of the whole request."""
-    state = service_state(request)
-    runtime = state.require_model(name)
-    body = await json_body(request)
-    x = decode_v1(body, runtime.input_shape, state.settings.max_instances, runtime.input_range)
-    batch_test = batch_test_flag(body.get("batch_test"), '"batch_test"')
-    result = await state.predict(runtime, x, request)
+    request order, from the model's default version. ``"batch_test": true`` adds ``batch``: a
+    typicality test of the whole request."""
+    with serving(request, name) as served:
+        runtime = served.runtime
+        body = await json_body(request)
+        x = decode_v1(body, runtime.input_shape, service_state(request).settings.max_instances, runtime.input_range)
+        batch_test = batch_test_flag(body.get("batch_test"), '"batch_test"')
+        result = await served.predict(x, request)
     response = {
         "predictions": instance_records(result, runtime.gate_scores, runtime.gate.outlier_threshold),
         "model_name": runtime.name,
@@ -36,5 +37,5 @@ async def predict(name: str, request: Request) -> JSONBody:
 async def model_status(name: str, request: Request) -> dict:
     if name.endswith(":predict"):  # GET on the prediction route, which this path pattern also matches
         raise HTTPException(405, "use POST to predict", headers={"Allow": "POST"})
-    runtime = service_state(request).require_model(name)
-    return {"name": runtime.name, "version": runtime.version, "ready": True}
+    served = lookup(request, name)
+    return {"name": served.name, "version": served.version, "ready": True}

@@ -1,9 +1,11 @@
-"""Open Inference Protocol (KServe v2): health, server and model metadata, ``infer``."""
+"""Open Inference Protocol (KServe v2): health, server and model metadata, ``infer``. Every model
+route also has its version form, ``/v2/models/{name}/versions/{version}/...``; without a version,
+the model's default (newest served) version answers."""
 from __future__ import annotations
 
 from fastapi import APIRouter, Request
 
-from service.api.common import BINARY_TYPES, ERRORS, JSONBody, json_body, json_post, read_body, service_state
+from service.api.common import BINARY_TYPES, ERRORS, JSONBody, json_body, json_post, lookup, read_body, service_state, serving
 from service.encoding import output_tensors, v2_output
 from service.inputs import InputError, batch_test_flag, decode_v2_tensor, split_binary_request
 from service.schemas import ErrorResponse, InferRequest, InferResponse
@@ -21,31 +23,36 @@ async def live() -> dict:
 async def ready(request: Request) -> JSONBody:
     state = service_state(request)
     if not state.accepting:
-        reason = "draining before shutdown" if state.draining else state.load_error or "model is loading"
-        return JSONBody({"ready": False, "error": reason}, status_code=503)
+        return JSONBody({"ready": False, "error": state.not_ready_reason()}, status_code=503)
     return JSONBody({"ready": True})
 
 
 @router.get("")
 async def server_metadata(request: Request) -> dict:
-    runtime = service_state(request).runtime
-    return {"name": "diglm", "version": "0.1.0", "extensions": ["binary_tensor_data", "statistics"], "models": [runtime.name] if runtime else []}
+    models = sorted(service_state(request).models.routes)
+    return {"name": "diglm", "version": "0.1.0", "extensions": ["binary_tensor_data", "statistics", "model_repository"], "models": models}
 
 
 @router.get("/models/{name}/ready", responses=ERRORS)
-async def model_ready(name: str, request: Request) -> dict:
-    runtime = service_state(request).require_model(name)
-    return {"name": runtime.name, "ready": True}
+@router.get("/models/{name}/versions/{version}/ready", responses=ERRORS)
+async def model_ready(name: str, request: Request, version: str | None = None) -> dict:
+    served = lookup(request, name, version)
+    return {"name": served.name, "version": served.version, "ready": True}
 
 
 @router.get("/models/{name}", responses=ERRORS)
-async def model_metadata(name: str, request: Request) -> dict:
-    """Input and output tensors, classes, input range, the gate with its calibration, metrics, hashes."""
-    runtime = service_state(request).require_model(name)
+@router.get("/models/{name}/versions/{version}", responses=ERRORS)
+async def model_metadata(name: str, request: Request, version: str | None = None) -> dict:
+    """Input and output tensors, classes, input range, the gate with its calibration, metrics, hashes;
+    ``versions``: every version of the model being served, ``version``: the one described."""
+    served = lookup(request, name, version)
+    runtime = served.runtime
     manifest = runtime.manifest
     return {
         "name": runtime.name,
-        "versions": [runtime.version],
+        "versions": list(service_state(request).models.routes[name]),
+        "version": runtime.version,
+        "digest": manifest.digest,
         "platform": runtime.platform,
         "inputs": [{"name": INPUT_NAME, "datatype": "FP32", "shape": [-1, *runtime.input_shape]}],
         "outputs": [{"name": spec.name, "datatype": spec.datatype, "shape": list(spec.shape)} for spec in runtime.outputs],
@@ -64,10 +71,11 @@ TRITON_TYPES = {"FP32": "TYPE_FP32", "FP64": "TYPE_FP64", "INT64": "TYPE_INT64",
 
 
 @router.get("/models/{name}/config", responses=ERRORS)
-async def model_config(name: str, request: Request) -> dict:
+@router.get("/models/{name}/versions/{version}/config", responses=ERRORS)
+async def model_config(name: str, request: Request, version: str | None = None) -> dict:
     """The model's configuration in Triton's layout (what tritonclient's get_model_config reads)."""
     state = service_state(request)
-    runtime = state.require_model(name)
+    runtime = lookup(request, name, version).runtime
     config = {
         "name": runtime.name,
         "platform": runtime.platform,
@@ -81,25 +89,27 @@ async def model_config(name: str, request: Request) -> dict:
 
 
 @router.get("/models/{name}/drift", responses=ERRORS)
-async def model_drift(name: str, request: Request) -> dict:
-    """The drift monitor's sliding window of served inputs against the gate's calibration split
-    (``service.drift``): per-test statistics and p-values, the combined p-value and ``is_drift``."""
-    state = service_state(request)
-    runtime = state.require_model(name)
-    return {"name": runtime.name, "version": runtime.version, **state.drift.report().as_dict()}
+@router.get("/models/{name}/versions/{version}/drift", responses=ERRORS)
+async def model_drift(name: str, request: Request, version: str | None = None) -> dict:
+    """The drift monitor's sliding window of the inputs this version served against the gate's
+    calibration split (``service.drift``): per-test statistics and p-values, the combined p-value
+    and ``is_drift``."""
+    served = lookup(request, name, version)
+    return {"name": served.name, "version": served.version, **served.drift.report().as_dict()}
 
 
 @router.get("/models/{name}/stats", responses=ERRORS)
-async def model_statistics(name: str, request: Request) -> dict:
-    """Inference statistics since start (the statistics extension: counts and nanoseconds)."""
-    state = service_state(request)
-    runtime = state.require_model(name)
-    totals = state.metrics.statistics
+@router.get("/models/{name}/versions/{version}/stats", responses=ERRORS)
+async def model_statistics(name: str, request: Request, version: str | None = None) -> dict:
+    """Inference statistics of the version since it was loaded (the statistics extension: counts and
+    nanoseconds)."""
+    served = lookup(request, name, version)
+    totals = served.metrics.statistics
     return {
         "model_stats": [
             {
-                "name": runtime.name,
-                "version": runtime.version,
+                "name": served.name,
+                "version": served.version,
                 "last_inference": totals.last_inference_ms,
                 "inference_count": totals.instances,
                 "execution_count": totals.executions,
@@ -115,13 +125,18 @@ async def model_statistics(name: str, request: Request) -> dict:
 
 
 @router.post("/models/{name}/infer", **json_post(InferResponse, InferRequest, binary=True))
-async def infer(name: str, request: Request) -> JSONBody:
+@router.post("/models/{name}/versions/{version}/infer", **json_post(InferResponse, InferRequest, binary=True))
+async def infer(name: str, request: Request, version: str | None = None) -> JSONBody:
     """One input tensor named ``input`` of shape ``[N, *input_shape]``, as JSON data or raw bytes (the
     binary tensor extension: header ``Inference-Header-Content-Length``); outputs as JSON tensors, as
     listed in the model's metadata. ``parameters: {"batch_test": true}`` adds the batch typicality
     test (``batch_p_value``, ``batch_is_outlier`` in the response's parameters)."""
-    state = service_state(request)
-    runtime = state.require_model(name)
+    with serving(request, name, version) as served:
+        return await _infer(served, request)
+
+
+async def _infer(served, request: Request) -> JSONBody:
+    state, runtime = service_state(request), served.runtime
     header_length = request.headers.get("inference-header-content-length")
     if header_length is None:
         body, binary = await json_body(request), b""
@@ -142,7 +157,7 @@ async def infer(name: str, request: Request) -> JSONBody:
     unknown = [n for n in requested if n not in specs]
     if unknown:
         raise InputError(f"unknown outputs {unknown}; available: {list(specs)}")
-    result = await state.predict(runtime, x, request)
+    result = await served.predict(x, request)
     tensors = output_tensors(result, runtime.gate.outlier_threshold)
     response = {"model_name": runtime.name, "model_version": runtime.version, "outputs": [v2_output(specs[n], tensors[n]) for n in requested]}
     if body.get("id") is not None:

@@ -1,0 +1,73 @@
+"""The model repository extension of the Open Inference Protocol (Triton's): the index of the models
+on disk and their states, load (or reload: a hot swap to what the version policy selects now) and
+unload. Admin routes: with API keys configured they need an admin key (``service.auth``)."""
+from __future__ import annotations
+
+import asyncio
+
+from fastapi import APIRouter, Request, Response
+
+from models.checkpoint import CheckpointError
+from service.api.common import ERRORS, read_body, service_state
+from service.inputs import InputError, parse_json
+from service.registry import RepositoryError
+
+router = APIRouter(prefix="/v2/repository", tags=["model repository"])
+ADMIN_ERRORS = {**ERRORS, 401: ERRORS[400], 403: ERRORS[400], 409: ERRORS[400]}
+
+
+async def _options(request: Request, allowed: set[str]) -> dict:
+    """The optional JSON object body; a 400 for anything but ``allowed`` keys."""
+    raw = await read_body(request, optional=True)
+    body = parse_json(raw) if raw.strip() else {}
+    if not isinstance(body, dict):
+        raise InputError("the request body must be a JSON object")
+    unknown = sorted(set(body) - allowed)
+    if unknown:
+        raise InputError(f"unknown fields {unknown}; this route takes {sorted(allowed) or 'no body'}")
+    return body
+
+
+@router.post("/index", responses=ADMIN_ERRORS)
+async def index(request: Request) -> list[dict]:
+    """Every version of every model in the repository, and the loaded ones, with its state (READY,
+    UNLOADING, UNAVAILABLE) and, when not ready, the reason. ``{"ready": true}``: only ready ones."""
+    body = await _options(request, {"ready"})
+    ready_only = body.get("ready", False)
+    if not isinstance(ready_only, bool):
+        raise InputError('"ready" must be true or false')
+    models = service_state(request).models
+    try:
+        found = await asyncio.to_thread(models.source.scan)
+    except (OSError, CheckpointError) as error:
+        raise RepositoryError(f"cannot read the {models.source.describe()}: {error}", status=503) from None
+    return [entry.as_dict() for entry in models.index(found, ready_only)]
+
+
+def _no_parameters(body: dict) -> None:
+    parameters = body.get("parameters") or {}
+    if not isinstance(parameters, dict):
+        raise InputError('"parameters" must be an object')
+    unsupported = sorted(set(parameters) - {"unload_dependents"})
+    if unsupported:
+        raise InputError(f"parameters {unsupported} are not supported: versions are loaded from the repository's folders as they are")
+
+
+@router.post("/models/{name}/load", responses=ADMIN_ERRORS)
+async def load(name: str, request: Request) -> Response:
+    """Load the versions the model's policy selects from its folders, or reload: new or rewritten
+    versions are verified and warmed up, then take the traffic at once; versions no longer selected
+    finish their requests and are released. A version that fails keeps no traffic and the serving
+    ones go on (the error says so). An empty 200 on success."""
+    _no_parameters(await _options(request, {"parameters"}))
+    await service_state(request).models.load(name)
+    return Response(status_code=200)
+
+
+@router.post("/models/{name}/unload", responses=ADMIN_ERRORS)
+async def unload(name: str, request: Request) -> Response:
+    """Stop routing to every version of the model; answers once their requests are done and they are
+    released. An empty 200 on success (also for a model that was not loaded)."""
+    _no_parameters(await _options(request, {"parameters"}))
+    await service_state(request).models.unload(name)
+    return Response(status_code=200)

@@ -1,0 +1,268 @@
+"""The loaded models: which versions serve each model, which one is its default, and loading,
+unloading and hot-swapping them at run time (the model repository extension of the Open Inference
+Protocol).
+
+A load verifies each new version (``ModelRuntime.load``: hashes, manifest schema, signature), warms
+it up in the shared inference thread, and only then switches the model's routing to the versions its
+policy selects, in one step of the event loop: a request that looked up a version before the switch
+is answered by it, one after by the new default. Versions no longer selected are released once the
+requests using them are done. A version that fails to load or warm up never receives traffic and
+the versions serving keep serving. ``poll`` does the same whenever the folders change.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from concurrent.futures import Executor
+from dataclasses import dataclass
+
+from models.checkpoint import CheckpointError
+from models.device import DeviceUnavailable
+from service.inputs import InputError
+from service.repository import ModelSource, VersionFolder, parse_policies
+from service.runtime import ModelRuntime
+from service.serving import READY, UNAVAILABLE, ServedVersion
+from service.settings import ServiceSettings
+
+log = logging.getLogger(__name__)
+
+
+class RepositoryError(InputError):
+    """A load or unload that could not be done; the message says why and what still serves."""
+
+
+@dataclass(frozen=True)
+class IndexEntry:
+    """One row of the repository index: a version on disk or loaded, its state and why (if not ready)."""
+
+    name: str
+    version: str
+    state: str
+    reason: str = ""
+
+    def as_dict(self) -> dict:
+        return {"name": self.name, "version": self.version, "state": self.state, **({"reason": self.reason} if self.reason else {})}
+
+
+def _shown(name: str) -> str:
+    return repr(name if len(name) <= 64 else name[:64] + "...")
+
+
+class ModelRegistry:
+    def __init__(self, source: ModelSource, settings: ServiceSettings, executor: Executor):
+        self.source, self.settings, self.executor = source, settings, executor
+        self.default_policy, self.policies = parse_policies(settings.version_policy)
+        self.routes: dict[str, dict[str, ServedVersion]] = {}  # name -> version -> ready version
+        self.defaults: dict[str, str] = {}  # name -> the version unversioned routes use
+        self.releasing: set[ServedVersion] = set()
+        self.failures: dict[tuple[str, str], str] = {}  # (name, version) -> why it did not load
+        self.locks: dict[str, asyncio.Lock] = {}
+        self.preloaded: dict[tuple[str, str], ModelRuntime] = {}  # see preload
+        self.poll_failed: dict[str, tuple] = {}  # name -> folder fingerprints whose load failed
+        self.started = False  # the start-up load is done and every model serves
+        self.load_error: str | None = None  # why the start-up load failed
+
+    # -- routing -----------------------------------------------------------------------------
+    def lookup(self, name: str, version: str | None = None) -> ServedVersion:
+        """The ready version (the default one when ``version`` is None); a 404 ``InputError`` if
+        there is none (a 503 while the start-up load is not done)."""
+        versions = self.routes.get(name)
+        if not versions and not self.started:
+            raise InputError("models are not ready yet" + (f": {self.load_error}" if self.load_error else ""), status=503)
+        if not versions:
+            raise InputError(f"model {_shown(name)} is not loaded; this server serves {sorted(self.routes) or 'no model yet'}", status=404)
+        served = versions.get(self.defaults[name] if version is None else version)
+        if served is None:
+            raise InputError(f"version {_shown(version)} of model {_shown(name)} is not loaded; loaded versions: {list(versions)}", status=404)
+        return served
+
+    def loaded(self) -> list[ServedVersion]:
+        """Every version holding memory: serving, or draining before release."""
+        return [*(served for versions in self.routes.values() for served in versions.values()), *self.releasing]
+
+    def policy(self, name: str):
+        return self.policies.get(name, self.default_policy)
+
+    # -- loading -----------------------------------------------------------------------------
+    def preload(self) -> None:
+        """Load (verify) what the start-up will serve before the server starts, so that ``python -m
+        service`` stops with the loader's one-line error (``CheckpointError``, ``DeviceUnavailable``,
+        ``RepositoryError``) instead of serving nothing; ``start`` then uses these."""
+        found = self.source.scan()
+        if not found:
+            raise RepositoryError(f"the {self.source.describe()} holds no model folders with versions", status=503)
+        for name, folders in found.items():
+            by_version = {folder.version: folder for folder in folders}
+            for version in self.policy(name).select(list(by_version)):
+                self.preloaded[name, version] = self._load_runtime(by_version[version])
+
+    def _load_runtime(self, folder: VersionFolder) -> ModelRuntime:
+        settings = self.settings
+        return ModelRuntime.load(
+            folder.path, settings.device, settings.backend, settings.inference_threads, settings.signing_key(),
+            name=folder.name if self.source.is_repository else None, version=folder.version,
+        )
+
+    async def start(self) -> None:
+        """Start-up: load every model of the source; on the first failure ``load_error`` says why and
+        the server never reports ready."""
+        try:
+            found = await asyncio.to_thread(self.source.scan)
+            if not found:
+                raise RepositoryError(f"the {self.source.describe()} holds no model folders with versions", status=503)
+            for name in found:
+                await self.load(name)
+        except (RepositoryError, CheckpointError, OSError) as error:
+            self.load_error = str(error)
+            log.error("not ready: %s", error)
+            return
+        finally:
+            self.preloaded.clear()
+        self.started = True
+
+    async def load(self, name: str) -> None:
+        """Load (or reload) ``name`` from the source by its version policy and switch its routing to
+        the result; ``RepositoryError`` (the versions serving keep serving) when a version does not
+        verify or warm up, the policy selects nothing, or the limit on loaded versions is reached."""
+        async with self.locks.setdefault(name, asyncio.Lock()):
+            try:
+                found = await asyncio.to_thread(self.source.scan)
+            except (OSError, CheckpointError) as error:
+                raise RepositoryError(f"cannot read the {self.source.describe()}: {error}", status=503) from None
+            folders = {folder.version: folder for folder in found.get(name, [])}
+            if not folders:
+                raise RepositoryError(f"model {_shown(name)} has no versions in the {self.source.describe()}", status=404)
+            wanted = self.policy(name).select(list(folders))
+            if not wanted:
+                raise RepositoryError(f"the version policy of {_shown(name)} selects none of its versions {list(folders)}", status=400)
+            current = self.routes.get(name, {})
+            changed = [version for version in wanted if version not in current or current[version].digest != folders[version].digest()]
+            if not changed and set(current) == set(wanted):
+                return
+            others = sum(len(versions) for model, versions in self.routes.items() if model != name)
+            if others + len(wanted) > self.settings.max_loaded_versions:
+                raise RepositoryError(
+                    f"loading {len(wanted)} version(s) of {_shown(name)} would make {others + len(wanted)} loaded versions, over the limit of "
+                    f"{self.settings.max_loaded_versions} (DIGLM_MAX_LOADED_VERSIONS); unload a model first",
+                    status=409,
+                )
+            fresh: dict[str, ServedVersion] = {}
+            for version in changed:
+                try:
+                    fresh[version] = await self._start(folders[version])
+                except RepositoryError:
+                    for served in fresh.values():
+                        await served.release(0)
+                    raise
+            retired = [served for version, served in current.items() if version not in wanted or version in fresh]
+            self.routes[name] = {version: fresh.get(version) or current[version] for version in wanted}
+            self.defaults[name] = wanted[-1]
+            for served in retired:
+                self._release_later(served)
+            log.info("%s now serves versions %s (default %s)", name, wanted, wanted[-1])
+
+    async def _start(self, folder: VersionFolder) -> ServedVersion:
+        """Verify, load and warm up one version folder; ``RepositoryError`` if any step fails."""
+        settings = self.settings
+        key = (folder.name, folder.version)
+        try:
+            runtime = self.preloaded.pop(key, None) or await asyncio.to_thread(self._load_runtime, folder)
+            served = ServedVersion(runtime, settings, self.executor, folder.digest())
+            seconds = await served.warm_up()
+        except (CheckpointError, DeviceUnavailable) as error:
+            return self._refuse(folder, str(error))
+        except Exception as error:  # a model that loads but fails on its warm-up batch
+            log.exception("warm-up of %s version %s failed", *key)
+            return self._refuse(folder, f"warm-up failed: {type(error).__name__}: {error}")
+        served.start()
+        self.failures.pop(key, None)
+        log.info("warmed up %s version %s (batch of %d in %.3f s)", folder.name, folder.version, settings.warmup_batch, seconds)
+        return served
+
+    def _refuse(self, folder: VersionFolder, reason: str):
+        self.failures[(folder.name, folder.version)] = reason
+        serving = list(self.routes.get(folder.name, {}))
+        still = f"versions {serving} keep serving" if serving else "no version of it is serving"
+        raise RepositoryError(f"version {folder.version} of {_shown(folder.name)} was not loaded ({still}): {reason}", status=400)
+
+    def _release_later(self, served: ServedVersion) -> None:
+        self.releasing.add(served)
+        task = asyncio.get_running_loop().create_task(served.release(self.settings.drain_timeout_s))
+        task.add_done_callback(lambda _: self.releasing.discard(served))
+
+    async def unload(self, name: str) -> None:
+        """Stop routing to every version of ``name`` and release them once their requests are done
+        (returns then). Unloading a model that is not loaded does nothing; one the server has never
+        heard of is a 404."""
+        async with self.locks.setdefault(name, asyncio.Lock()):
+            versions = self.routes.pop(name, {})
+            self.defaults.pop(name, None)
+            if not versions and name not in await asyncio.to_thread(self._known_names):
+                raise RepositoryError(f"model {_shown(name)} is not in the {self.source.describe()}", status=404)
+            for served in versions.values():
+                self.releasing.add(served)
+            await asyncio.gather(*(served.release(self.settings.drain_timeout_s) for served in versions.values()))
+            self.releasing.difference_update(versions.values())
+            if versions:
+                log.info("unloaded %s (versions %s)", name, list(versions))
+
+    def _known_names(self) -> set[str]:
+        try:
+            return set(self.source.scan())
+        except (OSError, CheckpointError):
+            return set()
+
+    # -- the index and the poller --------------------------------------------------------------
+    def index(self, found: dict[str, list[VersionFolder]], ready_only: bool = False) -> list[IndexEntry]:
+        """Every version on disk (``found``, from ``source.scan``) or loaded, with its state."""
+        entries = {}
+        for name, folders in found.items():
+            for folder in folders:
+                reason = self.failures.get((name, folder.version)) or "not loaded"
+                entries[name, folder.version] = IndexEntry(name, folder.version, UNAVAILABLE, reason)
+        for served in self.releasing:
+            entries[served.name, served.version] = IndexEntry(served.name, served.version, served.state)
+        for name, versions in self.routes.items():
+            for version in versions:
+                entries[name, version] = IndexEntry(name, version, READY)
+        rows = sorted(entries.values(), key=lambda entry: (entry.name, int(entry.version) if entry.version.isdigit() else 0, entry.version))
+        return [entry for entry in rows if entry.state == READY] if ready_only else rows
+
+    async def poll(self, interval_s: float) -> None:
+        """Every ``interval_s``: load models whose selected versions changed on disk (new, removed or
+        rewritten folders) and unload models whose folders are gone. A failed load is not retried
+        until those folders change again."""
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                found = await asyncio.to_thread(self.source.scan)
+            except (OSError, CheckpointError) as error:
+                log.warning("model repository poll: %s", error)
+                continue
+            for name in sorted(set(found) | set(self.routes)):
+                await self._poll_model(name, found.get(name, []))
+
+    async def _poll_model(self, name: str, folders: list[VersionFolder]) -> None:
+        if not folders:
+            await self.unload(name)
+            return
+        by_version = {folder.version: folder for folder in folders}
+        wanted = self.policy(name).select(list(by_version))
+        current = self.routes.get(name, {})
+        if set(wanted) == set(current) and all(current[version].digest == by_version[version].digest() for version in wanted):
+            return
+        fingerprint = tuple(by_version[version].fingerprint() for version in wanted)
+        if self.poll_failed.get(name) == fingerprint:
+            return
+        try:
+            await self.load(name)
+            self.poll_failed.pop(name, None)
+        except RepositoryError as error:
+            self.poll_failed[name] = fingerprint
+            log.error("model repository poll: %s", error)
+
+    async def close(self) -> None:
+        """Stop every batcher (shutdown; no drain: the server drained before this)."""
+        for served in self.loaded():
+            if served.batcher is not None:
+                await served.batcher.stop()

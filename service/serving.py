@@ -1,0 +1,134 @@
+"""One loaded model version being served: its runtime, its own dynamic batcher, metrics and drift
+monitor, and a count of the requests using it, so that it is released only once they are done."""
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+import time
+from concurrent.futures import Executor
+from contextlib import contextmanager
+
+import numpy as np
+import torch
+from starlette.requests import Request
+
+from service.batching import DynamicBatcher
+from service.drift import DriftMonitor
+from service.inputs import InputError
+from service.metrics import ModelMetrics
+from service.runtime import ModelRuntime
+from service.settings import ServiceSettings
+
+log = logging.getLogger(__name__)
+
+# The model repository extension's states (Triton): what the index reports for each version.
+LOADING, READY, UNLOADING, UNAVAILABLE = "LOADING", "READY", "UNLOADING", "UNAVAILABLE"
+
+
+class ServedVersion:
+    def __init__(self, runtime: ModelRuntime, settings: ServiceSettings, executor: Executor, digest: str | None = None):
+        """``executor``: the inference thread every version shares (one forward pass at a time).
+        ``digest``: the manifest digest it was loaded from (tells a rewritten folder apart)."""
+        self.runtime, self.settings, self.executor = runtime, settings, executor
+        self.name, self.version = runtime.name, runtime.version
+        self.digest = digest or runtime.manifest.digest
+        gate = runtime.gate
+        self.drift = DriftMonitor(gate.calibration["log_px"], gate.alpha, settings.drift_window, settings.drift_threshold)
+        self.metrics = ModelMetrics(self.name, self.version, runtime.manifest.gate, self.drift)
+        self.metrics.info.labels(
+            **self.metrics.labels, task=runtime.task, gate_method=runtime.manifest.gate.method, backend=runtime.backend.name, device=str(runtime.device)
+        ).set(1)
+        self.batcher: DynamicBatcher | None = None
+        self.state = LOADING
+        self.in_flight = 0
+        self.idle = asyncio.Event()
+        self.idle.set()
+
+    async def warm_up(self) -> float:
+        """One batch of mid-range inputs in the inference thread; its seconds."""
+        return await asyncio.get_running_loop().run_in_executor(self.executor, self.runtime.warm_up, self.settings.warmup_batch)
+
+    def start(self) -> None:
+        """Warmed up: start the batcher (inside the event loop) and report ready."""
+        settings = self.settings
+        if settings.batching:
+            self.batcher = DynamicBatcher(
+                self.runtime.predict, self.executor, settings.max_batch_size, settings.max_delay_ms / 1000,
+                settings.max_queue, self.observe, max_wait_s=settings.request_timeout_s,
+            )
+            self.batcher.start()
+        self.state = READY
+        self.metrics.ready.labels(**self.metrics.labels).set(1)
+
+    def stop_accepting(self) -> None:
+        """Readiness gauge to 0 (a drain before shutdown, or before release)."""
+        self.metrics.ready.labels(**self.metrics.labels).set(0)
+
+    async def release(self, drain_timeout_s: float) -> None:
+        """No longer routed to: wait (up to ``drain_timeout_s``) for the requests using it, stop its
+        batcher and free the model (and the CUDA cache)."""
+        self.state = UNLOADING
+        self.stop_accepting()
+        try:
+            await asyncio.wait_for(self.idle.wait(), drain_timeout_s)
+        except asyncio.TimeoutError:
+            log.warning("%s version %s: %d requests still running after %.0f s; releasing it anyway", self.name, self.version, self.in_flight, drain_timeout_s)
+        if self.batcher is not None:
+            await self.batcher.stop()
+        self.state = UNAVAILABLE
+        device = self.runtime.device
+        self.runtime = None
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        log.info("released %s version %s", self.name, self.version)
+
+    @contextmanager
+    def use(self):
+        """Count a request as using this version until it has its answer."""
+        self.in_flight += 1
+        self.idle.clear()
+        try:
+            yield self
+        finally:
+            self.in_flight -= 1
+            if self.in_flight == 0:
+                self.idle.set()
+
+    async def predict(self, x: np.ndarray, request: Request | None = None) -> dict[str, np.ndarray]:
+        """Run the model in the inference thread (through the batcher when batching is on) and
+        record the metrics. Past ``request_timeout_s`` a 504 ``InputError``; a client that
+        disconnects (``request`` given) a 499. Either way its queued work is dropped."""
+        timeout = self.settings.request_timeout_s
+        work = asyncio.ensure_future(self._predict(x))
+        watched = {work}
+        if request is not None:
+            watched.add(asyncio.ensure_future(_disconnected(request)))
+        done, _ = await asyncio.wait(watched, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        for task in watched - done:
+            task.cancel()
+        if work in done:
+            return work.result()
+        if done:
+            raise InputError("the client closed the connection before the answer", status=499)
+        raise InputError(f"no answer within the request timeout of {timeout:g} s; retry later", status=504)
+
+    async def _predict(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        if self.batcher is not None:
+            return await self.batcher.submit(x)
+        started = time.perf_counter()
+        result = await asyncio.get_running_loop().run_in_executor(self.executor, self.runtime.predict, x)
+        self.observe(result, time.perf_counter() - started, [0.0])
+        return result
+
+    def observe(self, result: dict[str, np.ndarray], seconds: float, queue_seconds: list[float]) -> None:
+        """After one forward pass: the metrics, and the drift monitor's window."""
+        self.metrics.observe_predictions(result, seconds, queue_seconds)
+        self.drift.add(result["log_px"], result["p_value"], result["accepted"])
+
+
+async def _disconnected(request: Request) -> None:
+    """Returns once the client has gone (the ASGI server reports ``http.disconnect``)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
