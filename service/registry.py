@@ -129,9 +129,11 @@ class ModelRegistry:
                 found = await asyncio.to_thread(self.source.scan)
             except (OSError, CheckpointError) as error:
                 raise RepositoryError(f"cannot read the {self.source.describe()}: {error}", status=503) from None
-            folders = {folder.version: folder for folder in found.get(name, [])}
+            if name not in found:
+                raise RepositoryError(f"model {_shown(name)} is not in the {self.source.describe()}", status=404)
+            folders = {folder.version: folder for folder in found[name]}
             if not folders:
-                raise RepositoryError(f"model {_shown(name)} has no versions in the {self.source.describe()}", status=404)
+                raise RepositoryError(f"model {_shown(name)} has no version folders with a manifest in the {self.source.describe()}", status=404)
             wanted = self.policy(name).select(list(folders))
             if not wanted:
                 raise RepositoryError(f"the version policy of {_shown(name)} selects none of its versions {list(folders)}", status=400)

@@ -52,6 +52,26 @@ def test_keys_guard_every_route_but_the_probes(checkpoint, tmp_path):
     guarded.__exit__(None, None, None)
 
 
+def test_the_model_repository_routes_need_an_admin_key(checkpoint):
+    index = "/v2/repository/index"
+    client = serve(checkpoint, api_keys=["user"], admin_api_keys=["root"])
+    assert client.post(index).status_code == 401
+    refused = client.post(index, headers={"x-api-key": "user"})
+    assert refused.status_code == 403 and refused.json()["error"] == "this route needs an admin API key" and "www-authenticate" not in refused.headers
+    assert client.post(index, headers={"x-api-key": "root"}).status_code == 200
+    assert client.post("/v1/models/tiny:predict", json={"instances": [[[0] * 8] * 8]}, headers={"x-api-key": "root"}).status_code == 200
+    client.__exit__(None, None, None)
+    no_admin = serve(checkpoint, api_keys=["user"])
+    off = no_admin.post("/v2/repository/models/tiny/unload", headers={"x-api-key": "user"})
+    assert off.status_code == 403 and "DIGLM_ADMIN_API_KEYS" in off.json()["error"]
+    assert no_admin.get("/v2/models/tiny/ready", headers={"x-api-key": "user"}).status_code == 200
+    no_admin.__exit__(None, None, None)
+    admin_only = serve(checkpoint, admin_api_keys=["root"])
+    assert admin_only.post(index).status_code == 401 and admin_only.post(index, headers={"x-api-key": "root"}).status_code == 200
+    assert admin_only.get("/v2/models/tiny").status_code == 200  # predictions stay open without user keys
+    admin_only.__exit__(None, None, None)
+
+
 def test_no_keys_means_open_and_a_warning_off_loopback(checkpoint, caplog):
     client = serve(checkpoint)
     assert client.post("/v1/models/tiny:predict", json={"instances": [[[0] * 8] * 8]}).status_code == 200

@@ -111,3 +111,26 @@ def test_kserve_sdk_health_and_infer_json_and_binary(server):
         np.testing.assert_array_equal(arrays[False][name], arrays[True][name])
     assert arrays[True]["label"].dtype == np.int64 and arrays[True]["accepted"].dtype == np.bool_
     np.testing.assert_allclose(arrays[True]["probabilities"].sum(axis=1), 1.0, rtol=1e-6)
+
+
+def test_tritonclient_model_repository_and_version_routes(server):
+    from tritonclient.utils import InferenceServerException
+
+    client = httpclient.InferenceServerClient(url=server)
+    index = client.get_model_repository_index()
+    assert len(index) == 1 and index[0]["name"] == "tiny" and index[0]["state"] == "READY"
+    version = index[0]["version"]
+    x = load_dataset(DataConfig(name="digits")).x[:2]
+    tensor = httpclient.InferInput("input", list(x.shape), "FP32")
+    tensor.set_data_from_numpy(x)
+    assert client.is_model_ready("tiny", model_version=version) and not client.is_model_ready("tiny", model_version="999")
+    versioned = client.infer("tiny", [tensor], model_version=version)
+    assert versioned.get_response()["model_version"] == version
+    np.testing.assert_allclose(versioned.as_numpy("log_px"), client.infer("tiny", [tensor]).as_numpy("log_px"))
+    assert client.get_model_metadata("tiny", model_version=version)["version"] == version
+    client.unload_model("tiny")
+    assert not client.is_model_ready("tiny") and client.get_model_repository_index(headers=None)[0]["state"] == "UNAVAILABLE"
+    client.load_model("tiny")
+    assert client.is_model_ready("tiny") and client.get_model_repository_index()[0]["state"] == "READY"
+    with pytest.raises(InferenceServerException, match="not in the checkpoint"):
+        client.load_model("elsewhere")
