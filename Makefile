@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 MODEL_DIR ?= artifacts/digits
 CONFIG ?= training/configs/digits.yaml
 
-.PHONY: install test train serve bench-env bench-load bench-serve bench-train-speed mutation alerts docker-wheels docker-smoke fuzz soak clean
+.PHONY: install test train serve bench-env bench-load bench-swap bench-serve bench-train-speed mutation alerts docker-wheels docker-smoke fuzz soak clean
 
 install: $(VENV)/.installed
 
@@ -71,6 +71,12 @@ bench-env:
 
 bench-load: train
 	$(PY) -m bench.serve_load --model-dir $(MODEL_DIR) --write
+
+# Hot swaps under load: versions alternate between the default model and one trained with another seed.
+bench-swap: train
+	@command -v wrk >/dev/null || { echo "wrk is needed: apt-get install wrk"; exit 1; }
+	@test -e artifacts/digits-seed1 || $(PY) -m training train --config $(CONFIG) --set seed=1 --onnx --out artifacts/digits-seed1
+	$(PY) -m bench.swap --checkpoint $(MODEL_DIR) --other artifacts/digits-seed1 --write
 
 bench-serve: bench-env
 	@command -v wrk >/dev/null || { echo "wrk is needed: apt-get install wrk"; exit 1; }

@@ -86,7 +86,7 @@ def main() -> int:
     parser.add_argument("--schemathesis-examples", type=int, default=300, help="schemathesis examples per operation")
     args = parser.parse_args()
     port = free_port()
-    server = start_server(args.model_dir, port)
+    server = start_server(port, "--model-dir", args.model_dir)
     base = f"http://127.0.0.1:{port}"
     try:
         model = httpx.get(f"{base}/v2").json()["models"][0]

@@ -34,8 +34,9 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_server(model_dir: str, port: int) -> subprocess.Popen:
-    command = [sys.executable, "-m", "service", "--model-dir", model_dir, "--port", str(port), "--device", "cpu"]
+def start_server(port: int, *service_args: str) -> subprocess.Popen:
+    """``python -m service --port PORT --device cpu SERVICE_ARGS`` (e.g. ``--model-dir DIR``), once ready."""
+    command = [sys.executable, "-m", "service", "--port", str(port), "--device", "cpu", *service_args]
     server = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ, "DIGLM_LOG_LEVEL": "warning"})
     deadline = time.time() + 60
     while time.time() < deadline:
@@ -115,7 +116,7 @@ def main() -> None:
     instance = np.random.default_rng(0).integers(0, levels, size=manifest["input_shape"]).tolist()
     body = json.dumps({"instances": [instance]}).encode()
     port = free_port()
-    server = start_server(args.model_dir, port)
+    server = start_server(port, "--model-dir", args.model_dir)
     url = f"http://127.0.0.1:{port}/v1/models/{manifest['name']}:predict"
     try:
         asyncio.run(clients(url, body, 4, 2.0))  # warm-up

@@ -16,71 +16,28 @@ import argparse
 import json
 import re
 import shutil
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 import httpx
 
+from bench import wrk
 from bench.serve_load import free_port, start_server
 from training.config import DataConfig
 from training.data import load_dataset
 
-# wrk script: POST one digit; count answers by status and whether 503s carry Retry-After.
-LUA = """
-wrk.method = "POST"
-wrk.headers["Content-Type"] = "application/json"
-wrk.body = '%s'
-local counts = {}
-local threads = {}
-function setup(thread) table.insert(threads, thread) end
-function response(status, headers, body)
-  local key = tostring(status)
-  if status == 503 and headers["retry-after"] == nil and headers["Retry-After"] == nil then key = "503-without-retry-after" end
-  counts[key] = (counts[key] or 0) + 1
-end
-function done(summary, latency, requests)
-  local total = {}
-  for _, thread in ipairs(threads) do
-    local text = thread:get("encoded") or ""
-    for key, n in string.gmatch(text, "([%%w-]+)=(%%d+)") do total[key] = (total[key] or 0) + tonumber(n) end
-  end
-  local parts = {}
-  for key, n in pairs(total) do table.insert(parts, key .. "=" .. n) end
-  io.write("STATUS " .. table.concat(parts, " ") .. "\\n")
-  io.write(string.format("P99 %%f\\n", latency:percentile(99) / 1e6))
-  io.write(string.format("ERRORS %%d %%d %%d %%d\\n", summary.errors.connect, summary.errors.read, summary.errors.write, summary.errors.timeout))
-end
-function request() return wrk.format() end
-"""
-# each thread publishes its counts as text for done() (Lua states are per thread)
-LUA_PUBLISH = """
-local original_response = response
-response = function(status, headers, body)
-  original_response(status, headers, body)
-  local parts = {}
-  for key, n in pairs(counts) do table.insert(parts, key .. "=" .. n) end
-  encoded = table.concat(parts, " ")
+# counts answers by status, and whether 503s carry Retry-After
+CLASSIFY = """
+function classify(status, headers, body)
+  if status == 503 and headers["retry-after"] == nil and headers["Retry-After"] == nil then return "503-without-retry-after" end
+  return tostring(status)
 end
 """
 
 
 def rss_kib(pid: int) -> int:
     return int(re.search(r"VmRSS:\s+(\d+)", Path(f"/proc/{pid}/status").read_text()).group(1))
-
-
-def wrk(url: str, script: Path, connections: int, seconds: int) -> dict:
-    result = subprocess.run(["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--timeout", "30s", "-s", str(script), url], capture_output=True, text=True)
-    text = result.stdout
-    statuses = dict((key, int(n)) for key, n in re.findall(r"([\w-]+)=(\d+)", re.search(r"STATUS (.*)", text).group(1)))
-    return {
-        "requests": sum(statuses.values()),
-        "statuses": statuses,
-        "p99_s": float(re.search(r"P99 ([\d.]+)", text).group(1)),
-        "socket_errors": [int(n) for n in re.search(r"ERRORS (\d+) (\d+) (\d+) (\d+)", text).groups()],
-        "requests_per_s": float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1)),
-    }
 
 
 def main() -> int:
@@ -94,23 +51,22 @@ def main() -> int:
         return 1
     digits = load_dataset(DataConfig(name="digits")).x
     port = free_port()
-    server = start_server(args.model_dir, port)
+    server = start_server(port, "--model-dir", args.model_dir)
     base = f"http://127.0.0.1:{port}"
     try:
         model = httpx.get(f"{base}/v2").json()["models"][0]
         deadline = 5.0  # the service's default request_timeout_s
         before = httpx.post(f"{base}/v1/models/{model}:predict", json={"instances": digits[:20].tolist()}).json()
-        script = Path(tempfile.mkdtemp()) / "post.lua"
-        script.write_text(LUA % json.dumps({"instances": [digits[0].tolist()]}) + LUA_PUBLISH)
+        script = wrk.write_script(Path(tempfile.mkdtemp()) / "post.lua", json.dumps({"instances": [digits[0].tolist()]}), CLASSIFY)
         url = f"{base}/v1/models/{model}:predict"
-        capacity = wrk(url, script, args.capacity_connections, 15)
+        capacity = wrk.run(url, script, args.capacity_connections, 15)
         print(f"capacity: {capacity['requests_per_s']:.0f} requests/s at {args.capacity_connections} connections (p99 {capacity['p99_s']:.3f} s)")
         connections = 2 * args.capacity_connections
         start_rss = rss_kib(server.pid)
         segments = []
         print(f"soak: {connections} connections for {args.minutes:g} min\n\n| segment | requests | statuses | p99 (s) | socket errors | RSS (MiB) |\n|---:|---:|---|---:|---|---:|")
         for index in range(max(1, int(args.minutes * 2))):
-            segment = wrk(url, script, connections, 30)
+            segment = wrk.run(url, script, connections, 30)
             segment["rss_kib"] = rss_kib(server.pid)
             segments.append(segment)
             print(f"| {index + 1} | {segment['requests']} | {segment['statuses']} | {segment['p99_s']:.3f} | {segment['socket_errors']} | {segment['rss_kib'] / 1024:.1f} |", flush=True)

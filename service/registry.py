@@ -56,7 +56,8 @@ class ModelRegistry:
         self.defaults: dict[str, str] = {}  # name -> the version unversioned routes use
         self.releasing: set[ServedVersion] = set()
         self.failures: dict[tuple[str, str], str] = {}  # (name, version) -> why it did not load
-        self.locks: dict[str, asyncio.Lock] = {}
+        self.lock = asyncio.Lock()  # one load or unload at a time (the limit on loaded versions holds)
+        self.unloaded: set[str] = set()  # unloaded through the API: the poller leaves them until a load
         self.preloaded: dict[tuple[str, str], ModelRuntime] = {}  # see preload
         self.poll_failed: dict[str, tuple] = {}  # name -> folder fingerprints whose load failed
         self.started = False  # the start-up load is done and every model serves
@@ -124,7 +125,8 @@ class ModelRegistry:
         """Load (or reload) ``name`` from the source by its version policy and switch its routing to
         the result; ``RepositoryError`` (the versions serving keep serving) when a version does not
         verify or warm up, the policy selects nothing, or the limit on loaded versions is reached."""
-        async with self.locks.setdefault(name, asyncio.Lock()):
+        async with self.lock:
+            self.unloaded.discard(name)
             try:
                 found = await asyncio.to_thread(self.source.scan)
             except (OSError, CheckpointError) as error:
@@ -192,15 +194,17 @@ class ModelRegistry:
         task = asyncio.get_running_loop().create_task(served.release(self.settings.drain_timeout_s))
         task.add_done_callback(lambda _: self.releasing.discard(served))
 
-    async def unload(self, name: str) -> None:
+    async def unload(self, name: str, by_request: bool = True) -> None:
         """Stop routing to every version of ``name`` and release them once their requests are done
         (returns then). Unloading a model that is not loaded does nothing; one the server has never
-        heard of is a 404."""
-        async with self.locks.setdefault(name, asyncio.Lock()):
+        heard of is a 404. ``by_request``: the poller leaves the model unloaded until the next load."""
+        async with self.lock:
             versions = self.routes.pop(name, {})
             self.defaults.pop(name, None)
             if not versions and name not in await asyncio.to_thread(self._known_names):
                 raise RepositoryError(f"model {_shown(name)} is not in the {self.source.describe()}", status=404)
+            if by_request:
+                self.unloaded.add(name)
             for served in versions.values():
                 self.releasing.add(served)
             await asyncio.gather(*(served.release(self.settings.drain_timeout_s) for served in versions.values()))
@@ -233,7 +237,8 @@ class ModelRegistry:
     async def poll(self, interval_s: float) -> None:
         """Every ``interval_s``: load models whose selected versions changed on disk (new, removed or
         rewritten folders) and unload models whose folders are gone. A failed load is not retried
-        until those folders change again."""
+        until those folders change again; a model unloaded through the API stays unloaded until it
+        is loaded through the API."""
         while True:
             await asyncio.sleep(interval_s)
             try:
@@ -245,8 +250,10 @@ class ModelRegistry:
                 await self._poll_model(name, found.get(name, []))
 
     async def _poll_model(self, name: str, folders: list[VersionFolder]) -> None:
+        if name in self.unloaded:
+            return
         if not folders:
-            await self.unload(name)
+            await self.unload(name, by_request=False)
             return
         by_version = {folder.version: folder for folder in folders}
         wanted = self.policy(name).select(list(by_version))

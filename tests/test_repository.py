@@ -320,6 +320,27 @@ def test_the_poller_swaps_in_a_new_folder_and_retries_a_failed_one_only_once_it_
     np.testing.assert_allclose(log_px(answer), expected[1], atol=1e-4)
 
 
+def test_the_poller_leaves_a_model_unloaded_through_the_api_until_it_is_loaded_again(trained, digits, tmp_path):
+    root = tmp_path / "repo"
+    add_version(root, "a", 1, trained[0])
+
+    async def scenario(client, app):
+        models = app.state.service.models
+        assert (await client.post("/v2/repository/models/a/unload")).status_code == 200
+        await asyncio.sleep(0.5)  # five polls
+        after_polls = "a" in models.routes
+        assert (await client.post("/v2/repository/models/a/load")).status_code == 200
+        add_version(root, "a", 2, trained[1])
+        for _ in range(100):
+            if models.lookup("a").version == "2":
+                break
+            await asyncio.sleep(0.05)
+        return after_polls, models.lookup("a").version
+
+    after_polls, version = serve(settings_for(root, repository_poll_s=0.1), scenario)
+    assert not after_polls and version == "2"
+
+
 def test_the_limit_on_loaded_versions_is_a_clear_409(trained, digits, tmp_path):
     root = tmp_path / "repo"
     add_version(root, "a", 1, trained[0])
