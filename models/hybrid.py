@@ -19,6 +19,19 @@ from models.heads import BayesianLinearHead, CategoricalHead, GaussianHead
 from models.preprocessing import Dequantize, Standardize
 
 
+@dataclass(frozen=True)
+class LossShares:
+    """When one batch is split across processes (data-parallel training): this process's rows of
+    each group the objective averages over, as a fraction of the whole batch's (all rows, labeled,
+    unlabeled), times the number of processes. Each process's loss is then its part of the whole
+    batch's means, scaled so that the average of the processes' gradients (what data-parallel
+    training all-reduces) is the gradient of the single-process loss on the whole batch."""
+
+    rows: float
+    labeled: float
+    unlabeled: float
+
+
 @dataclass
 class HybridOutput:
     z: torch.Tensor  # (N, D) latents
@@ -116,20 +129,23 @@ class HybridModel(nn.Module):
         lambda_per_dim: float,
         entropy_weight: float = 0.0,
         noise: torch.Tensor | None = None,
+        shares: LossShares | None = None,
     ) -> tuple[torch.Tensor, HybridOutput]:
         """-(mean_labeled log p(y|x) + lambda mean_all log p(x) - w mean_unlabeled H[p(y|x)]) with
         lambda = lambda_per_dim / D (eq. 7 and sec. 3.1). Each term is a mean over its own rows, so
         a few labeled rows among many unlabeled ones keep their weight. ``labeled``: boolean ``(N,)``,
         or None when every row is labeled (then this is the mean of eq. 7 over the batch, with no
-        data-dependent branch, so it compiles into one graph)."""
+        data-dependent branch, so it compiles into one graph). ``shares``: this process's part of a
+        batch split across processes (each mean weighted by its share); None: the whole batch."""
+        shares = shares or LossShares(1.0, 1.0, 1.0)
         output = self(x, noise)
-        objective = (lambda_per_dim / self.dims) * output.log_px.mean()
+        objective = (lambda_per_dim / self.dims) * output.log_px.mean() * shares.rows
         if labeled is None:
-            return -(objective + self.head.batch_log_likelihood(output.z, y)), output
+            return -(objective + self.head.batch_log_likelihood(output.z, y) * shares.rows), output
         if bool(labeled.any()):
-            objective = objective + self.head.batch_log_likelihood(output.z[labeled], y[labeled])
+            objective = objective + self.head.batch_log_likelihood(output.z[labeled], y[labeled]) * shares.labeled
         if entropy_weight and not bool(labeled.all()):
-            objective = objective - entropy_weight * self.head.entropy(output.z[~labeled]).mean()
+            objective = objective - entropy_weight * self.head.entropy(output.z[~labeled]).mean() * shares.unlabeled
         return -objective, output
 
     @torch.no_grad()

@@ -16,6 +16,7 @@ from models.device import DeviceUnavailable, resolve_device, usable_cpus
 from models.manifest import Manifest
 from training.config import ConfigError, load_config
 from training.data import DataError
+from training.distributed import launched, local_processes
 from training.export import ExportError
 from training.trainer import TrainingError
 
@@ -23,8 +24,9 @@ USER_ERRORS = (ConfigError, DataError, CheckpointError, TrainingError, DeviceUna
 
 
 def _set_threads(threads: int | None) -> None:
-    """torch's CPU threads for this run: ``--threads`` or every CPU this process may use."""
-    torch.set_num_threads(threads or usable_cpus())
+    """torch's CPU threads for this run: ``--threads``, or the CPUs this process may use shared
+    among the training processes torchrun started on this machine."""
+    torch.set_num_threads(threads or max(1, usable_cpus() // local_processes()))
 
 
 def _train(args: argparse.Namespace) -> None:
@@ -37,8 +39,12 @@ def _train(args: argparse.Namespace) -> None:
     if args.device is not None:
         overrides.append(f"train.device={args.device}")
     config = load_config(args.config, overrides)
-    manifest = Trainer(config, progress=not args.quiet).run(args.out, resume=args.resume)
-    print(f"wrote {args.out} ({manifest.name} version {manifest.version}); {_summary(manifest)}")
+    with launched(resolve_device(config.train.device)) as cluster:
+        manifest = Trainer(config, progress=not args.quiet, cluster=cluster).run(args.out, resume=args.resume)
+    if manifest is None:  # not rank 0 of data-parallel training
+        return
+    processes = f" on {cluster.world_size} processes" if cluster.distributed else ""
+    print(f"wrote {args.out} ({manifest.name} version {manifest.version}{processes}); {_summary(manifest)}")
     if args.onnx:
         _export_after_writing(args.out)
 
@@ -133,7 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    train = commands.add_parser("train", help="train a model and write a checkpoint folder", description="Train a model from a YAML config, calibrate tau, evaluate on the test split and write a checkpoint folder.")
+    train = commands.add_parser("train", help="train a model and write a checkpoint folder", description="Train a model from a YAML config, calibrate tau, evaluate on the test split and write a checkpoint folder. Data-parallel on several processes: torchrun --nproc_per_node N -m training train ... (gloo on the CPU, NCCL on GPUs; rank 0 writes the checkpoint).")
     train.add_argument("--config", required=True, help="YAML experiment config, e.g. training/configs/digits.yaml")
     train.add_argument("--out", required=True, help="checkpoint folder to write (replaced atomically if it exists)")
     train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field; nested keys with dots, e.g. --set model.flow.hidden=64 (repeatable)")

@@ -20,10 +20,12 @@ from models.device import resolve_device
 from models.gate import bits_per_dim
 from models.heads import BayesianLinearHead, SufficientStatistics
 from models.hybrid import HybridModel
+from models.manifest import Manifest
 from models.preprocessing import Standardize
 from training.config import ExperimentConfig
 from training.calibration import fit_gate, write_gated_checkpoint
 from training.data import Dataset, Split, Splits, load_dataset, split_dataset
+from training.distributed import Cluster, data_parallel
 from training.optimizer_state import OPTIMIZER_FILE, load_optimizer_state, save_optimizer_state
 
 log = logging.getLogger(__name__)
@@ -75,10 +77,13 @@ def _batches(split: Split, batch_size: int, generator: torch.Generator | None):
 
 
 class Trainer:
-    def __init__(self, config: ExperimentConfig, progress: bool = True):
+    def __init__(self, config: ExperimentConfig, progress: bool = True, cluster: Cluster = Cluster()):
+        """``cluster``: this process's place in data-parallel training (``training.distributed``);
+        rank 0 alone shows progress, and alone calibrates and writes the checkpoint."""
         self.config = config
-        self.progress = progress
-        self.device = resolve_device(config.train.device)
+        self.cluster = cluster
+        self.progress = progress and cluster.is_main
+        self.device = cluster.device(resolve_device(config.train.device))
 
     def _noise(self, model: HybridModel, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor | None:
         """Dequantization noise u ~ U[0, 1) of ``x``'s shape (None for continuous data)."""
@@ -119,8 +124,10 @@ class Trainer:
             load_optimizer_state(optimizer, scheduler, resume_from.path / saved.file, saved.model_dump())
         self.optimizer, self.scheduler = optimizer, scheduler
         generator = torch.Generator().manual_seed(self.config.seed)
-        loss_fn = torch.compile(model.loss) if train.compile else model.loss
+        cluster = self.cluster
         all_labeled = bool(splits.train.labeled.all())
+        step_loss = data_parallel(model, cluster, partly_labeled=not all_labeled)
+        loss_fn = torch.compile(step_loss) if train.compile else step_loss
         best = {"loss": math.inf, "epoch": start_epoch, "state": copy.deepcopy(model.state_dict())}
         history, bad_steps, started = [], 0, time.perf_counter()
         epochs = range(start_epoch, start_epoch + train.epochs)
@@ -128,12 +135,20 @@ class Trainer:
         bar = tqdm(total=train.epochs * steps_per_epoch, desc="training", unit="step", disable=not self.progress)
         for epoch in epochs:
             model.train()
+            epoch_loss, epoch_steps = 0.0, 0
             for x, y, labeled in _batches(splits.train, train.batch_size, generator):
+                noise = self._noise(model, x, generator)  # the whole batch's, on every process
+                if len(x) < cluster.world_size:  # too few rows to give every process one
+                    continue
+                shares = cluster.shares(labeled)
+                if cluster.distributed:
+                    x, y, labeled = cluster.shard(x, y, labeled)
+                    noise = None if noise is None else cluster.shard(noise)[0]
                 x, y = x.to(self.device), y.to(self.device)
                 labeled = None if all_labeled else labeled.to(self.device)
-                loss, output = loss_fn(x, y, labeled, train.lambda_per_dim, train.entropy_weight, self._noise(model, x, generator))
+                loss, output = loss_fn(x, y, labeled, train.lambda_per_dim, train.entropy_weight, noise, shares)
                 optimizer.zero_grad(set_to_none=True)
-                finite = bool(torch.isfinite(loss))
+                finite = cluster.all_finite(loss)
                 if finite:
                     loss.backward()
                     finite = bool(torch.isfinite(torch.nn.utils.clip_grad_norm_(model.parameters(), train.grad_clip)))
@@ -147,9 +162,12 @@ class Trainer:
                     continue
                 optimizer.step()
                 scheduler.step()
-                bar.set_postfix(epoch=epoch + 1, loss=f"{loss.item():.3f}", bpd=f"{bits_per_dim(output.log_px.detach().mean().item(), model.dims):.3f}")
+                step_loss_value = loss.item() / (shares.rows if shares else 1.0)  # this process's rows' mean
+                epoch_loss, epoch_steps = epoch_loss + loss.item(), epoch_steps + 1
+                bar.set_postfix(epoch=epoch + 1, loss=f"{step_loss_value:.3f}", bpd=f"{bits_per_dim(output.log_px.detach().mean().item(), model.dims):.3f}")
+            train_loss = cluster.mean(epoch_loss) / max(epoch_steps, 1)  # the whole batches' mean loss
             validation = self.validation_loss(model, splits.validation)
-            history.append({"epoch": epoch + 1, **validation})
+            history.append({"epoch": epoch + 1, "train_loss": train_loss, **validation})
             if self.progress and steps_per_epoch > 1:
                 tqdm.write(f"epoch {epoch + 1}: validation " + ", ".join(f"{k} {v:.4f}" for k, v in validation.items()))
             if validation["loss"] < best["loss"]:
@@ -190,7 +208,9 @@ class Trainer:
             "hyperparameters": "marginal likelihood (post hoc)" if head.objective == "gaussian" else "trained with the flow",
         }
 
-    def run(self, out_dir: str | Path, resume: str | Path | None = None) -> dict:
+    def run(self, out_dir: str | Path, resume: str | Path | None = None) -> Manifest | None:
+        """Train, fit the head and the gate, evaluate and write the checkpoint; its manifest (None
+        on the processes other than rank 0 of data-parallel training)."""
         config = self.config
         seed_everything(config.seed)
         dataset = load_dataset(config.data, config.seed)
@@ -213,6 +233,8 @@ class Trainer:
                 model(first, self._noise(model, first, torch.Generator().manual_seed(config.seed)))
         _set_output_fallbacks(model, splits.train)
         record = self.fit(model, splits, start_epoch, previous)
+        if not self.cluster.is_main:
+            return None
         bayesian = self.fit_bayesian_head(model, splits.train)
         gate = fit_gate(model, splits, config.gate, config.evaluation.batch_size)
         manifest = {
