@@ -1,0 +1,201 @@
+"""Offline batch scoring: every row of IDX / NPZ / CSV / Parquet files through a checkpoint, each
+row's prediction, log p(x), gate scores and decision written to Parquet.
+
+The model math is the service's (``service.runtime.ModelRuntime``: torch or ONNX Runtime, the
+gate's decision and eq. 10's gated probabilities included), so a file scored here gets exactly the
+answers the service would give. Two engines:
+
+- ``ray`` (the default): Ray Data. CSV and Parquet are read by Ray's readers (in parallel, lazily);
+  IDX and NPZ by ``training.data.files`` in the driver. ``map_batches`` runs a pool of actors, each
+  loading the checkpoint once; rows keep their input order. A local Ray by default, ``--address``
+  for an existing cluster.
+- ``local``: the same reading and the same scoring function in a plain loop in this process (small
+  files, or no Ray installed).
+
+Inputs: IDX and NPZ hold images (anything that reshapes to the model's input shape). CSV and Parquet
+rows hold the flattened input, one numeric column per value in order, or (Parquet) one list column
+``x``; the columns ``id`` and ``label``, if present, are carried to the output untouched.
+
+Output columns: ``source`` (the input file), ``row`` (its index in an IDX / NPZ file), ``id`` /
+``label`` when the input has them, then the service's per-instance fields (``log_px`` in nats,
+``bits_per_dim``, ``accepted``, ``p_value``, ``rejected_by``, ``instance_score``, ``score_<name>``,
+``p_value_<name>``) and the head's: ``prediction``, ``probability_<k>`` and ``model_probability_<k>``
+per class k (the manifest's class order) for classification; ``mean``, ``variance``, ``model_mean``,
+``model_variance`` for regression.
+"""
+from __future__ import annotations
+
+import glob
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv
+import pyarrow.parquet
+from tqdm.auto import tqdm
+
+from models.checkpoint import read_manifest
+from training.data.files import read_images
+from training.data.registry import DataError
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".gz", ".idx", ".npz", "ubyte")
+TABLE_SUFFIXES = (".csv", ".parquet")
+CARRIED = ("id", "label")
+PER_CLASS = {"probabilities": "probability", "model_probabilities": "model_probability"}
+
+
+def input_files(pattern: str) -> list[Path]:
+    """The files a path or glob names, sorted; ``DataError`` when none, or of an unknown kind."""
+    files = sorted(Path(name) for name in glob.glob(pattern)) if glob.has_magic(pattern) else [Path(pattern)]
+    files = [path for path in files if path.is_file()]
+    if not files:
+        raise DataError(f"no input files match {pattern}")
+    unknown = [path.name for path in files if not path.name.endswith(IMAGE_SUFFIXES + TABLE_SUFFIXES)]
+    if unknown:
+        raise DataError(f"cannot score {unknown[0]}: inputs are IDX (.gz, .idx, -ubyte), .npz, .csv or .parquet files")
+    return files
+
+
+def image_table(path: Path) -> pa.Table:
+    """An IDX / NPZ file as a table: ``source``, ``row`` and ``x`` (each image flattened)."""
+    images = read_images(path)
+    flat = images.reshape(len(images), -1)
+    return pa.table({
+        "source": pa.array([str(path)] * len(flat)),
+        "row": pa.array(np.arange(len(flat))),
+        "x": pa.FixedSizeListArray.from_arrays(pa.array(flat.ravel()), flat.shape[1]),
+    })
+
+
+def local_table(path: Path) -> pa.Table:
+    """Any input file as a table (the local engine's reader)."""
+    if path.name.endswith(IMAGE_SUFFIXES):
+        return image_table(path)
+    try:
+        table = pa.parquet.read_table(path) if path.suffix == ".parquet" else pa.csv.read_csv(path)
+    except (pa.ArrowInvalid, OSError) as error:
+        raise DataError(f"cannot read {path}: {str(error).splitlines()[0]}") from None
+    return table.append_column("source", pa.array([str(path)] * len(table)))
+
+
+def features(batch: dict[str, np.ndarray], input_shape: tuple[int, ...]) -> np.ndarray:
+    """The batch's inputs ``(N, *input_shape)`` float32: the ``x`` column, or else every column but
+    ``source``, ``row``, ``id`` and ``label`` in order. ``DataError`` when they do not fit the shape."""
+    if "x" in batch:
+        values = batch["x"]
+        x = np.stack(values) if values.dtype == object else values
+    else:
+        columns = [name for name in batch if name not in ("source", "row", *CARRIED)]
+        x = np.stack([np.asarray(batch[name], dtype=np.float32) for name in columns], axis=1)
+    size = int(np.prod(input_shape))
+    if x.shape[0] and x[0].size != size:
+        raise DataError(f"input rows hold {x[0].size} values; the model takes {size} (shape {list(input_shape)})")
+    return np.asarray(x, dtype=np.float32).reshape(len(x), *input_shape)
+
+
+class Scorer:
+    """Loads the checkpoint once (one per Ray actor), then scores batches (dicts of numpy columns)."""
+
+    def __init__(self, checkpoint: str, backend: str = "auto", threads: int | None = None):
+        from service.runtime import ModelRuntime
+
+        self.runtime = ModelRuntime.load(checkpoint, "cpu", backend, threads)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        result = self.runtime.predict(features(batch, self.runtime.input_shape))
+        columns = {name: batch[name] for name in ("source", "row", *CARRIED) if name in batch}
+        for name, values in result.items():
+            name = "prediction" if name == "label" else name
+            if values.ndim == 2:  # per-class probabilities: one column each
+                stem = PER_CLASS[name]
+                columns.update({f"{stem}_{k}": values[:, k] for k in range(values.shape[1])})
+            elif name == "rejected_by":
+                columns[name] = np.array(["" if reason is None else reason for reason in values])
+            else:
+                columns[name] = values
+        return columns
+
+
+def score_local(files: list[Path], checkpoint: str, output: Path, backend: str, batch_size: int, progress: bool) -> int:
+    """The plain loop: read each file, score it batch by batch, write one Parquet file."""
+    scorer = Scorer(checkpoint, backend)
+    writer, rows = None, 0
+    tables = [local_table(path) for path in files]
+    output.mkdir(parents=True, exist_ok=True)
+    with tqdm(total=sum(len(t) for t in tables), desc="scoring", unit="row", disable=not progress) as bar:
+        for table in tables:
+            for batch in table.to_batches(max_chunksize=batch_size):
+                columns = {name: _numpy(batch.column(name)) for name in batch.schema.names}
+                scored = pa.table(scorer(columns))
+                if writer is None:
+                    writer = pa.parquet.ParquetWriter(output / "part-0.parquet", scored.schema)
+                writer.write_table(scored)
+                rows += len(scored)
+                bar.update(len(scored))
+    if writer is not None:
+        writer.close()
+    return rows
+
+
+def _numpy(column: pa.Array) -> np.ndarray:
+    if pa.types.is_fixed_size_list(column.type) or pa.types.is_list(column.type):
+        return np.asarray(column.to_pylist(), dtype=np.float32) if pa.types.is_list(column.type) else column.flatten().to_numpy().reshape(len(column), -1)
+    return column.to_numpy(zero_copy_only=False)
+
+
+def score_ray(files: list[Path], checkpoint: str, output: Path, backend: str, batch_size: int, actors: int, address: str | None) -> int:
+    """Ray Data: read, ``map_batches`` on an actor pool of ``actors`` (one model and one CPU each),
+    write Parquet files into ``output`` in input order."""
+    import ray
+
+    ray.init(address=address, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
+    try:
+        return _ray_pipeline(ray, files, checkpoint, output, backend, batch_size, actors)
+    finally:
+        ray.shutdown()
+
+
+def _ray_pipeline(ray, files: list[Path], checkpoint: str, output: Path, backend: str, batch_size: int, actors: int) -> int:
+    context = ray.data.DataContext.get_current()
+    context.execution_options.preserve_order = True
+    images = [path for path in files if path.name.endswith(IMAGE_SUFFIXES)]
+    csvs = [str(path) for path in files if path.suffix == ".csv"]
+    parquets = [str(path) for path in files if path.suffix == ".parquet"]
+    parts = []
+    if images:
+        parts.append(ray.data.from_arrow([image_table(path) for path in images]))
+    if csvs:
+        parts.append(ray.data.read_csv(csvs, include_paths=True).rename_columns({"path": "source"}))
+    if parquets:
+        parts.append(ray.data.read_parquet(parquets, include_paths=True).rename_columns({"path": "source"}))
+    dataset = parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
+    scored = dataset.map_batches(
+        Scorer, fn_constructor_kwargs={"checkpoint": str(Path(checkpoint).resolve()), "backend": backend, "threads": 1},
+        batch_size=batch_size, batch_format="numpy", concurrency=actors, num_cpus=1,
+    )
+    scored.write_parquet(str(output.resolve()))
+    return sum(pa.parquet.ParquetFile(path).metadata.num_rows for path in output.glob("*.parquet"))
+
+
+def score(pattern: str, checkpoint: str, output: str, engine: str = "ray", backend: str = "auto", batch_size: int = 256,
+          actors: int | None = None, address: str | None = None, progress: bool = True) -> dict:
+    """Score the files ``pattern`` names into the Parquet folder ``output`` (which must not exist);
+    returns rows, seconds and rows/s."""
+    read_manifest(checkpoint)  # a damaged checkpoint stops here with its one-line error
+    files = input_files(pattern)
+    out = Path(output)
+    if out.exists():
+        raise DataError(f"output {out} exists; choose a new folder (scoring never overwrites)")
+    started = time.perf_counter()
+    if engine == "local":
+        rows = score_local(files, checkpoint, out, backend, batch_size, progress)
+    else:
+        from models.device import usable_cpus
+
+        rows = score_ray(files, checkpoint, out, backend, batch_size, actors or max(1, usable_cpus()), address)
+    seconds = time.perf_counter() - started
+    return {"rows": rows, "files": len(files), "seconds": seconds, "rows_per_s": rows / seconds, "output": str(out)}
