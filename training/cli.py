@@ -123,6 +123,18 @@ def _experiment(args: argparse.Namespace) -> None:
     print(f"wrote {'the figures of ' if args.redraw else ''}{context.results_path(args.name)} and the {args.name!r} section of {args.document}")
 
 
+def _score(args: argparse.Namespace) -> None:
+    from training.score import score
+
+    if args.engine == "ray":
+        try:
+            import ray  # noqa: F401
+        except ImportError:
+            raise ConfigError("the ray engine needs Ray: pip install -e '.[score]' (or use --engine local)") from None
+    result = score(args.input, args.checkpoint, args.output, args.engine, args.backend, args.batch_size, args.actors, args.address, not args.quiet)
+    print(f"scored {result['rows']} rows of {result['files']} file(s) in {result['seconds']:.1f} s ({result['rows_per_s']:.0f} rows/s) into {result['output']}")
+
+
 THREADS_HELP = "torch CPU threads (default: every CPU this process may use); 1 keeps training usable beside another busy process (docs/benchmarks.md)"
 
 
@@ -189,6 +201,23 @@ def build_parser() -> argparse.ArgumentParser:
     experiment.add_argument("--threads", type=positive_int, help=THREADS_HELP)
     experiment.add_argument("--redraw", action="store_true", help="no training or measuring: redraw the figures and the results section from the last run's saved results")
     experiment.set_defaults(handler=_experiment)
+
+    score = commands.add_parser(
+        "score", help="score files offline (Ray Data) into Parquet",
+        description="Run every row of IDX / NPZ / CSV / Parquet files through a checkpoint (the service's model math, gate included) and write "
+        "each row's prediction, log p(x), gate scores and decision to a Parquet folder. Ray Data with an actor pool (pip install -e '.[score]'), "
+        "or a plain loop with --engine local.",
+    )
+    score.add_argument("--checkpoint", required=True, help="checkpoint folder")
+    score.add_argument("--input", required=True, metavar="FILE_OR_GLOB", help="input file(s), e.g. 'data/*.parquet' (quote globs)")
+    score.add_argument("--output", required=True, help="Parquet folder to create (never overwritten)")
+    score.add_argument("--engine", choices=["ray", "local"], default="ray", help="ray: Ray Data actor pool (default); local: a loop in this process")
+    score.add_argument("--backend", choices=["torch", "onnx", "auto"], default="auto", help="inference runtime (auto: the faster on a probe)")
+    score.add_argument("--batch-size", type=positive_int, default=256, help="rows per model call (default 256)")
+    score.add_argument("--actors", type=positive_int, help="Ray actors, one model and one CPU each (default on a local Ray: the usable CPUs minus one)")
+    score.add_argument("--address", help="an existing Ray cluster (ray://HOST:10001 or auto); default: start a local one")
+    score.add_argument("--quiet", action="store_true", help="no progress bar (local engine)")
+    score.set_defaults(handler=_score)
     return parser
 
 

@@ -1,0 +1,95 @@
+"""Offline batch scoring (``python -m training score``): every input kind gives the service's answers
+for every row (the runtime called directly), Ray Data and the local loop write the same table, and
+bad inputs are one-line errors that leave no output behind."""
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from service.runtime import ModelRuntime
+from training.cli import main as training_main
+from training.config import DataConfig
+from training.data import load_dataset
+
+TINY = str(Path(__file__).resolve().parents[1] / "training" / "configs" / "tiny.yaml")
+KEY = ["source", "row", "id"]
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("score") / "tiny"
+    assert training_main(["train", "--config", TINY, "--out", str(out), "--quiet", "--set", "train.epochs=1"]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory) -> tuple[Path, np.ndarray, np.ndarray]:
+    """The same 40 digits as an NPZ, a CSV (with id and label) and a Parquet file (one list column x)."""
+    folder = tmp_path_factory.mktemp("inputs")
+    data = load_dataset(DataConfig(name="digits"))
+    x, y = data.x[:40], data.y[:40]
+    np.savez(folder / "digits.npz", x=x)
+    table = pd.DataFrame(x.reshape(40, -1), columns=[f"pixel{i}" for i in range(64)])
+    table.insert(0, "id", [f"d{i}" for i in range(40)])
+    table["label"] = y
+    table.to_csv(folder / "digits.csv", index=False)
+    pd.DataFrame({"id": [f"d{i}" for i in range(40)], "x": list(x.reshape(40, -1))}).to_parquet(folder / "digits.parquet")
+    return folder, x, y
+
+
+def score(checkpoint: Path, pattern: str, out: Path, *options: str) -> pd.DataFrame:
+    assert training_main(["score", "--checkpoint", str(checkpoint), "--input", pattern, "--output", str(out), "--quiet", *options]) == 0
+    return pd.read_parquet(out).sort_values(KEY).reset_index(drop=True)
+
+
+def test_every_input_kind_gets_the_service_answers(checkpoint, inputs, tmp_path):
+    folder, x, y = inputs
+    table = score(checkpoint, str(folder / "digits.*"), tmp_path / "out", "--engine", "local", "--batch-size", "16")
+    assert len(table) == 120 and sorted(table["source"].map(lambda s: Path(s).suffix).unique()) == [".csv", ".npz", ".parquet"]
+    expected = ModelRuntime.load(checkpoint, "cpu", "torch").predict(x)
+    for suffix in (".csv", ".npz", ".parquet"):
+        part = table[table["source"].str.endswith(suffix)]
+        order = np.argsort(part["row"].to_numpy()) if suffix == ".npz" else np.argsort(part["id"].str[1:].astype(int).to_numpy())
+        part = part.iloc[order]
+        np.testing.assert_allclose(part["log_px"], expected["log_px"], rtol=1e-5, err_msg=suffix)
+        np.testing.assert_array_equal(part["prediction"], expected["label"])
+        np.testing.assert_array_equal(part["accepted"], expected["accepted"])
+        np.testing.assert_allclose(part["p_value"], expected["p_value"], rtol=1e-6)
+        np.testing.assert_allclose(part[[f"probability_{k}" for k in range(10)]], expected["probabilities"], rtol=1e-5, atol=1e-7)
+        assert list(part["rejected_by"]) == ["" if r is None else r for r in expected["rejected_by"]]
+    csv = table[table["source"].str.endswith(".csv")]
+    assert set(csv["id"]) == {f"d{i}" for i in range(40)} and csv["label"].notna().all() and (csv["row"] == -1).all()
+    assert table[table["source"].str.endswith(".npz")]["label"].isna().all()
+
+
+def test_ray_data_writes_the_same_table_as_the_local_loop(checkpoint, inputs, tmp_path):
+    pytest.importorskip("ray")
+    folder, _, _ = inputs
+    pattern = str(folder / "digits.*")
+    local = score(checkpoint, pattern, tmp_path / "local", "--engine", "local")
+    distributed = score(checkpoint, pattern, tmp_path / "ray", "--engine", "ray", "--actors", "2", "--batch-size", "16", "--backend", "torch")
+    assert list(distributed.columns) == list(local.columns)
+    pd.testing.assert_frame_equal(distributed, local, check_exact=False, rtol=1e-5)
+
+
+def test_bad_inputs_are_one_line_errors_and_leave_no_output(checkpoint, inputs, tmp_path, capsys):
+    folder, _, _ = inputs
+    np.savez(tmp_path / "small.npz", x=np.zeros((3, 7, 7)))
+    pd.DataFrame(np.zeros((3, 5))).to_csv(tmp_path / "narrow.csv", index=False)
+    (tmp_path / "notes.txt").write_text("not data")
+    cases = {
+        str(tmp_path / "small.npz"): "holds images of 49 values; the model takes 64",
+        str(tmp_path / "narrow.csv"): "has 5 feature columns; the model takes 64",
+        str(tmp_path / "notes.txt"): "inputs are IDX",
+        str(tmp_path / "none-*.csv"): "no input files match",
+    }
+    for pattern, message in cases.items():
+        out = tmp_path / "out"
+        assert training_main(["score", "--checkpoint", str(checkpoint), "--input", pattern, "--output", str(out), "--engine", "local", "--quiet"]) == 2
+        assert message in capsys.readouterr().err, pattern
+        assert not out.exists() and not (tmp_path / ".out.partial").exists()
+    existing = tmp_path / "existing"
+    existing.mkdir()
+    assert training_main(["score", "--checkpoint", str(checkpoint), "--input", str(folder / "digits.npz"), "--output", str(existing), "--engine", "local"]) == 2
+    assert "never overwrites" in capsys.readouterr().err
