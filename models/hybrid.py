@@ -130,16 +130,20 @@ class HybridModel(nn.Module):
         entropy_weight: float = 0.0,
         noise: torch.Tensor | None = None,
         shares: LossShares | None = None,
+        labeled_fraction: float | None = None,
     ) -> tuple[torch.Tensor, HybridOutput]:
         """-(mean_labeled log p(y|x) + lambda mean_all log p(x) - w mean_unlabeled H[p(y|x)]) with
         lambda = lambda_per_dim / D (eq. 7 and sec. 3.1). Each term is a mean over its own rows, so
         a few labeled rows among many unlabeled ones keep their weight. ``labeled``: boolean ``(N,)``,
         or None when every row is labeled (then this is the mean of eq. 7 over the batch, with no
         data-dependent branch, so it compiles into one graph). ``shares``: this process's part of a
-        batch split across processes (each mean weighted by its share); None: the whole batch."""
+        batch split across processes (each mean weighted by its share); None: the whole batch.
+        ``labeled_fraction``: the labeled rows' share of the whole training set, for batches that
+        draw the two groups in other proportions (``train.labeled_share``): log p(x) is then averaged
+        per group and the two means weighted by it, an unbiased estimate of its full-data mean."""
         shares = shares or LossShares(1.0, 1.0, 1.0)
         output = self(x, noise)
-        objective = (lambda_per_dim / self.dims) * output.log_px.mean() * shares.rows
+        objective = (lambda_per_dim / self.dims) * self._mean_log_px(output.log_px, labeled, shares, labeled_fraction)
         if labeled is None:
             return -(objective + self.head.batch_log_likelihood(output.z, y) * shares.rows), output
         if bool(labeled.any()):
@@ -147,6 +151,18 @@ class HybridModel(nn.Module):
         if entropy_weight and not bool(labeled.all()):
             objective = objective - entropy_weight * self.head.entropy(output.z[~labeled]).mean() * shares.unlabeled
         return -objective, output
+
+    @staticmethod
+    def _mean_log_px(log_px: torch.Tensor, labeled: torch.Tensor | None, shares: LossShares, labeled_fraction: float | None) -> torch.Tensor:
+        """The batch's estimate of the training set's mean log p(x) (see ``loss``)."""
+        if labeled is None or labeled_fraction is None:
+            return log_px.mean() * shares.rows
+        mean = log_px.new_zeros(())
+        if bool(labeled.any()):
+            mean = mean + labeled_fraction * log_px[labeled].mean() * shares.labeled
+        if not bool(labeled.all()):
+            mean = mean + (1 - labeled_fraction) * log_px[~labeled].mean() * shares.unlabeled
+        return mean
 
     @torch.no_grad()
     def decode(self, z: torch.Tensor) -> torch.Tensor:

@@ -28,7 +28,7 @@ from training.trainer import complete_model_config
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = str(ROOT / "training" / "configs" / "tiny.yaml")
-SEMI = ["--set", "data.labels_per_class=2", "--set", "train.entropy_weight=0.1", "--set", "train.epochs=2"]
+SEMI = ["--set", "data.labels_per_class=2", "--set", "train.entropy_weight=0.1", "--set", "train.labeled_share=0.25", "--set", "train.epochs=2"]
 
 
 def test_shares_make_the_average_of_the_shard_gradients_the_whole_batch_gradient():

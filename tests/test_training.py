@@ -257,3 +257,41 @@ def test_threads_flag_sets_torch_threads_and_refuses_zero(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["train", "--config", str(CONFIGS / "tiny.yaml"), "--out", str(tmp_path / "t"), "--threads", "0"])
     assert "expected a positive integer, got '0'" in capsys.readouterr().err
+
+
+def test_mixed_batches_hold_a_fixed_labeled_share_and_pass_over_the_unlabeled_rows_once():
+    from training.data import Split
+    from training.trainer import _mixed_batches, mixed_steps
+
+    rng = np.random.default_rng(0)
+    labeled = np.zeros(103, dtype=bool)
+    labeled[rng.choice(103, 7, replace=False)] = True
+    split = Split(x=np.arange(103, dtype=np.float32)[:, None], y=np.zeros(103, dtype=np.int64), labeled=labeled)
+    batches = list(_mixed_batches(split, 16, 0.25, torch.Generator().manual_seed(0)))
+    assert len(batches) == mixed_steps(split, 16, 0.25) == 8  # 96 unlabeled rows, 12 per batch
+    rows = [int(v) for x, _, _ in batches for v in x[:, 0]]
+    marks = [bool(v) for _, _, m in batches for v in m]
+    assert all(int(m.sum()) == 4 for _, _, m in batches)
+    assert all(labeled[r] == mark for r, mark in zip(rows, marks))
+    unlabeled_seen = [r for r, mark in zip(rows, marks) if not mark]
+    assert sorted(unlabeled_seen) == list(np.flatnonzero(~labeled))  # each unlabeled row exactly once
+    labeled_seen = [r for r, mark in zip(rows, marks) if mark]
+    counts = np.bincount(labeled_seen, minlength=103)[labeled]
+    assert counts.max() - counts.min() <= 1  # labeled rows cycle through whole passes
+
+
+def test_group_weighted_log_px_is_the_full_data_mean_and_over_sampling_does_not_bias_it():
+    from models.hybrid import HybridModel, LossShares
+
+    log_px = torch.tensor([-1.0, -2.0, -3.0, -10.0, -20.0])
+    labeled = torch.tensor([True, True, False, False, False])
+    whole = HybridModel._mean_log_px(log_px, labeled, LossShares(1, 1, 1), labeled_fraction=2 / 5)
+    assert float(whole) == pytest.approx(float(log_px.mean()))  # the whole set as one batch: the plain mean
+    # batches that over-sample the labeled rows: one labeled and one unlabeled row each, all pairs equally likely
+    estimates = [
+        float(HybridModel._mean_log_px(torch.stack([log_px[i], log_px[j]]), torch.tensor([True, False]), LossShares(1, 1, 1), 2 / 5))
+        for i in (0, 1) for j in (2, 3, 4)
+    ]
+    assert np.mean(estimates) == pytest.approx(float(log_px.mean()))
+    plain = [float(torch.stack([log_px[i], log_px[j]]).mean()) for i in (0, 1) for j in (2, 3, 4)]
+    assert np.mean(plain) != pytest.approx(float(log_px.mean()))  # the plain batch mean would be biased

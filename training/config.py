@@ -44,6 +44,11 @@ class TrainConfig(StrictModel):
     grad_clip: float = Field(50.0, gt=0, description="maximum gradient norm")
     lambda_per_dim: float = Field(0.01, ge=0, description="weight of log p(x) per dimension: lambda = value / D")
     entropy_weight: float = Field(0.0, ge=0, description="semi-supervised: entropy penalty on unlabeled p(y|x)")
+    labeled_share: float | None = Field(
+        None, gt=0, lt=1,
+        description="semi-supervised: this share of every batch is drawn from the labeled rows, the rest from the unlabeled ones "
+        "(an epoch is one pass over the unlabeled rows; labeled rows cycle); None: batches drawn from all rows alike",
+    )
     max_bad_steps: int = Field(20, ge=0, description="abort after this many steps with a non-finite loss or gradient")
     patience: int | None = Field(10, ge=1, description="stop after this many epochs without a better validation loss")
     device: Literal["auto", "cpu", "cuda"] = "auto"

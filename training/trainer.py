@@ -76,6 +76,28 @@ def _batches(split: Split, batch_size: int, generator: torch.Generator | None):
         yield (torch.from_numpy(split.x[index]), torch.from_numpy(split.y[index]), torch.from_numpy(split.labeled[index]))
 
 
+def _mixed_batches(split: Split, batch_size: int, labeled_share: float, generator: torch.Generator):
+    """Batches of ``round(labeled_share * batch_size)`` labeled rows (at least one) and the rest
+    unlabeled, drawn separately: one pass over the unlabeled rows in a fresh order, the labeled rows
+    cycling through fresh orders of their own."""
+    labeled_rows, unlabeled_rows = np.flatnonzero(split.labeled), np.flatnonzero(~split.labeled)
+    per_batch = min(batch_size - 1, max(1, round(labeled_share * batch_size)))
+    rest = batch_size - per_batch
+    unlabeled_order = unlabeled_rows[torch.randperm(len(unlabeled_rows), generator=generator).numpy()]
+    steps = math.ceil(len(unlabeled_rows) / rest)
+    passes = math.ceil(steps * per_batch / len(labeled_rows))
+    labeled_order = np.concatenate([labeled_rows[torch.randperm(len(labeled_rows), generator=generator).numpy()] for _ in range(passes)])
+    for step in range(steps):
+        index = np.concatenate([labeled_order[step * per_batch : (step + 1) * per_batch], unlabeled_order[step * rest : (step + 1) * rest]])
+        yield (torch.from_numpy(split.x[index]), torch.from_numpy(split.y[index]), torch.from_numpy(split.labeled[index]))
+
+
+def mixed_steps(split: Split, batch_size: int, labeled_share: float) -> int:
+    """Steps per epoch of ``_mixed_batches``."""
+    per_batch = min(batch_size - 1, max(1, round(labeled_share * batch_size)))
+    return math.ceil(int((~split.labeled).sum()) / (batch_size - per_batch))
+
+
 class Trainer:
     def __init__(self, config: ExperimentConfig, progress: bool = True, cluster: Cluster = Cluster()):
         """``cluster``: this process's place in data-parallel training (``training.distributed``);
@@ -131,12 +153,15 @@ class Trainer:
         best = {"loss": math.inf, "epoch": start_epoch, "state": copy.deepcopy(model.state_dict())}
         history, bad_steps, started = [], 0, time.perf_counter()
         epochs = range(start_epoch, start_epoch + train.epochs)
-        steps_per_epoch = math.ceil(len(splits.train) / train.batch_size)
+        mixed = train.labeled_share is not None and not all_labeled and bool(splits.train.labeled.any())
+        labeled_fraction = float(splits.train.labeled.mean()) if mixed else None
+        steps_per_epoch = mixed_steps(splits.train, train.batch_size, train.labeled_share) if mixed else math.ceil(len(splits.train) / train.batch_size)
         bar = tqdm(total=train.epochs * steps_per_epoch, desc="training", unit="step", disable=not self.progress)
         for epoch in epochs:
             model.train()
             epoch_loss, epoch_steps = 0.0, 0
-            for x, y, labeled in _batches(splits.train, train.batch_size, generator):
+            batches = _mixed_batches(splits.train, train.batch_size, train.labeled_share, generator) if mixed else _batches(splits.train, train.batch_size, generator)
+            for x, y, labeled in batches:
                 noise = self._noise(model, x, generator)  # the whole batch's, on every process
                 if len(x) < cluster.world_size:  # too few rows to give every process one
                     continue
@@ -146,7 +171,7 @@ class Trainer:
                     noise = None if noise is None else cluster.shard(noise)[0]
                 x, y = x.to(self.device), y.to(self.device)
                 labeled = None if all_labeled else labeled.to(self.device)
-                loss, output = loss_fn(x, y, labeled, train.lambda_per_dim, train.entropy_weight, noise, shares)
+                loss, output = loss_fn(x, y, labeled, train.lambda_per_dim, train.entropy_weight, noise, shares, labeled_fraction)
                 optimizer.zero_grad(set_to_none=True)
                 finite = cluster.all_finite(loss)
                 if finite:
