@@ -15,6 +15,10 @@ class PreprocessingConfig(StrictModel):
     kind: Literal["dequantize", "standardize"] = "dequantize"
     levels: int | None = Field(None, ge=2, description="values per dimension (dequantize); set from the data if omitted")
     logit_alpha: float | None = Field(None, gt=0, lt=0.5, description="logit(a + (1-2a) x) after dequantizing; none = shift only")
+    dequantize_integers: bool = Field(
+        False, description="standardize: features whose training values are all integers get uniform noise over their unit cell in "
+        "training (the cell's centre at inference), so the flow models a density, not spikes on the integer lattice"
+    )
 
 
 class FlowConfig(StrictModel):

@@ -83,7 +83,7 @@ class HybridModel(nn.Module):
                 raise ValueError("dequantize preprocessing needs preprocessing.levels")
             self.preprocessing = Dequantize(config.preprocessing.levels, config.preprocessing.logit_alpha)
         else:
-            self.preprocessing = Standardize(self.flow_shape)
+            self.preprocessing = Standardize(self.flow_shape, config.preprocessing.dequantize_integers)
         self.flow = _build_flow(config, self.flow_shape)
         self.head = _build_head(config, self.dims)
         if config.task == "classification":

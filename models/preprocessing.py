@@ -7,6 +7,10 @@ log p(x) is a density of the data itself (nats).
   on the discrete log-likelihood; a uniform density on [0,1)^D gives exactly log2(K) bits/dim.
   Inputs outside [0, K-1] lie outside the support: their log-det is -inf (clamped for the latents).
 - ``Standardize``: continuous features, y = (x - mean) / std with mean and std from training data.
+  With ``dequantize_integers``, features whose training values are all integers are dequantized
+  first: x + u - 1/2 with u ~ U[0,1) in training and u = 1/2 otherwise (unit cells: log-det 0), so
+  log p(x) is a density of the dequantized data (a lower bound on the lattice probability), not a
+  continuous density squeezed onto integer points.
 
 Both take and return ``(N, *input_shape)`` tensors; log-dets have shape ``(N,)``.
 """
@@ -54,19 +58,27 @@ class Dequantize(nn.Module):
 
 
 class Standardize(nn.Module):
-    def __init__(self, input_shape: tuple[int, ...]):
+    def __init__(self, input_shape: tuple[int, ...], dequantize_integers: bool = False):
         super().__init__()
         self.register_buffer("mean", torch.zeros(input_shape))
         self.register_buffer("std", torch.ones(input_shape))
+        # 1 for the integer-valued features (with dequantize_integers; None otherwise, and not saved)
+        self.register_buffer("lattice", torch.zeros(input_shape) if dequantize_integers else None)
 
     @torch.no_grad()
     def fit(self, x: torch.Tensor) -> None:
-        """Set mean and std from training data ``(N, *input_shape)``."""
+        """Set mean and std (and which features are integer-valued) from training data ``(N, *input_shape)``."""
+        if self.lattice is not None:
+            self.lattice.copy_((x == x.round()).all(dim=0).to(self.lattice.dtype))
+            x = x + self.lattice * (torch.rand(x.shape, generator=torch.Generator().manual_seed(0)).to(x.device) - 0.5)
         self.mean.copy_(x.mean(dim=0))
         self.std.copy_(x.std(dim=0).clamp_min(1e-6))
 
     def forward(self, x: torch.Tensor, noise: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """``noise`` is ignored (continuous data needs no dequantization)."""
+        """``noise``: u in [0, 1) of x's shape for the integer-valued features (training), or None
+        (u = 1/2; also ignored without ``dequantize_integers``)."""
+        if self.lattice is not None and noise is not None:
+            x = x + self.lattice * (noise - 0.5)
         logabsdet = -torch.log(self.std).sum().expand(x.shape[0])
         return (x - self.mean) / self.std, logabsdet
 

@@ -102,3 +102,24 @@ def test_dequantize_needs_two_levels_and_standardize_centres():
     y, _ = layer(torch.tensor([[2.0, 20.0], [3.0, 30.0]]))
     torch.testing.assert_close(y, torch.tensor([[0.0, 0.0], [2 ** -0.5, 2 ** -0.5]]))
     torch.testing.assert_close(layer.inverse(y), torch.tensor([[2.0, 20.0], [3.0, 30.0]]))
+
+
+def test_integer_features_are_dequantized_in_training_and_centred_at_inference():
+    rng = np.random.default_rng(0)
+    x = torch.from_numpy(np.c_[rng.integers(0, 10, 500), rng.normal(size=500), rng.integers(-3, 3, 500)].astype(np.float32))
+    plain, dequantized = Standardize((3,)), Standardize((3,), dequantize_integers=True)
+    plain.fit(x)
+    dequantized.fit(x)
+    assert dequantized.lattice.tolist() == [1.0, 0.0, 1.0] and "lattice" not in plain.state_dict()
+    # the statistics are those of the dequantized data: variance + 1/12 on integer features
+    np.testing.assert_allclose(dequantized.std[[0, 2]] ** 2, x[:, [0, 2]].var(0) + 1 / 12, rtol=0.1)
+    noise = torch.rand(x.shape, generator=torch.Generator().manual_seed(1))
+    trained, logdet = dequantized(x, noise)
+    centred, logdet_centre = dequantized(x, None)
+    shifted = trained * dequantized.std + dequantized.mean - x  # noise - 1/2 where integer, 0 elsewhere
+    torch.testing.assert_close(shifted[:, [0, 2]], noise[:, [0, 2]] - 0.5, atol=1e-5, rtol=0)
+    torch.testing.assert_close(shifted[:, 1], torch.zeros(500), atol=1e-5, rtol=0)
+    torch.testing.assert_close(centred, (x - dequantized.mean) / dequantized.std)
+    torch.testing.assert_close(logdet, logdet_centre)  # unit cells: no extra log-det
+    torch.testing.assert_close(plain(x, noise)[0], plain(x, None)[0])  # without the option noise is ignored
+

