@@ -71,7 +71,8 @@ class ServedVersion:
         self.state = UNLOADING
         self.stop_accepting()
         try:
-            await asyncio.wait_for(self.idle.wait(), drain_timeout_s)
+            if self.in_flight:
+                await asyncio.wait_for(self.idle.wait(), drain_timeout_s)
         except asyncio.TimeoutError:
             log.warning("%s version %s: %d requests still running after %.0f s; releasing it anyway", self.name, self.version, self.in_flight, drain_timeout_s)
         if self.batcher is not None:
