@@ -6,8 +6,10 @@
 2. schemathesis against the service's OpenAPI document (every operation, ``not_a_server_error`` and
    its other default checks);
 
-and checks the server still answers a known request exactly as before. Prints the status counts;
-exits 1 on any 5xx, reset or changed answer.
+and checks the server still answers a known request exactly as before. The server has an admin key
+nobody sends, so the model repository routes (load, unload) are fuzzed up to their 401: schemathesis
+would otherwise unload the model under test. Prints the status counts; exits 1 on any 5xx, reset or
+changed answer.
 
     .venv/bin/python -m bench.fuzz --model-dir artifacts/digits --cases 10000
 """
@@ -16,6 +18,8 @@ from __future__ import annotations
 import argparse
 import collections
 import json
+import os
+import secrets
 import subprocess
 import sys
 import tempfile
@@ -86,6 +90,7 @@ def main() -> int:
     parser.add_argument("--schemathesis-examples", type=int, default=300, help="schemathesis examples per operation")
     args = parser.parse_args()
     port = free_port()
+    os.environ["DIGLM_ADMIN_API_KEYS"] = secrets.token_hex(16)  # the repository routes answer 401 (see above)
     server = start_server(port, "--model-dir", args.model_dir)
     base = f"http://127.0.0.1:{port}"
     try:
