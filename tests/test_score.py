@@ -78,11 +78,15 @@ def test_bad_inputs_are_one_line_errors_and_leave_no_output(checkpoint, inputs, 
     np.savez(tmp_path / "small.npz", x=np.zeros((3, 7, 7)))
     pd.DataFrame(np.zeros((3, 5))).to_csv(tmp_path / "narrow.csv", index=False)
     (tmp_path / "notes.txt").write_text("not data")
+    words = pd.DataFrame(np.zeros((3, 64)), columns=[f"p{i}" for i in range(64)])
+    words["p5"] = "dark"
+    words.to_csv(tmp_path / "words.csv", index=False)
     cases = {
         str(tmp_path / "small.npz"): "holds images of 49 values; the model takes 64",
         str(tmp_path / "narrow.csv"): "has 5 feature columns; the model takes 64",
         str(tmp_path / "notes.txt"): "inputs are IDX",
         str(tmp_path / "none-*.csv"): "no input files match",
+        str(tmp_path / "words.csv"): "column 'p5' is not numeric",
     }
     for pattern, message in cases.items():
         out = tmp_path / "out"

@@ -247,11 +247,19 @@ def test_a_client_that_disconnects_gets_its_work_dropped(exported):
             return {"type": "http.disconnect"}
 
     runtime = ModelRuntime.load(exported, "cpu", "torch")
+    original, calls = runtime.predict, []
+
+    def slow_predict(x):  # the answer takes longer than the client stays (no race with a fast model)
+        calls.append(len(x))
+        time.sleep(0.3)
+        return original(x)
+
+    runtime.predict = slow_predict
     with ThreadPoolExecutor(1) as executor:
         served = ServedVersion(runtime, ServiceSettings(model_dir=exported, device="cpu", batching=False), executor)
         with pytest.raises(InputError) as raised:
             asyncio.run(served.predict(runtime.midrange_inputs(2), Gone()))
-    assert raised.value.status == 499
+    assert raised.value.status == 499 and calls == [2]
 
 
 def test_binary_tensor_input_equals_json(exported, digits):

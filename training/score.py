@@ -121,7 +121,11 @@ def canonical(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         x = np.stack(values) if values.dtype == object else values
     else:
         columns = [name for name in batch if name not in ("source", "row", *CARRIED)]
-        x = np.stack([np.asarray(batch[name], dtype=np.float32) for name in columns], axis=1)
+        try:
+            x = np.stack([np.asarray(batch[name], dtype=np.float32) for name in columns], axis=1)
+        except ValueError:
+            text = next(name for name in columns if not np.issubdtype(np.asarray(batch[name]).dtype, np.number))
+            raise DataError(f"column {text!r} is not numeric; input columns must hold the model's input values (or be id / label)") from None
     x = np.array(x, dtype=np.float32).reshape(len(x), -1)  # a writable copy (torch warns on read-only arrays)
     count = len(x)
     return {
