@@ -1,13 +1,21 @@
 """GLM heads against direct computations; the hybrid loss against plain cross-entropy."""
 import math
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
 from models.config import FlowConfig, HeadConfig, ModelConfig, PreprocessingConfig
 from models.heads import BayesianLinearHead, CategoricalHead, GaussianHead, SufficientStatistics, log_marginal_likelihood, posterior, with_bias_column
-from models.hybrid import HybridModel
+from models.hybrid import HybridModel, LossShares
+from training.config import DataConfig, load_config
+from training.data import load_dataset
+from training.distributed import Cluster
+from training.trainer import complete_model_config
+
+TINY_CONFIG = str(Path(__file__).resolve().parents[1] / "training" / "configs" / "tiny.yaml")
 
 
 def bayesian_problem(n=12, d=3):
@@ -205,3 +213,63 @@ def test_noise_reaches_the_dequantization_and_the_default_is_one_half():
     torch.testing.assert_close(plain, weightless)  # no entropy term unless asked
     all_labeled, _ = model.loss(x, y, torch.ones(3, dtype=torch.bool), 1.0, entropy_weight=0.3)
     assert torch.isfinite(all_labeled)  # no entropy of an empty set of unlabeled rows
+
+
+def test_group_weighted_log_px_is_the_full_data_mean_and_over_sampling_does_not_bias_it():
+    log_px = torch.tensor([-1.0, -2.0, -3.0, -10.0, -20.0])
+    labeled = torch.tensor([True, True, False, False, False])
+    whole = HybridModel._mean_log_px(log_px, labeled, LossShares(1, 1, 1), labeled_fraction=2 / 5)
+    assert float(whole) == pytest.approx(float(log_px.mean()))  # the whole set as one batch: the plain mean
+    # batches that over-sample the labeled rows: one labeled and one unlabeled row each, all pairs equally likely
+    estimates = [
+        float(HybridModel._mean_log_px(torch.stack([log_px[i], log_px[j]]), torch.tensor([True, False]), LossShares(1, 1, 1), 2 / 5))
+        for i in (0, 1) for j in (2, 3, 4)
+    ]
+    assert np.mean(estimates) == pytest.approx(float(log_px.mean()))
+    plain = [float(torch.stack([log_px[i], log_px[j]]).mean()) for i in (0, 1) for j in (2, 3, 4)]
+    assert np.mean(plain) != pytest.approx(float(log_px.mean()))  # the plain batch mean would be biased
+
+
+def test_shares_make_the_average_of_the_shard_gradients_the_whole_batch_gradient():
+    config = load_config(TINY_CONFIG, [])
+    dataset = load_dataset(DataConfig(name="tiny"))
+    torch.manual_seed(0)
+    model = HybridModel(complete_model_config(config.model, dataset)).train()
+    x = torch.from_numpy(dataset.x[:13])
+    y = torch.from_numpy(dataset.y[:13])
+    labeled = torch.tensor([True, False, False, True, False, False, False, True, False, False, True, False, False])
+    noise = torch.rand(x.shape, generator=torch.Generator().manual_seed(1))
+    model(x, noise)  # actnorm's data-dependent initialisation
+
+    def gradient(loss: torch.Tensor) -> torch.Tensor:
+        model.zero_grad()
+        loss.backward()
+        return torch.cat([p.grad.flatten() if p.grad is not None else torch.zeros(p.numel()) for p in model.parameters()])
+
+    whole = gradient(model.loss(x, y, labeled, 1.0, 0.1, noise)[0])
+    world = 3
+    averaged, naive = torch.zeros_like(whole), torch.zeros_like(whole)
+    for rank in range(world):
+        cluster = Cluster(rank, world)
+        xs, ys, ls, us = cluster.shard(x, y, labeled, noise)
+        averaged += gradient(model.loss(xs, ys, ls, 1.0, 0.1, us, cluster.shares(labeled))[0]) / world
+        naive += gradient(model.loss(xs, ys, ls, 1.0, 0.1, us)[0]) / world
+    torch.testing.assert_close(averaged, whole, rtol=1e-5, atol=1e-6)
+    assert (naive - whole).abs().max() > 1e-3  # plain per-process means would not be the same objective
+
+
+def test_labeled_fraction_weights_log_px_per_group_in_the_loss():
+    torch.manual_seed(0)
+    model = HybridModel(ModelConfig(
+        input_shape=[4], preprocessing=PreprocessingConfig(kind="standardize"), flow=FlowConfig(kind="realnvp", steps=2, hidden=8),
+        head=HeadConfig(kind="categorical", num_classes=3),
+    ))
+    x, y = torch.randn(6, 4), torch.tensor([0, 1, 2, 0, 1, 2])
+    labeled = torch.tensor([True, False, False, True, False, False])
+    loss, output = model.loss(x, y, labeled, 2.0, 0.5, None, None, 0.1)
+    log_px = 0.1 * output.log_px[labeled].mean() + 0.9 * output.log_px[~labeled].mean()
+    expected = -(2.0 / 4 * log_px + model.head.batch_log_likelihood(output.z[labeled], y[labeled]) - 0.5 * model.head.entropy(output.z[~labeled]).mean())
+    torch.testing.assert_close(loss, expected)
+    shared, _ = model.loss(x, y, labeled, 2.0, 0.5, None, LossShares(0.5, 2.0, 3.0), 0.1)
+    log_px_shared = 0.1 * output.log_px[labeled].mean() * 2.0 + 0.9 * output.log_px[~labeled].mean() * 3.0
+    torch.testing.assert_close(shared, -(2.0 / 4 * log_px_shared + 2.0 * model.head.batch_log_likelihood(output.z[labeled], y[labeled]) - 0.5 * 3.0 * model.head.entropy(output.z[~labeled]).mean()))

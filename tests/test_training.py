@@ -278,20 +278,3 @@ def test_mixed_batches_hold_a_fixed_labeled_share_and_pass_over_the_unlabeled_ro
     labeled_seen = [r for r, mark in zip(rows, marks) if mark]
     counts = np.bincount(labeled_seen, minlength=103)[labeled]
     assert counts.max() - counts.min() <= 1  # labeled rows cycle through whole passes
-
-
-def test_group_weighted_log_px_is_the_full_data_mean_and_over_sampling_does_not_bias_it():
-    from models.hybrid import HybridModel, LossShares
-
-    log_px = torch.tensor([-1.0, -2.0, -3.0, -10.0, -20.0])
-    labeled = torch.tensor([True, True, False, False, False])
-    whole = HybridModel._mean_log_px(log_px, labeled, LossShares(1, 1, 1), labeled_fraction=2 / 5)
-    assert float(whole) == pytest.approx(float(log_px.mean()))  # the whole set as one batch: the plain mean
-    # batches that over-sample the labeled rows: one labeled and one unlabeled row each, all pairs equally likely
-    estimates = [
-        float(HybridModel._mean_log_px(torch.stack([log_px[i], log_px[j]]), torch.tensor([True, False]), LossShares(1, 1, 1), 2 / 5))
-        for i in (0, 1) for j in (2, 3, 4)
-    ]
-    assert np.mean(estimates) == pytest.approx(float(log_px.mean()))
-    plain = [float(torch.stack([log_px[i], log_px[j]]).mean()) for i in (0, 1) for j in (2, 3, 4)]
-    assert np.mean(plain) != pytest.approx(float(log_px.mean()))  # the plain batch mean would be biased
