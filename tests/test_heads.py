@@ -273,3 +273,8 @@ def test_labeled_fraction_weights_log_px_per_group_in_the_loss():
     shared, _ = model.loss(x, y, labeled, 2.0, 0.5, None, LossShares(0.5, 2.0, 3.0), 0.1)
     log_px_shared = 0.1 * output.log_px[labeled].mean() * 2.0 + 0.9 * output.log_px[~labeled].mean() * 3.0
     torch.testing.assert_close(shared, -(2.0 / 4 * log_px_shared + 2.0 * model.head.batch_log_likelihood(output.z[labeled], y[labeled]) - 0.5 * 3.0 * model.head.entropy(output.z[~labeled]).mean()))
+    all_labeled = torch.ones(6, dtype=torch.bool)  # a batch (or a process's shard) holding one group: only that group's part
+    only_labeled, output = model.loss(x, y, all_labeled, 2.0, 0.5, None, None, 0.1)
+    torch.testing.assert_close(only_labeled, -(2.0 / 4 * 0.1 * output.log_px.mean() + model.head.batch_log_likelihood(output.z, y)))
+    fast, _ = model.loss(x, y, None, 2.0, 0.0, None, LossShares(0.5, 0.5, 0.0))  # every row labeled: one share for both terms
+    torch.testing.assert_close(fast, 0.5 * model.loss(x, y, None, 2.0)[0])

@@ -95,6 +95,9 @@ def test_runtime_describes_its_checkpoint_and_backend(tiny, runtime):
     assert onnx.backend.name == "onnx" and onnx.platform == "onnxruntime_onnx"
     assert onnx.backend.session.get_session_options().intra_op_num_threads == 3
     assert ModelRuntime.load(tiny, "cpu", "auto").backend.name in ("torch", "onnx")
+    assert runtime.checkpoint_path == tiny
+    renamed = ModelRuntime.load(tiny, "cpu", name="digits", version="7")  # served from a repository's folders
+    assert (renamed.name, renamed.version, renamed.manifest.version) == ("digits", "7", manifest.version)
 
 
 def test_load_sets_threads_on_the_device_and_logs_what_it_loaded(tiny, caplog):
