@@ -85,17 +85,31 @@ class ModelRegistry:
         return self.policies.get(name, self.default_policy)
 
     # -- loading -----------------------------------------------------------------------------
+    def scan(self) -> dict[str, list[VersionFolder]]:
+        """``source.scan``, its failures as a 503 ``RepositoryError``."""
+        try:
+            return self.source.scan()
+        except (OSError, CheckpointError) as error:
+            raise RepositoryError(f"cannot read the {self.source.describe()}: {error}", status=503) from None
+
+    def _scan_for_start(self) -> dict[str, list[VersionFolder]]:
+        found = self.scan()
+        if not found:
+            raise RepositoryError(f"the {self.source.describe()} holds no model folders with versions", status=503)
+        return found
+
+    def selected(self, name: str, folders: list[VersionFolder]) -> list[VersionFolder]:
+        """The version folders the model's policy serves, oldest to newest."""
+        by_version = {folder.version: folder for folder in folders}
+        return [by_version[version] for version in self.policy(name).select(list(by_version))]
+
     def preload(self) -> None:
         """Load (verify) what the start-up will serve before the server starts, so that ``python -m
         service`` stops with the loader's one-line error (``CheckpointError``, ``DeviceUnavailable``,
         ``RepositoryError``) instead of serving nothing; ``start`` then uses these."""
-        found = self.source.scan()
-        if not found:
-            raise RepositoryError(f"the {self.source.describe()} holds no model folders with versions", status=503)
-        for name, folders in found.items():
-            by_version = {folder.version: folder for folder in folders}
-            for version in self.policy(name).select(list(by_version)):
-                self.preloaded[name, version] = self._load_runtime(by_version[version])
+        for name, folders in self._scan_for_start().items():
+            for folder in self.selected(name, folders):
+                self.preloaded[name, folder.version] = self._load_runtime(folder)
 
     def _load_runtime(self, folder: VersionFolder) -> ModelRuntime:
         settings = self.settings
@@ -108,12 +122,9 @@ class ModelRegistry:
         """Start-up: load every model of the source; on the first failure ``load_error`` says why and
         the server never reports ready."""
         try:
-            found = await asyncio.to_thread(self.source.scan)
-            if not found:
-                raise RepositoryError(f"the {self.source.describe()} holds no model folders with versions", status=503)
-            for name in found:
+            for name in await asyncio.to_thread(self._scan_for_start):
                 await self.load(name)
-        except (RepositoryError, CheckpointError, OSError) as error:
+        except RepositoryError as error:
             self.load_error = str(error)
             log.error("not ready: %s", error)
             return
@@ -127,18 +138,16 @@ class ModelRegistry:
         verify or warm up, the policy selects nothing, or the limit on loaded versions is reached."""
         async with self.lock:
             self.unloaded.discard(name)
-            try:
-                found = await asyncio.to_thread(self.source.scan)
-            except (OSError, CheckpointError) as error:
-                raise RepositoryError(f"cannot read the {self.source.describe()}: {error}", status=503) from None
+            found = await asyncio.to_thread(self.scan)
             if name not in found:
                 raise RepositoryError(f"model {_shown(name)} is not in the {self.source.describe()}", status=404)
-            folders = {folder.version: folder for folder in found[name]}
-            if not folders:
+            if not found[name]:
                 raise RepositoryError(f"model {_shown(name)} has no version folders with a manifest in the {self.source.describe()}", status=404)
-            wanted = self.policy(name).select(list(folders))
+            folders = {folder.version: folder for folder in self.selected(name, found[name])}
+            wanted = list(folders)
             if not wanted:
-                raise RepositoryError(f"the version policy of {_shown(name)} selects none of its versions {list(folders)}", status=400)
+                available = [folder.version for folder in found[name]]
+                raise RepositoryError(f"the version policy of {_shown(name)} selects none of its versions {available}", status=400)
             current = self.routes.get(name, {})
             changed = [version for version in wanted if version not in current or current[version].digest != folders[version].digest()]
             if not changed and set(current) == set(wanted):
@@ -214,8 +223,8 @@ class ModelRegistry:
 
     def _known_names(self) -> set[str]:
         try:
-            return set(self.source.scan())
-        except (OSError, CheckpointError):
+            return set(self.scan())
+        except RepositoryError:
             return set()
 
     # -- the index and the poller --------------------------------------------------------------
@@ -242,8 +251,8 @@ class ModelRegistry:
         while True:
             await asyncio.sleep(interval_s)
             try:
-                found = await asyncio.to_thread(self.source.scan)
-            except (OSError, CheckpointError) as error:
+                found = await asyncio.to_thread(self.scan)
+            except RepositoryError as error:
                 log.warning("model repository poll: %s", error)
                 continue
             for name in sorted(set(found) | set(self.routes)):
@@ -255,12 +264,11 @@ class ModelRegistry:
         if not folders:
             await self.unload(name, by_request=False)
             return
-        by_version = {folder.version: folder for folder in folders}
-        wanted = self.policy(name).select(list(by_version))
+        wanted = self.selected(name, folders)
         current = self.routes.get(name, {})
-        if set(wanted) == set(current) and all(current[version].digest == by_version[version].digest() for version in wanted):
+        if {folder.version for folder in wanted} == set(current) and all(current[folder.version].digest == folder.digest() for folder in wanted):
             return
-        fingerprint = tuple(by_version[version].fingerprint() for version in wanted)
+        fingerprint = tuple(folder.fingerprint() for folder in wanted)
         if self.poll_failed.get(name) == fingerprint:
             return
         try:

@@ -75,10 +75,7 @@ class VersionFolder:
     def digest(self) -> str | None:
         """The digest its manifest declares (read without verifying; None when unreadable): tells
         a rewritten version (``python -m training calibrate`` in place) from the loaded one."""
-        try:
-            return json.loads((self.path / MANIFEST_FILE).read_text()).get("digest")
-        except (OSError, ValueError, AttributeError):
-            return None
+        return _declared(self.path).get("digest")
 
     def fingerprint(self) -> tuple:
         """Name, size and modification time of every file in the folder: changes while a version
@@ -104,9 +101,11 @@ class ModelSource:
     def scan(self) -> dict[str, list[VersionFolder]]:
         """Every model and its version folders, oldest to newest. A version folder needs a manifest;
         other entries are skipped (and logged once per scan at debug level)."""
-        if self.checkpoint is not None:
-            manifest = read_manifest(self.checkpoint)
-            return {manifest.name: [VersionFolder(manifest.name, manifest.version, self.checkpoint)]}
+        if self.checkpoint is not None:  # named by its manifest, read without verifying: the load verifies it
+            declared = _declared(self.checkpoint)
+            if not isinstance(declared.get("name"), str) or not isinstance(declared.get("version"), str):
+                read_manifest(self.checkpoint)  # raises the loader's one-line CheckpointError
+            return {declared["name"]: [VersionFolder(declared["name"], declared["version"], self.checkpoint)]}
         if not self.repository.is_dir():
             raise FileNotFoundError(f"model repository {self.repository} is not a folder")
         found = {}
@@ -126,3 +125,12 @@ class ModelSource:
 
     def describe(self) -> str:
         return f"model repository {self.repository}" if self.is_repository else f"checkpoint {self.checkpoint}"
+
+
+def _declared(folder: Path) -> dict:
+    """The manifest's fields as written (no verification); empty when it is missing or unreadable."""
+    try:
+        fields = json.loads((folder / MANIFEST_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+    return fields if isinstance(fields, dict) else {}

@@ -95,6 +95,17 @@ def test_onnx_backend_without_an_export_is_a_clear_error(tmp_path, exported):
         ModelRuntime.load(plain, "cpu", "onnx")
 
 
+def before_predict(runtime: ModelRuntime, hook) -> None:
+    """Make ``runtime.predict(x)`` call ``hook(x)`` first (in the inference thread): to hold or slow it."""
+    original = runtime.predict
+
+    def predict(x):
+        hook(x)
+        return original(x)
+
+    runtime.predict = predict
+
+
 def run_app(settings: ServiceSettings, runtime: ModelRuntime, requests):
     """Start the app's lifespan, wait until ready, and run ``requests(client)`` concurrently."""
     app = create_app(settings, [runtime])
@@ -138,13 +149,7 @@ def test_full_queue_is_503_with_retry_after(exported, digits):
     runtime = ModelRuntime.load(exported, "cpu", "torch")
     release = threading.Event()
     release.set()  # the warm-up batch goes through
-    original = runtime.predict
-
-    def held_predict(x):
-        release.wait(5)
-        return original(x)
-
-    runtime.predict = held_predict
+    before_predict(runtime, lambda x: release.wait(5))
     settings = ServiceSettings(model_dir=exported, device="cpu", max_queue=2, warmup_batch=1)
     body = {"instances": [digits[0].tolist()]}
 
@@ -195,15 +200,14 @@ def test_batcher_refuses_past_its_queue_limit():
 
 def test_a_request_past_its_deadline_is_504_and_its_queued_work_is_dropped(exported, digits):
     runtime = ModelRuntime.load(exported, "cpu", "torch")
-    original, calls, slow = runtime.predict, [], threading.Event()
+    calls, slow = [], threading.Event()
 
-    def slow_predict(x):
+    def delay(x):
         if slow.is_set():
             calls.append(len(x))
             time.sleep(0.6)
-        return original(x)
 
-    runtime.predict = slow_predict
+    before_predict(runtime, delay)
     settings = ServiceSettings(model_dir=exported, device="cpu", request_timeout_s=0.25, warmup_batch=1)
     body = {"instances": [digits[0].tolist()]}
 
@@ -247,14 +251,8 @@ def test_a_client_that_disconnects_gets_its_work_dropped(exported):
             return {"type": "http.disconnect"}
 
     runtime = ModelRuntime.load(exported, "cpu", "torch")
-    original, calls = runtime.predict, []
-
-    def slow_predict(x):  # the answer takes longer than the client stays (no race with a fast model)
-        calls.append(len(x))
-        time.sleep(0.3)
-        return original(x)
-
-    runtime.predict = slow_predict
+    calls = []
+    before_predict(runtime, lambda x: (calls.append(len(x)), time.sleep(0.3)))  # the answer outlasts the client (no race)
     with ThreadPoolExecutor(1) as executor:
         served = ServedVersion(runtime, ServiceSettings(model_dir=exported, device="cpu", batching=False), executor)
         with pytest.raises(InputError) as raised:

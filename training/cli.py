@@ -5,6 +5,7 @@ Errors meant for the user (bad config, missing data, damaged checkpoint) print o
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import logging
 import sys
 from pathlib import Path
@@ -126,11 +127,8 @@ def _experiment(args: argparse.Namespace) -> None:
 def _score(args: argparse.Namespace) -> None:
     from training.score import score
 
-    if args.engine == "ray":
-        try:
-            import ray  # noqa: F401
-        except ImportError:
-            raise ConfigError("the ray engine needs Ray: pip install -e '.[score]' (or use --engine local)") from None
+    if args.engine == "ray" and importlib.util.find_spec("ray") is None:
+        raise ConfigError("the ray engine needs Ray: pip install -e '.[score]' (or use --engine local)")
     result = score(args.input, args.checkpoint, args.output, args.engine, args.backend, args.batch_size, args.actors, args.address, not args.quiet)
     print(f"scored {result['rows']} rows of {result['files']} file(s) in {result['seconds']:.1f} s ({result['rows_per_s']:.0f} rows/s) into {result['output']}")
 

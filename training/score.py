@@ -185,8 +185,11 @@ def score_local(files: list[Path], checkpoint: str, output: Path, backend: str, 
 
 
 def _numpy(column: pa.Array) -> np.ndarray:
-    if pa.types.is_fixed_size_list(column.type) or pa.types.is_list(column.type):
-        return np.asarray(column.to_pylist(), dtype=np.float32) if pa.types.is_list(column.type) else column.flatten().to_numpy().reshape(len(column), -1)
+    """An Arrow column as numpy; list columns (images, Parquet ``x``) as ``(N, D)``."""
+    if pa.types.is_fixed_size_list(column.type):
+        return column.flatten().to_numpy().reshape(len(column), -1)
+    if pa.types.is_list(column.type):
+        return np.asarray(column.to_pylist(), dtype=np.float32)
     return column.to_numpy(zero_copy_only=False)
 
 

@@ -76,15 +76,20 @@ def _batches(split: Split, batch_size: int, generator: torch.Generator | None):
         yield (torch.from_numpy(split.x[index]), torch.from_numpy(split.y[index]), torch.from_numpy(split.labeled[index]))
 
 
+def _labeled_per_batch(batch_size: int, labeled_share: float) -> int:
+    """Labeled rows in each mixed batch: the share of the batch, at least one, and one row short of it."""
+    return min(batch_size - 1, max(1, round(labeled_share * batch_size)))
+
+
 def _mixed_batches(split: Split, batch_size: int, labeled_share: float, generator: torch.Generator):
-    """Batches of ``round(labeled_share * batch_size)`` labeled rows (at least one) and the rest
-    unlabeled, drawn separately: one pass over the unlabeled rows in a fresh order, the labeled rows
-    cycling through fresh orders of their own."""
+    """Batches of ``_labeled_per_batch`` labeled rows and the rest unlabeled, drawn separately: one
+    pass over the unlabeled rows in a fresh order, the labeled rows cycling through fresh orders of
+    their own."""
     labeled_rows, unlabeled_rows = np.flatnonzero(split.labeled), np.flatnonzero(~split.labeled)
-    per_batch = min(batch_size - 1, max(1, round(labeled_share * batch_size)))
+    per_batch = _labeled_per_batch(batch_size, labeled_share)
     rest = batch_size - per_batch
     unlabeled_order = unlabeled_rows[torch.randperm(len(unlabeled_rows), generator=generator).numpy()]
-    steps = math.ceil(len(unlabeled_rows) / rest)
+    steps = mixed_steps(split, batch_size, labeled_share)
     passes = math.ceil(steps * per_batch / len(labeled_rows))
     labeled_order = np.concatenate([labeled_rows[torch.randperm(len(labeled_rows), generator=generator).numpy()] for _ in range(passes)])
     for step in range(steps):
@@ -94,8 +99,7 @@ def _mixed_batches(split: Split, batch_size: int, labeled_share: float, generato
 
 def mixed_steps(split: Split, batch_size: int, labeled_share: float) -> int:
     """Steps per epoch of ``_mixed_batches``."""
-    per_batch = min(batch_size - 1, max(1, round(labeled_share * batch_size)))
-    return math.ceil(int((~split.labeled).sum()) / (batch_size - per_batch))
+    return math.ceil(int((~split.labeled).sum()) / (batch_size - _labeled_per_batch(batch_size, labeled_share)))
 
 
 class Trainer:

@@ -7,10 +7,8 @@ import asyncio
 
 from fastapi import APIRouter, Request, Response
 
-from models.checkpoint import CheckpointError
 from service.api.common import ERRORS, read_body, service_state
 from service.inputs import InputError, parse_json
-from service.registry import RepositoryError
 
 router = APIRouter(prefix="/v2/repository", tags=["model repository"])
 ADMIN_ERRORS = {**ERRORS, 401: ERRORS[400], 403: ERRORS[400], 409: ERRORS[400]}
@@ -37,11 +35,7 @@ async def index(request: Request) -> list[dict]:
     if not isinstance(ready_only, bool):
         raise InputError('"ready" must be true or false')
     models = service_state(request).models
-    try:
-        found = await asyncio.to_thread(models.source.scan)
-    except (OSError, CheckpointError) as error:
-        raise RepositoryError(f"cannot read the {models.source.describe()}: {error}", status=503) from None
-    return [entry.as_dict() for entry in models.index(found, ready_only)]
+    return [entry.as_dict() for entry in models.index(await asyncio.to_thread(models.scan), ready_only)]
 
 
 def _no_parameters(body: dict) -> None:
