@@ -168,5 +168,11 @@ def test_mnist_experiments_pipeline_and_resume(tmp_path):
     semi = EXPERIMENTS["mnist-semi"].run(ctx)
     assert set(semi["models"]) == {"labels_only", "labels_and_unlabeled", "all_labels"}
     assert (tmp_path / "artifacts" / "mnist-hybrid-1" / "manifest.json").stat().st_mtime_ns == before  # reused, not retrained
+    long = EXPERIMENTS["mnist-long"].run(ctx)
+    assert (tmp_path / "artifacts" / "mnist-hybrid-1" / "manifest.json").stat().st_mtime_ns == before
+    assert set(long["models"]) == {"mnist-cpu", "mnist-cpu-long"} and long["models"]["mnist-cpu-long"]["schedule"] == "cosine"
+    assert "notmnist" in long["gate"]["ood"] and long["models"]["mnist-cpu-long"]["history"]
+    for figure in ("mnist_long_curves", "mnist_long_samples", "gate_mnist-long"):
+        assert (tmp_path / "results" / f"{figure}.png").is_file()
     text = (tmp_path / "results.md").read_text()
-    assert "## MNIST: lambda sweep" in text and "## MNIST semi-supervised" in text
+    assert "## MNIST: lambda sweep" in text and "## MNIST semi-supervised" in text and "## MNIST: a longer CPU run" in text

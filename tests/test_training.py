@@ -278,3 +278,23 @@ def test_mixed_batches_hold_a_fixed_labeled_share_and_pass_over_the_unlabeled_ro
     labeled_seen = [r for r, mark in zip(rows, marks) if mark]
     counts = np.bincount(labeled_seen, minlength=103)[labeled]
     assert counts.max() - counts.min() <= 1  # labeled rows cycle through whole passes
+
+
+def test_learning_rate_warms_up_then_stays_or_follows_a_cosine_to_zero():
+    from training.trainer import learning_rate_factor
+
+    warm = [learning_rate_factor(10, 110, "cosine", step) for step in range(10)]
+    assert warm == pytest.approx([(s + 1) / 10 for s in range(10)])
+    assert [learning_rate_factor(10, 110, "constant", s) for s in (10, 60, 500)] == [1.0, 1.0, 1.0]
+    assert learning_rate_factor(10, 110, "cosine", 10) == pytest.approx(1.0)
+    assert learning_rate_factor(10, 110, "cosine", 60) == pytest.approx(0.5)  # half way: cos(pi/2)
+    assert learning_rate_factor(10, 110, "cosine", 85) == pytest.approx(0.5 * (1 + np.cos(np.pi * 0.75)))
+    assert learning_rate_factor(10, 110, "cosine", 110) == pytest.approx(0.0, abs=1e-12)
+    assert learning_rate_factor(10, 110, "cosine", 200) == pytest.approx(0.0, abs=1e-12)  # past the end: stays at 0
+
+
+def test_a_cosine_run_ends_near_a_zero_learning_rate(tmp_path):
+    out = tmp_path / "cosine"
+    assert main(["train", "--config", str(CONFIGS / "tiny.yaml"), "--out", str(out), "--quiet", "--set", "train.schedule=cosine", "--set", "train.patience=null"]) == 0
+    groups = load_checkpoint(out).manifest.training.optimizer.param_groups
+    assert groups[0]["lr"] < 0.01 * groups[0]["initial_lr"]

@@ -40,6 +40,9 @@ class TrainConfig(StrictModel):
     optimizer: Literal["adam", "adamax"] = "adam"
     learning_rate: float = Field(1e-3, gt=0)
     warmup_steps: int = Field(100, ge=0, description="linear learning-rate warm-up")
+    schedule: Literal["constant", "cosine"] = Field(
+        "constant", description="learning rate after the warm-up: constant, or a cosine decay to 0 at the end of the run's last epoch"
+    )
     weight_decay: float = Field(0.0, ge=0)
     grad_clip: float = Field(50.0, gt=0, description="maximum gradient norm")
     lambda_per_dim: float = Field(0.01, ge=0, description="weight of log p(x) per dimension: lambda = value / D")

@@ -8,6 +8,7 @@ import math
 import random
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -102,6 +103,16 @@ def mixed_steps(split: Split, batch_size: int, labeled_share: float) -> int:
     return math.ceil(int((~split.labeled).sum()) / (batch_size - _labeled_per_batch(batch_size, labeled_share)))
 
 
+def learning_rate_factor(warmup_steps: int, total_steps: int, schedule: str, step: int) -> float:
+    """Multiplier of the base learning rate at optimizer step ``step`` (0-based): a linear warm-up
+    over ``warmup_steps``, then constant or a cosine decay reaching 0 at ``total_steps``."""
+    warmup = min(1.0, (step + 1) / max(warmup_steps, 1))
+    if schedule == "constant" or step < warmup_steps:
+        return warmup
+    progress = min(1.0, (step - warmup_steps) / max(total_steps - warmup_steps, 1))
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
 class Trainer:
     def __init__(self, config: ExperimentConfig, progress: bool = True, cluster: Cluster = Cluster()):
         """``cluster``: this process's place in data-parallel training (``training.distributed``);
@@ -143,24 +154,24 @@ class Trainer:
         training record for the manifest; the optimizer and schedule stay in ``self``."""
         train = self.config.train
         optimizer_class = torch.optim.Adamax if train.optimizer == "adamax" else torch.optim.Adam
+        all_labeled = bool(splits.train.labeled.all())
         optimizer = optimizer_class(model.parameters(), lr=train.learning_rate, weight_decay=train.weight_decay)
-        warmup = max(train.warmup_steps, 1)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
+        mixed = train.labeled_share is not None and not all_labeled and bool(splits.train.labeled.any())
+        steps_per_epoch = mixed_steps(splits.train, train.batch_size, train.labeled_share) if mixed else math.ceil(len(splits.train) / train.batch_size)
+        total_steps = (start_epoch + train.epochs) * steps_per_epoch  # a resumed run decays over its extended length
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, partial(learning_rate_factor, train.warmup_steps, total_steps, train.schedule))
         saved = resume_from.manifest.training.optimizer if resume_from is not None else None
         if saved is not None:
             load_optimizer_state(optimizer, scheduler, resume_from.path / saved.file, saved.model_dump())
         self.optimizer, self.scheduler = optimizer, scheduler
         generator = torch.Generator().manual_seed(self.config.seed)
         cluster = self.cluster
-        all_labeled = bool(splits.train.labeled.all())
         step_loss = data_parallel(model, cluster, partly_labeled=not all_labeled)
         loss_fn = torch.compile(step_loss) if train.compile else step_loss
         best = {"loss": math.inf, "epoch": start_epoch, "state": copy.deepcopy(model.state_dict())}
         history, bad_steps, started = [], 0, time.perf_counter()
         epochs = range(start_epoch, start_epoch + train.epochs)
-        mixed = train.labeled_share is not None and not all_labeled and bool(splits.train.labeled.any())
         labeled_fraction = float(splits.train.labeled.mean()) if mixed else None
-        steps_per_epoch = mixed_steps(splits.train, train.batch_size, train.labeled_share) if mixed else math.ceil(len(splits.train) / train.batch_size)
         bar = tqdm(total=train.epochs * steps_per_epoch, desc="training", unit="step", disable=not self.progress)
         for epoch in epochs:
             model.train()

@@ -8,7 +8,7 @@ from training.experiments.common import Experiment, ExperimentContext
 
 EXPERIMENTS: dict[str, Experiment] = {
     experiment.name: experiment
-    for experiment in (gmm1d.EXPERIMENT, moons.EXPERIMENT, flights.EXPERIMENT, mnist.SWEEP_EXPERIMENT, mnist.SEMI_EXPERIMENT, gate.EXPERIMENT)
+    for experiment in (gmm1d.EXPERIMENT, moons.EXPERIMENT, flights.EXPERIMENT, mnist.SWEEP_EXPERIMENT, mnist.SEMI_EXPERIMENT, mnist.LONG_EXPERIMENT, gate.EXPERIMENT)
 }
 
 __all__ = ["EXPERIMENTS", "Experiment", "ExperimentContext"]

@@ -56,10 +56,11 @@ class ExperimentContext:
             except CheckpointError:
                 loaded = None
             if loaded is not None:
-                trained = loaded.manifest.training.config
-                if trained == config.model_dump(mode="json"):
+                # validated again, so a field added since with its default compares equal
+                trained = ExperimentConfig.model_validate(loaded.manifest.training.config)
+                if trained.model_dump(mode="json") == config.model_dump(mode="json"):
                     return loaded
-                if differs_only_in_gate(ExperimentConfig.model_validate(trained), config):
+                if differs_only_in_gate(trained, config):
                     refit_gate(loaded, config)
                     return load_checkpoint(out)
         return self.train(config, run_name)

@@ -18,7 +18,7 @@ MNIST_QUICK = ["data.limit=1500", "train.epochs=1", "train.compile=false", "mode
 MNIST_BEST_LAMBDA = 0.1  # the best hybrid of the MNIST sweep (docs/results.md, "MNIST")
 
 
-def _evaluate(context: ExperimentContext, name: str, config, run_name: str, extra_sets: dict | None = None) -> tuple[dict, dict]:
+def evaluate_gate(context: ExperimentContext, name: str, config, run_name: str, extra_sets: dict | None = None) -> tuple[dict, dict]:
     """Train or load ``config``, evaluate the gate on its test split and OOD sets: the report, and
     for image models the values the score histograms draw."""
     started = Stopwatch()
@@ -56,32 +56,37 @@ def compute(context: ExperimentContext) -> Computed:
     if flights_available(context):
         runs.append(("flights", context.config("flights", ["train.epochs=1"] if context.quick else []), "flights-b_diglm", None))
     for name, config, run_name, extra_sets in runs:
-        computed.results["models"][name], arrays = _evaluate(context, name, config, run_name, extra_sets)
+        computed.results["models"][name], arrays = evaluate_gate(context, name, config, run_name, extra_sets)
         computed.arrays.update(arrays)
     computed.results["seconds"] = clock.seconds()
     return computed
 
 
-def _histogram_values(computed: Computed, model: str) -> dict[str, dict[str, np.ndarray]]:
+def _histogram_values(arrays: dict[str, np.ndarray], model: str) -> dict[str, dict[str, np.ndarray]]:
     """The figure data of one model, by split (``in_distribution`` first, then the OOD sets) and score."""
     values: dict[str, dict[str, np.ndarray]] = {}
-    for key, array in computed.arrays.items():
-        name, split, score = key.split(".", 2)
-        if name == model:
+    for key, array in arrays.items():
+        if key.startswith(f"{model}."):
+            _, split, score = key.split(".", 2)
             values.setdefault(split, {})[score] = array
     return values
 
 
+def plot_gate(context: ExperimentContext, arrays: dict[str, np.ndarray], model: str, alpha: float) -> None:
+    """``gate_<model>.png``: the histograms of every gate score, in-distribution against each OOD set
+    (nothing for models without image figure data)."""
+    values = _histogram_values(arrays, model)
+    if values:
+        in_distribution = values.pop("in_distribution")
+        plot_score_histograms(in_distribution, values, alpha, context.figure_path(f"gate_{model}"))
+
+
 def plot(context: ExperimentContext, computed: Computed) -> None:
-    """Per image model, the histograms of every gate score: in-distribution against each OOD set."""
     for name, report in computed.results["models"].items():
-        values = _histogram_values(computed, name)
-        if values:
-            in_distribution = values.pop("in_distribution")
-            plot_score_histograms(in_distribution, values, report["gate"]["alpha"], context.figure_path(f"gate_{name}"))
+        plot_gate(context, computed.arrays, name, report["gate"]["alpha"])
 
 
-def _model_table(name: str, report: dict, figure_link: str | None) -> str:
+def gate_table(name: str, report: dict, figure_link: str | None) -> str:
     gate, test = report["gate"], report["test"]
     rejections = gate["false_rejection"]
     low, high = rejections["interval_95"]
@@ -111,7 +116,7 @@ Gate: {gate['method']}, alpha = {gate['alpha']}, {gate['combine']} of {', '.join
 
 def report(context: ExperimentContext, results: dict) -> str:
     figures = {name: context.figure_link(f"gate_{name}") if context.figure_path(f"gate_{name}").is_file() else None for name in results["models"]}
-    tables = "\n".join(_model_table(name, model, figures[name]) for name, model in results["models"].items())
+    tables = "\n".join(gate_table(name, model, figures[name]) for name, model in results["models"].items())
     return f"""## The gate: conformal p-values of several scores (beyond the paper)
 
 Command: `python -m training experiment gate --data-dir ../shared/data` ({results['seconds']:.0f} s on 2 CPU cores; it reuses the
