@@ -64,10 +64,13 @@ serve: train
 	$(PY) -m service --model-dir $(MODEL_DIR) --host $(HOST) --port $(PORT)
 
 # Benchmarks (each prints a table and updates its section of docs/benchmarks.md). The peers they
-# compare against live in their own environment, .venv-bench (bench/requirements.txt).
+# compare against live in their own environments: .venv-bench (bench/requirements.txt) and
+# .venv-mlserver (bench/requirements-mlserver.txt).
 bench-env:
 	test -x .venv-bench/bin/python || $(PYTHON) -m venv .venv-bench
 	.venv-bench/bin/python -m pip install --quiet -r bench/requirements.txt
+	test -x .venv-mlserver/bin/python || $(PYTHON) -m venv .venv-mlserver
+	.venv-mlserver/bin/python -m pip install --quiet -r bench/requirements-mlserver.txt
 
 bench-load: train
 	$(PY) -m bench.serve_load --model-dir $(MODEL_DIR) --write

@@ -1,11 +1,11 @@
 """Serving throughput and latency, side by side in one run: the raw model in-process (the ceiling),
-our service (torch / ONNX backends, batching on and off), plain FastAPI baselines and LitServe, all
-on the same MNIST-size Glow hybrid (``bench/model.py``).
+our service (torch / ONNX backends, batching on and off), plain FastAPI baselines, LitServe and
+MLServer, all on the same MNIST-size Glow hybrid (``bench/model.py``).
 
 Load: wrk (Debian package) with one thread and a Lua script for the POST body; client and servers
 share the machine's cores unpinned; one server at a time, warmed up before measuring. Prints one
 table and, with ``--write``, rewrites the serve section of docs/benchmarks.md. Needs the benchmark
-environment (LitServe): ``make bench-serve``.
+environments (LitServe in .venv-bench, MLServer in .venv-mlserver): ``make bench-serve``.
 
     .venv-bench/bin/python -m bench.serve --write
 """
@@ -22,11 +22,13 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from bench.model import ROOT, build_benchmark_checkpoint, random_images
+from bench.peers.mlserver_onnx import MODEL_NAME, write_model_folder
 from bench.serve_load import free_port
 from training.config import GateSettings
 
@@ -129,23 +131,98 @@ def in_process(checkpoint: Path) -> dict:
 LOG_PX_GATE = GateSettings(scores={"log_px": "lower"})  # the paper's evidence alone, for the gate's cost
 
 
-def servers(checkpoint: Path, python: str, port: int, device: str = "cpu") -> dict:
-    """Name -> (command, extra environment, predict path) of each server, listening on ``port``.
-    ``device`` applies to our service (the peers run on the CPU)."""
+ONE_REQUEST_KIND = {"v1": "1 instance, JSON", "v2": "1 instance, v2 JSON"}
+MANY_REQUEST_KINDS = {"v1": ["32 instances, JSON"], "v2": ["32 instances, v2 JSON", "32 instances, v2 binary"]}
+MLSERVER = ROOT / ".venv-mlserver" / "bin" / "mlserver"
+MLSERVER_NAME = "MLServer + ONNX Runtime (adaptive batching 32 / 5 ms)"
+
+
+@dataclass
+class Server:
+    """How to start one server and what it speaks: ``paths`` by protocol (``v1``: a JSON body of
+    ``instances``; ``v2``: the Open Inference Protocol), ``many``: whether it also gets the
+    32-instance rows, ``binary``: whether it takes the binary tensor extension."""
+
+    command: list[str]
+    env: dict[str, str]
+    paths: dict[str, str]
+    many: bool = False
+    binary: bool = False
+
+    def rows(self) -> list[tuple[str, str, int]]:
+        """(request kind, path, concurrency) of every row this server is measured at."""
+        rows = [(ONE_REQUEST_KIND[protocol], path, concurrency) for protocol, path in self.paths.items() for concurrency in CONCURRENCY]
+        if self.many:
+            rows += [(kind, path, 8) for protocol, path in self.paths.items() for kind in MANY_REQUEST_KINDS[protocol] if self.binary or "binary" not in kind]
+        return rows
+
+
+def servers(checkpoint: Path, python: str, port: int, scratch: Path, device: str = "cpu") -> dict[str, Server]:
+    """Name -> ``Server`` listening on ``port``. ``device`` applies to our service (the peers run on
+    the CPU). MLServer is listed when its environment (``.venv-mlserver``) exists."""
     ours = [python, "-m", "service", "--model-dir", str(checkpoint), "--device", device, "--port", str(port)]
     log_px_only = [python, "-m", "service", "--model-dir", str(log_px_checkpoint(checkpoint)), "--device", device, "--port", str(port)]
     quiet = {"DIGLM_LOG_LEVEL": "warning"}
-    our_path = "/v1/models/mnist-bench:predict"
-    return {
-        "ours: torch, no batching": (ours + ["--backend", "torch"], {**quiet, "DIGLM_BATCHING": "false"}, our_path),
-        "ours: torch, batching": (ours + ["--backend", "torch"], {**quiet, "DIGLM_BATCHING": "true"}, our_path),
-        "ours: onnx, no batching": (ours + ["--backend", "onnx"], {**quiet, "DIGLM_BATCHING": "false"}, our_path),
-        "ours: onnx, batching": (ours + ["--backend", "onnx"], {**quiet, "DIGLM_BATCHING": "true"}, our_path),
-        "ours: onnx, batching, gate on log p(x) alone": (log_px_only + ["--backend", "onnx"], {**quiet, "DIGLM_BATCHING": "true"}, our_path),
-        "plain FastAPI + torch eager": ([python, "-m", "bench.peers.fastapi_plain", str(checkpoint), "torch", str(port)], {}, "/predict"),
-        "plain FastAPI + ONNX Runtime": ([python, "-m", "bench.peers.fastapi_plain", str(checkpoint), "onnx", str(port)], {}, "/predict"),
-        "LitServe + ONNX Runtime (batch 32 / 5 ms)": ([python, "-m", "bench.peers.litserve_onnx", str(checkpoint), str(port), "32", "0.005"], {}, "/predict"),
+    v1 = {"v1": "/v1/models/mnist-bench:predict"}
+    both = {**v1, "v2": "/v2/models/mnist-bench/infer"}
+    listed = {
+        "ours: torch, no batching": Server(ours + ["--backend", "torch"], {**quiet, "DIGLM_BATCHING": "false"}, v1),
+        "ours: torch, batching": Server(ours + ["--backend", "torch"], {**quiet, "DIGLM_BATCHING": "true"}, v1),
+        "ours: onnx, no batching": Server(ours + ["--backend", "onnx"], {**quiet, "DIGLM_BATCHING": "false"}, v1),
+        "ours: onnx, batching": Server(ours + ["--backend", "onnx"], {**quiet, "DIGLM_BATCHING": "true"}, both, many=True, binary=True),
+        "ours: onnx, batching, gate on log p(x) alone": Server(log_px_only + ["--backend", "onnx"], {**quiet, "DIGLM_BATCHING": "true"}, v1),
+        "plain FastAPI + torch eager": Server([python, "-m", "bench.peers.fastapi_plain", str(checkpoint), "torch", str(port)], {}, {"v1": "/predict"}),
+        "plain FastAPI + ONNX Runtime": Server([python, "-m", "bench.peers.fastapi_plain", str(checkpoint), "onnx", str(port)], {}, {"v1": "/predict"}),
+        "LitServe + ONNX Runtime (batch 32 / 5 ms)": Server(
+            [python, "-m", "bench.peers.litserve_onnx", str(checkpoint), str(port), "32", "0.005"], {}, {"v1": "/predict"}
+        ),
     }
+    if MLSERVER.exists():
+        folder = write_model_folder(scratch / f"mlserver-{port}", checkpoint / "model.onnx", port, free_port(), free_port())
+        listed[MLSERVER_NAME] = Server([str(MLSERVER), "start", str(folder)], {"PYTHONPATH": str(ROOT)}, {"v2": f"/v2/models/{MODEL_NAME}/infer"}, many=True)
+    return listed
+
+
+@dataclass
+class RequestBody:
+    body: Path
+    instances: int
+    content_type: str = "application/json"
+    header_length: int | None = None  # the binary tensor extension's JSON header
+
+
+def request_bodies(scratch: Path) -> dict[str, RequestBody]:
+    """Every request kind's body file: v1 JSON (``instances``), v2 JSON (an FP32 tensor) and the v2
+    binary tensor extension (UINT8 bytes after the JSON header)."""
+
+    def v2(images: np.ndarray) -> dict:
+        return {"inputs": [{"name": "input", "shape": list(images.shape), "datatype": "FP32", "data": images.ravel().tolist()}]}
+
+    def written(name: str, content: bytes) -> Path:
+        (scratch / name).write_bytes(content)
+        return scratch / name
+
+    one, many = random_images(1), random_images(32)
+    payload = random_images(32).astype(np.uint8).tobytes()
+    header = json.dumps({"inputs": [{"name": "input", "shape": [32, 28, 28], "datatype": "UINT8", "parameters": {"binary_data_size": len(payload)}}]}).encode()
+    return {
+        "1 instance, JSON": RequestBody(written("one.json", json.dumps({"instances": one.tolist()}).encode()), 1),
+        "1 instance, v2 JSON": RequestBody(written("one-v2.json", json.dumps(v2(one)).encode()), 1),
+        "32 instances, JSON": RequestBody(written("many.json", json.dumps({"instances": many.tolist()}).encode()), 32),
+        "32 instances, v2 JSON": RequestBody(written("many-v2.json", json.dumps(v2(many)).encode()), 32),
+        "32 instances, v2 binary": RequestBody(written("binary.bin", header + payload), 32, "application/octet-stream", len(header)),
+    }
+
+
+def target_summary(rows: list, ceiling: float) -> str:
+    """The issue's ratios from this run: our share of the ceiling and our throughput over MLServer's."""
+    ours = {(request, c): r["requests_per_s"] * n for name, request, c, n, r in rows if name == "ours: onnx, batching"}
+    mlserver = {(request, c): r["requests_per_s"] * n for name, request, c, n, r in rows if name == MLSERVER_NAME}
+    parts = [f"{request} at c={c}: {value / ceiling:.2f} of the ceiling" for (request, c), value in ours.items() if c == 32 or request.startswith("32")]
+    for (request, c), value in mlserver.items():
+        if (request, c) in ours:
+            parts.append(f"{request} at c={c}: {ours[request, c] / value:.2f}x MLServer")
+    return ("Ours (onnx, batching): " + "; ".join(parts) + ".") if parts else ""
 
 
 def log_px_checkpoint(checkpoint: Path) -> Path:
@@ -176,33 +253,26 @@ def main() -> None:
         raise SystemExit("wrk not found: apt-get install wrk")
     checkpoint = build_benchmark_checkpoint(Path(args.checkpoint))
     scratch = Path(tempfile.mkdtemp())
-    one = scratch / "one.json"
-    one.write_text(json.dumps({"instances": random_images(1).tolist()}))
-    many = scratch / "many.json"
-    many.write_text(json.dumps({"instances": random_images(32).tolist()}))
-    payload = random_images(32).astype(np.uint8).tobytes()
-    header = json.dumps({"inputs": [{"name": "input", "shape": [32, 28, 28], "datatype": "UINT8", "parameters": {"binary_data_size": len(payload)}}]}).encode()
-    binary = scratch / "binary.bin"
-    binary.write_bytes(header + payload)
-
+    bodies = request_bodies(scratch)
     ceiling = in_process(checkpoint)  # CPU ceiling; on a GPU see bench/gpu.py
+    if not MLSERVER.exists():
+        print(f"{MLSERVER} not found: MLServer is left out (make bench-env builds its environment)")
     rows = []
-    for name in servers(checkpoint, sys.executable, 0, args.device):
+    for name in servers(checkpoint, sys.executable, 0, scratch, args.device):
         if args.only and args.only not in name:
             continue
         port = free_port()
-        command, env, path = servers(checkpoint, sys.executable, port, args.device)[name]
-        process = subprocess.Popen(command, cwd=ROOT, env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+        server = servers(checkpoint, sys.executable, port, scratch, args.device)[name]
+        process = subprocess.Popen(server.command, cwd=ROOT, env={**os.environ, **server.env}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
         try:
-            wait_until_up(port, process, path, one.read_bytes())
-            url = f"http://127.0.0.1:{port}{path}"
-            wrk(url, one, 8, 3)  # warm-up
-            for concurrency in CONCURRENCY:
-                rows.append((name, "1 instance, JSON", concurrency, 1, wrk(url, one, concurrency, args.seconds)))
-            if name == "ours: onnx, batching":
-                rows.append((name, "32 instances, JSON", 8, 32, wrk(url, many, 8, args.seconds)))
-                binary_url = f"http://127.0.0.1:{port}/v2/models/mnist-bench/infer"
-                rows.append((name, "32 instances, v2 binary", 8, 32, wrk(binary_url, binary, 8, args.seconds, "application/octet-stream", len(header))))
+            protocol, path = next(iter(server.paths.items()))
+            first = bodies[ONE_REQUEST_KIND[protocol]]
+            wait_until_up(port, process, path, first.body.read_bytes())
+            wrk(f"http://127.0.0.1:{port}{path}", first.body, 8, 3)  # warm-up
+            for kind, path, concurrency in server.rows():
+                body = bodies[kind]
+                result = wrk(f"http://127.0.0.1:{port}{path}", body.body, concurrency, args.seconds, body.content_type, body.header_length)
+                rows.append((name, kind, concurrency, body.instances, result))
         finally:
             os.killpg(process.pid, signal.SIGTERM)  # the server and any worker processes it started
             try:
@@ -226,9 +296,11 @@ def main() -> None:
     ceiling_lines += [f"| single instance, {k} backend (service threads) | {1000 / v:.0f} ({v:.2f} ms) |" for k, v in ceiling["single_instance_ms"].items()]
     table, ceiling_table = "\n".join(lines), "\n".join(ceiling_lines)
     cost = gate_cost(rows)
+    targets = target_summary(rows, best_ceiling)
     print(ceiling_table)
     print(table)
     print(cost)
+    print(targets)
     (scratch / "rows.json").write_text(json.dumps({"rows": rows, "ceiling": ceiling}, indent=1))
     print(f"raw numbers: {scratch / 'rows.json'}")
     if args.write:
@@ -250,7 +322,7 @@ def main() -> None:
             f"thread, Lua POST body, {args.seconds:.0f} s per row after a 3 s warm-up; client and server share the {machine} "
             f"unpinned; one server at a time. Ceiling: the raw model in-process with all cores, no HTTP. "
             f"Ours: `python -m service` defaults (one inference thread; torch uses the usable cores minus one, ONNX Runtime all of them with spinning off; batching up to 64 instances, no added delay).\n\n"
-            f"Command: `{command}`\n\n{ceiling_table}\n\n{table}\n\n{cost}\n",
+            f"Command: `{command}`\n\n{ceiling_table}\n\n{table}\n\n{cost}\n\n{targets}\n",
         )
 
 

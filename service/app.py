@@ -14,9 +14,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
 from service.api import repository, v1, v2
-from service.api.common import SERVED_BY, JSONBody
+from service.api.common import SERVED_BY, JSONBody, error_response
 from service.auth import ApiKeyMiddleware
 from service.batching import QueueFull
+from service.fast_path import PredictionFastPath, hot_routes
 from service.inputs import InputError
 from service.metrics import ServiceMetrics
 from service.runtime import ModelRuntime
@@ -24,10 +25,6 @@ from service.settings import ServiceSettings
 from service.state import ServiceState
 
 log = logging.getLogger(__name__)
-
-
-def _error(status: int, message: str) -> JSONBody:
-    return JSONBody({"error": message}, status_code=status)
 
 
 class MetricsMiddleware:
@@ -92,6 +89,7 @@ def create_app(settings: ServiceSettings | None = None, runtimes: list[ModelRunt
     app.include_router(v1.router)
     app.include_router(v2.router)
     app.include_router(repository.router)
+    app.add_middleware(PredictionFastPath, routes=hot_routes([*v1.router.routes, *v2.router.routes], (v1.predict, v2.infer)))  # innermost: after the key check
     app.add_middleware(
         ApiKeyMiddleware, keys=settings.all_api_keys(), admin_keys=settings.all_admin_api_keys(), metrics_require_key=settings.metrics_require_key
     )
@@ -101,30 +99,10 @@ def create_app(settings: ServiceSettings | None = None, runtimes: list[ModelRunt
     async def metrics() -> Response:
         return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
-    @app.exception_handler(InputError)
-    async def input_error(request: Request, error: InputError) -> JSONBody:
-        return _error(error.status, str(error))
+    async def handle_error(request: Request, error: Exception) -> JSONBody:
+        return error_response(error, request.url.path)
 
-    @app.exception_handler(QueueFull)
-    async def queue_full(request: Request, error: QueueFull) -> JSONBody:
-        response = _error(503, str(error))
-        response.headers["Retry-After"] = "1"
-        return response
-
-    @app.exception_handler(StarletteHTTPException)
-    async def http_error(request: Request, error: StarletteHTTPException) -> JSONBody:
-        response = _error(error.status_code, str(error.detail))
-        response.headers.update(error.headers or {})  # e.g. Allow on a 405
-        return response
-
-    @app.exception_handler(RequestValidationError)
-    async def validation_error(request: Request, error: RequestValidationError) -> JSONBody:
-        first = error.errors()[0]
-        return _error(422, f"{'.'.join(map(str, first['loc']))}: {first['msg']}")
-
-    @app.exception_handler(Exception)
-    async def unexpected(request: Request, error: Exception) -> JSONBody:
-        log.exception("unexpected error on %s", request.url.path)
-        return _error(500, "internal error; see the server log")
+    for kind in (InputError, QueueFull, StarletteHTTPException, RequestValidationError, Exception):
+        app.add_exception_handler(kind, handle_error)
 
     return app

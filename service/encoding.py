@@ -41,8 +41,14 @@ def output_table(task: str, classes: int | None, gate_scores: list[str]) -> list
     return head + common + evidence
 
 
-def _nullable(values) -> list:
-    return [float(v) if np.isfinite(v) else None for v in values]
+def _nullable(values: np.ndarray) -> list:
+    """Floats as a list, with None for NaN and infinities (checked for the whole array at once)."""
+    values = np.asarray(values, dtype=np.float64)
+    listed = values.tolist()
+    finite = np.isfinite(values)
+    if finite.all():
+        return listed
+    return [value if keep else None for value, keep in zip(listed, finite.tolist())]
 
 
 def instance_records(result: dict[str, np.ndarray], gate_scores: list[str], threshold: float) -> list[dict]:

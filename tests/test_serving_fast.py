@@ -275,3 +275,53 @@ def test_binary_tensor_input_equals_json(exported, digits):
         wrong = client.post("/v2/models/tiny/infer", content=header + payload[:-1], headers={"Inference-Header-Content-Length": str(len(header))})
         assert wrong.status_code == 400 and "binary_data_size" in wrong.json()["error"]
         assert client.post("/v2/models/tiny/infer", content=b"{}", headers={"Inference-Header-Content-Length": "99"}).status_code == 400
+
+
+def test_prediction_routes_skip_the_router_and_answer_exactly_as_it_does(exported, digits, monkeypatch):
+    """Every answer of the fast path (successes and errors) equals the answer FastAPI's router gives
+    to the same request, and the router never sees those requests."""
+    from starlette.routing import Router
+
+    from service.fast_path import PredictionFastPath
+
+    image = digits[0].tolist()
+    v2 = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 8, 8], "data": digits[0].ravel().tolist()}], "id": "a"}
+    cases = [
+        ("/v1/models/tiny:predict", {"json": {"instances": [image, image]}}),
+        ("/v1/models/tiny:predict", {"json": {"instances": [image], "batch_test": True}}),
+        ("/v2/models/tiny/infer", {"json": v2}),
+        (f"/v2/models/tiny/versions/{read_manifest(exported).version}/infer", {"json": {**v2, "outputs": [{"name": "log_px"}]}}),
+        ("/v2/models/tiny/versions/9/infer", {"json": v2}),  # no such version: 404
+        ("/v1/models/nope:predict", {"json": {"instances": [image]}}),  # no such model: 404
+        ("/v1/models/tiny:predict", {"content": b"{not json", "headers": {"content-type": "application/json"}}),  # 400
+        ("/v1/models/tiny:predict", {"content": b"x", "headers": {"content-type": "text/plain"}}),  # 415
+        ("/v1/models/tiny:predict", {"json": {"instances": [[[1e9] * 8] * 8]}}),  # out of the input range: 400
+        ("/v2/models/tiny/infer", {"json": {**v2, "outputs": [{"name": "nope"}]}}),  # unknown output: 400
+    ]
+    runtime = ModelRuntime.load(exported, "cpu", "onnx")
+    settings = ServiceSettings(model_dir=exported, device="cpu", backend="onnx")
+
+    async def requests(client):
+        return [await client.post(path, **options) for path, options in cases] + [await client.get("/v2/models/tiny")]  # the router's
+
+    def answers(responses):
+        return [(r.status_code, r.json(), r.headers.get("content-type")) for r in responses]
+
+    router_call = Router.__call__
+
+    async def only_other_routes(self, scope, receive, send):
+        assert not (scope["type"] == "http" and scope["method"] == "POST" and scope["path"].endswith(("predict", "infer"))), scope["path"]
+        await router_call(self, scope, receive, send)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(Router, "__call__", only_other_routes)
+        fast, _ = run_app(settings, runtime, requests)
+
+    async def pass_through(self, scope, receive, send):
+        await self.app(scope, receive, send)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(PredictionFastPath, "__call__", pass_through)
+        routed, _ = run_app(settings, runtime, requests)
+    assert [status for status, _, _ in answers(fast)] == [200, 200, 200, 200, 404, 404, 400, 415, 400, 400, 200]
+    assert answers(fast) == answers(routed)

@@ -1,17 +1,23 @@
 """Helpers the routers share: the app state, the size-limited JSON body, the orjson response."""
 from __future__ import annotations
 
+import logging
 from contextlib import contextmanager
 from typing import Any, Iterator
 
 import orjson
 from fastapi import Request, Response
+from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel
+from starlette.exceptions import HTTPException
 
+from service.batching import QueueFull
 from service.inputs import InputError, parse_json
 from service.schemas import ErrorResponse
 from service.serving import ServedVersion
 from service.state import ServiceState
+
+log = logging.getLogger(__name__)
 
 SERVED_BY = "served_by"  # request state: the (model, version) that answered, for the metrics' labels
 
@@ -62,6 +68,27 @@ class JSONBody(Response):
 
     def render(self, content: Any) -> bytes:
         return orjson.dumps(content)
+
+
+def error_response(error: Exception, path: str) -> JSONBody:
+    """The answer to an error raised while handling a request: ``{"error": message}`` with the
+    status of an ``InputError`` or ``HTTPException`` (and its headers, e.g. Allow on a 405), 503 with
+    Retry-After when a queue is full, 422 naming the first invalid field, and otherwise a 500 whose
+    cause goes to the log only."""
+    headers = {}
+    if isinstance(error, InputError):
+        status, message = error.status, str(error)
+    elif isinstance(error, QueueFull):
+        status, message, headers = 503, str(error), {"Retry-After": "1"}
+    elif isinstance(error, HTTPException):
+        status, message, headers = error.status_code, str(error.detail), error.headers or {}
+    elif isinstance(error, RequestValidationError):
+        first = error.errors()[0]
+        status, message = 422, f"{'.'.join(map(str, first['loc']))}: {first['msg']}"
+    else:
+        log.error("unexpected error on %s", path, exc_info=error)
+        status, message = 500, "internal error; see the server log"
+    return JSONBody({"error": message}, status_code=status, headers=headers)
 
 
 def service_state(request: Request) -> ServiceState:
