@@ -12,7 +12,7 @@ from pydantic import BaseModel
 from starlette.exceptions import HTTPException
 
 from service.batching import QueueFull
-from service.inputs import InputError, parse_json
+from service.inputs import InputError
 from service.schemas import ErrorResponse
 from service.serving import ServedVersion
 from service.state import ServiceState
@@ -135,8 +135,3 @@ async def read_body(request: Request, allowed: tuple[str, ...] = JSON_TYPES, opt
     if not body and not optional:
         raise InputError("request body is empty")
     return bytes(body)
-
-
-async def json_body(request: Request) -> Any:
-    """The parsed JSON body (size-limited like ``read_body``)."""
-    return parse_json(await read_body(request))

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 from fastapi import APIRouter, HTTPException, Request
 
-from service.api.common import ERRORS, JSONBody, json_body, json_post, lookup, service_state, serving
+from service.api.common import ERRORS, JSONBody, json_post, lookup, read_body, service_state, serving
 from service.encoding import instance_records
-from service.inputs import batch_test_flag, decode_v1
+from service.inputs import batch_test_flag, decode_v1, may_hold_booleans, parse_json
 from service.schemas import PredictRequest, PredictResponse
 
 router = APIRouter(prefix="/v1", tags=["v1"])
@@ -18,8 +18,9 @@ async def predict(name: str, request: Request) -> JSONBody:
     typicality test of the whole request."""
     with serving(request, name) as served:
         runtime = served.runtime
-        body = await json_body(request)
-        x = decode_v1(body, runtime.input_shape, service_state(request).settings.max_instances, runtime.input_range)
+        raw = await read_body(request)
+        body = parse_json(raw)
+        x = decode_v1(body, runtime.input_shape, service_state(request).settings.max_instances, runtime.input_range, may_hold_booleans(raw))
         batch_test = batch_test_flag(body.get("batch_test"), '"batch_test"')
         result = await served.predict(x, request)
     response = {

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request
 
-from service.api.common import BINARY_TYPES, ERRORS, JSONBody, json_body, json_post, lookup, read_body, service_state, serving
+from service.api.common import BINARY_TYPES, ERRORS, JSONBody, json_post, lookup, read_body, service_state, serving
 from service.encoding import output_tensors, v2_output
-from service.inputs import InputError, batch_test_flag, decode_v2_tensor, split_binary_request
+from service.inputs import InputError, batch_test_flag, decode_v2_tensor, may_hold_booleans, parse_json, split_binary_request
 from service.schemas import ErrorResponse, InferRequest, InferResponse
 
 router = APIRouter(prefix="/v2", tags=["v2"])
@@ -139,15 +139,17 @@ async def _infer(served, request: Request) -> JSONBody:
     state, runtime = service_state(request), served.runtime
     header_length = request.headers.get("inference-header-content-length")
     if header_length is None:
-        body, binary = await json_body(request), b""
+        raw = await read_body(request)
+        body, binary, booleans = parse_json(raw), b"", may_hold_booleans(raw)
     else:
+        booleans = True  # a JSON header only: any data is in the binary part
         body, binary = split_binary_request(await read_body(request, BINARY_TYPES), header_length)
     if not isinstance(body, dict) or not isinstance(body.get("inputs"), list) or len(body["inputs"]) != 1 or not isinstance(body["inputs"][0], dict):
         raise InputError(f'request must hold "inputs": a list with one tensor named {INPUT_NAME!r}')
     tensor = body["inputs"][0]
     if tensor.get("name") != INPUT_NAME:
         raise InputError(f"unknown input {tensor.get('name')!r}; the model's input is named {INPUT_NAME!r}")
-    x = decode_v2_tensor(tensor, runtime.input_shape, state.settings.max_instances, binary, runtime.input_range)
+    x = decode_v2_tensor(tensor, runtime.input_shape, state.settings.max_instances, binary, runtime.input_range, booleans)
     parameters = body.get("parameters")
     if parameters is not None and not isinstance(parameters, dict):
         raise InputError('"parameters" must be an object')
