@@ -76,8 +76,9 @@ class DynamicBatcher:
         for request in self.pending:
             request.future.cancel()
 
-    async def submit(self, x: np.ndarray) -> Result:
-        """Queue ``x`` ``(n, ...)`` and wait for its n rows of every output."""
+    def submit(self, x: np.ndarray) -> asyncio.Future:
+        """Queue ``x`` ``(n, ...)``: a future of its n rows of every output (cancel it to drop the
+        work while it is still queued). ``QueueFull`` at once when the queue is over its limits."""
         if self.queued_instances + len(x) > self.max_queue:
             raise QueueFull(f"{self.queued_instances} instances are queued (limit {self.max_queue}); retry shortly")
         wait = self.expected_wait()
@@ -87,7 +88,7 @@ class DynamicBatcher:
         self.pending.append(request)
         self.queued_instances += len(x)
         self.wakeup.set()
-        return await request.future
+        return request.future
 
     def _take_batch(self) -> list[_Request]:
         batch = [self.pending.popleft()]

@@ -22,6 +22,7 @@ from service.settings import ServiceSettings
 
 log = logging.getLogger(__name__)
 
+DISCONNECT_WATCH_AFTER_S = 0.05  # a request still waiting this long starts watching for its client's disconnect
 # The model repository extension's states (Triton): what the index reports for each version.
 LOADING, READY, UNLOADING, UNAVAILABLE = "LOADING", "READY", "UNLOADING", "UNAVAILABLE"
 
@@ -100,24 +101,28 @@ class ServedVersion:
     async def predict(self, x: np.ndarray, request: Request | None = None) -> dict[str, np.ndarray]:
         """Run the model in the inference thread (through the batcher when batching is on) and
         record the metrics. Past ``request_timeout_s`` a 504 ``InputError``; a client that
-        disconnects (``request`` given) a 499. Either way its queued work is dropped."""
+        disconnects (``request`` given) a 499, noticed from ``DISCONNECT_WATCH_AFTER_S`` on (most
+        answers come sooner, and watching costs a task per request). Either way its queued work is
+        dropped."""
         timeout = self.settings.request_timeout_s
-        work = asyncio.ensure_future(self._predict(x))
+        work = self.batcher.submit(x) if self.batcher is not None else asyncio.ensure_future(self._predict_unbatched(x))
         watched = {work}
-        if request is not None:
-            watched.add(asyncio.ensure_future(_disconnected(request)))
-        done, _ = await asyncio.wait(watched, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-        for task in watched - done:
-            task.cancel()
+        try:
+            done = await _first_done(watched, min(timeout, DISCONNECT_WATCH_AFTER_S))
+            if not done and request is not None and timeout > DISCONNECT_WATCH_AFTER_S:
+                watched.add(asyncio.ensure_future(_disconnected(request)))
+                done = await _first_done(watched, timeout - DISCONNECT_WATCH_AFTER_S)
+        finally:
+            for future in watched:
+                if not future.done():
+                    future.cancel()
         if work in done:
             return work.result()
         if done:
             raise InputError("the client closed the connection before the answer", status=499)
         raise InputError(f"no answer within the request timeout of {timeout:g} s; retry later", status=504)
 
-    async def _predict(self, x: np.ndarray) -> dict[str, np.ndarray]:
-        if self.batcher is not None:
-            return await self.batcher.submit(x)
+    async def _predict_unbatched(self, x: np.ndarray) -> dict[str, np.ndarray]:
         started = time.perf_counter()
         result = await asyncio.get_running_loop().run_in_executor(self.executor, self.runtime.predict, x)
         self.observe(result, time.perf_counter() - started, [0.0])
@@ -127,6 +132,29 @@ class ServedVersion:
         """After one forward pass: the metrics, and the drift monitor's window."""
         self.metrics.observe_predictions(result, seconds, queue_seconds)
         self.drift.add(result["log_px"], result["p_value"], result["accepted"])
+
+
+async def _first_done(futures: set[asyncio.Future], timeout: float) -> set[asyncio.Future]:
+    """Those of ``futures`` that are done, after waiting until one is or ``timeout`` seconds have
+    passed (``asyncio.wait`` with FIRST_COMPLETED, without its per-call task and set bookkeeping)."""
+    if not any(future.done() for future in futures):
+        loop = asyncio.get_running_loop()
+        waiter = loop.create_future()
+
+        def wake(_=None) -> None:
+            if not waiter.done():
+                waiter.set_result(None)
+
+        timer = loop.call_later(timeout, wake)
+        for future in futures:
+            future.add_done_callback(wake)
+        try:
+            await waiter
+        finally:
+            timer.cancel()
+            for future in futures:
+                future.remove_done_callback(wake)
+    return {future for future in futures if future.done()}
 
 
 async def _disconnected(request: Request) -> None:
