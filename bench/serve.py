@@ -177,6 +177,12 @@ def servers(checkpoint: Path, python: str, port: int, scratch: Path, device: str
             [python, "-m", "bench.peers.litserve_onnx", str(checkpoint), str(port), "32", "0.005"], {}, {"v1": "/predict"}
         ),
     }
+    granian = Path(python).parent / "granian"
+    if granian.exists():  # the same app under another ASGI server, to measure what a switch would give
+        app_env = {**quiet, "DIGLM_MODEL_DIR": str(checkpoint), "DIGLM_DEVICE": device, "DIGLM_BACKEND": "onnx", "DIGLM_BATCHING": "true"}
+        command = [str(granian), "--interface", "asgi", "--factory", "--host", "127.0.0.1", "--port", str(port), "--workers", "1", "--http", "1",
+                   "--loop", "uvloop", "--log-level", "warning", "service.app:create_app"]
+        listed["ours: onnx, batching, under granian (not the shipped server)"] = Server(command, app_env, both, many=True, binary=True)
     if MLSERVER.exists():
         folder = write_model_folder(scratch / f"mlserver-{port}", checkpoint / "model.onnx", port, free_port(), free_port())
         listed[MLSERVER_NAME] = Server([str(MLSERVER), "start", str(folder)], {"PYTHONPATH": str(ROOT)}, {"v2": f"/v2/models/{MODEL_NAME}/infer"}, many=True)

@@ -70,7 +70,8 @@ def profile(port: int, pid: int, kind: str, concurrency: int, seconds: float, sc
     for line in raw.read_text().splitlines():
         stack, _, count = line.rpartition(" ")
         thread, *frames = stack.split(";")
-        name = "inference" if "inference" in thread else "event loop" if "MainThread" in thread or "process" in thread.lower() else thread.split("(")[0].strip()
+        thread_name = thread.rpartition(": ")[2]  # "thread (TID): NAME"
+        name = "inference" if thread_name.startswith("inference") else "event loop" if thread_name == "MainThread" else thread_name
         counts[name, categorise(frames)] += int(count)
     total = sum(counts.values())
     return {key: value / total for key, value in counts.most_common()}, load["requests_per_s"]
