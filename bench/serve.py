@@ -314,7 +314,7 @@ def main() -> None:
 
         machine = f"{os.cpu_count()} CPU cores ({platform.machine()}), Python {platform.python_version()}"
         section = "serve" if args.device == "cpu" else "serve-http-gpu"
-        title = "Serving: ours vs plain FastAPI and LitServe"
+        title = "Serving: ours vs plain FastAPI, LitServe and MLServer"
         command = "make bench-serve"
         if args.only:  # a subset is its own section, so the full table stays
             section += "-only-" + re.sub(r"[^a-z0-9]+", "-", args.only.lower()).strip("-")
@@ -327,7 +327,9 @@ def main() -> None:
             f"Model: MNIST-size Glow hybrid (`mnist-cpu` architecture, 28x28, L=2, K=4, 64 hidden), random weights. Load: wrk, one "
             f"thread, Lua POST body, {args.seconds:.0f} s per row after a 3 s warm-up; client and server share the {machine} "
             f"unpinned; one server at a time. Ceiling: the raw model in-process with all cores, no HTTP. "
-            f"Ours: `python -m service` defaults (one inference thread; torch uses the usable cores minus one, ONNX Runtime all of them with spinning off; batching up to 64 instances, no added delay).\n\n"
+            f"Ours: `python -m service` defaults (one inference thread; torch uses the usable cores minus one, ONNX Runtime all of them with spinning off; batching up to 64 instances, no added delay; predict and infer on the fast path in front of FastAPI, `service/fast_path.py`). "
+            f"MLServer: version 1.7.1 in its own environment, a custom ONNX Runtime model class (`bench/peers/mlserver_onnx.py`), its defaults otherwise (one inference worker process); "
+            f"it has no binary tensor extension over HTTP (SeldonIO/MLServer#324), so it has no binary row. v2 JSON bodies carry an FP32 tensor; the binary body UINT8 bytes.\n\n"
             f"Command: `{command}`\n\n{ceiling_table}\n\n{table}\n\n{cost}\n\n{targets}\n",
         )
 
