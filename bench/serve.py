@@ -170,6 +170,9 @@ def servers(checkpoint: Path, python: str, port: int, scratch: Path, device: str
         "ours: torch, batching": Server(ours + ["--backend", "torch"], {**quiet, "DIGLM_BATCHING": "true"}, v1),
         "ours: onnx, no batching": Server(ours + ["--backend", "onnx"], {**quiet, "DIGLM_BATCHING": "false"}, v1),
         "ours: onnx, batching": Server(ours + ["--backend", "onnx"], {**quiet, "DIGLM_BATCHING": "true"}, both, many=True, binary=True),
+        "ours: onnx, batching, 1 ONNX Runtime thread": Server(
+            ours + ["--backend", "onnx"], {**quiet, "DIGLM_BATCHING": "true", "DIGLM_INFERENCE_THREADS": "1"}, both, many=True, binary=True
+        ),
         "ours: onnx, batching, gate on log p(x) alone": Server(log_px_only + ["--backend", "onnx"], {**quiet, "DIGLM_BATCHING": "true"}, v1),
         "plain FastAPI + torch eager": Server([python, "-m", "bench.peers.fastapi_plain", str(checkpoint), "torch", str(port)], {}, {"v1": "/predict"}),
         "plain FastAPI + ONNX Runtime": Server([python, "-m", "bench.peers.fastapi_plain", str(checkpoint), "onnx", str(port)], {}, {"v1": "/predict"}),
