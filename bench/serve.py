@@ -202,7 +202,8 @@ class RequestBody:
 
 def request_bodies(scratch: Path) -> dict[str, RequestBody]:
     """Every request kind's body file: v1 JSON (``instances``), v2 JSON (an FP32 tensor) and the v2
-    binary tensor extension (UINT8 bytes after the JSON header)."""
+    binary tensor extension (UINT8 bytes after the JSON header, every output asked for in binary,
+    as tritonclient does by default)."""
 
     def v2(images: np.ndarray) -> dict:
         return {"inputs": [{"name": "input", "shape": list(images.shape), "datatype": "FP32", "data": images.ravel().tolist()}]}
@@ -213,7 +214,9 @@ def request_bodies(scratch: Path) -> dict[str, RequestBody]:
 
     one, many = random_images(1), random_images(32)
     payload = random_images(32).astype(np.uint8).tobytes()
-    header = json.dumps({"inputs": [{"name": "input", "shape": [32, 28, 28], "datatype": "UINT8", "parameters": {"binary_data_size": len(payload)}}]}).encode()
+    header = json.dumps(
+        {"inputs": [{"name": "input", "shape": [32, 28, 28], "datatype": "UINT8", "parameters": {"binary_data_size": len(payload)}}], "parameters": {"binary_data_output": True}}
+    ).encode()
     return {
         "1 instance, JSON": RequestBody(written("one.json", json.dumps({"instances": one.tolist()}).encode()), 1),
         "1 instance, v2 JSON": RequestBody(written("one-v2.json", json.dumps(v2(one)).encode()), 1),
@@ -332,7 +335,7 @@ def main() -> None:
             f"unpinned; one server at a time. Ceiling: the raw model in-process with all cores, no HTTP. "
             f"Ours: `python -m service` defaults (one inference thread; torch uses the usable cores minus one, ONNX Runtime all of them with spinning off; batching up to 64 instances, no added delay; predict and infer on the fast path in front of FastAPI, `service/fast_path.py`). "
             f"MLServer: version 1.7.1 in its own environment, a custom ONNX Runtime model class (`bench/peers/mlserver_onnx.py`), its defaults otherwise (one inference worker process); "
-            f"it has no binary tensor extension over HTTP (SeldonIO/MLServer#324), so it has no binary row. v2 JSON bodies carry an FP32 tensor; the binary body UINT8 bytes.\n\n"
+            f"it has no binary tensor extension over HTTP (SeldonIO/MLServer#324), so it has no binary row. v2 JSON bodies carry an FP32 tensor; the binary body UINT8 bytes and asks for binary outputs.\n\n"
             f"Command: `{command}`\n\n{ceiling_table}\n\n{table}\n\n{cost}\n\n{targets}\n",
         )
 

@@ -30,6 +30,7 @@ OPENMP_VARIABLES = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "OMP_NUM_THREADS")
 SETTINGS = {
     "every CPU, OpenMP defaults": (None, {}),
     "every CPU, GOMP_SPINCOUNT=10000": (None, {"GOMP_SPINCOUNT": "10000"}),
+    "every CPU, GOMP_SPINCOUNT=1000": (None, {"GOMP_SPINCOUNT": "1000"}),
     "every CPU, OMP_WAIT_POLICY=PASSIVE": (None, {"OMP_WAIT_POLICY": "PASSIVE"}),
     "1 thread, OpenMP defaults": (1, {}),
 }

@@ -88,6 +88,23 @@ def output_tensors(result: dict[str, np.ndarray], threshold: float) -> dict[str,
     return tensors
 
 
+BINARY_LAYOUTS = {"FP64": "<f8", "INT64": "<i8", "BOOL": "u1"}  # of our output datatypes; BYTES: length-prefixed
+
+
+def v2_binary_output(spec: OutputSpec, array: np.ndarray) -> tuple[dict, bytes]:
+    """One output tensor in the binary tensor extension: its JSON part (``binary_data_size``, no
+    ``data``) and its raw little-endian bytes (floats exactly, infinities and NaN included; a BYTES
+    element as a 4-byte length and its UTF-8 bytes)."""
+    flat = array.reshape(-1)
+    if spec.datatype == "BYTES":
+        encoded = [("" if value is None else str(value)).encode() for value in flat]
+        data = b"".join(len(item).to_bytes(4, "little") + item for item in encoded)
+    else:
+        data = np.ascontiguousarray(flat, dtype=BINARY_LAYOUTS[spec.datatype]).tobytes()
+    header = {"name": spec.name, "shape": list(array.shape), "datatype": spec.datatype, "parameters": {"binary_data_size": len(data)}}
+    return header, data
+
+
 def v2_output(spec: OutputSpec, array: np.ndarray) -> dict:
     """One output tensor: flat row-major data, shape, datatype; non-finite floats become null."""
     flat = array.reshape(-1)

@@ -125,8 +125,8 @@ def decode_v1(
     return conform(to_array(instances, "instances", booleans), input_shape, "instances", input_range)
 
 
-def batch_test_flag(value: Any, what: str) -> bool:
-    """The optional request flag that asks for the batch typicality test: absent, true or false."""
+def optional_flag(value: Any, what: str) -> bool:
+    """An optional boolean of a request (e.g. ``batch_test``, ``binary_data``): absent (False), true or false."""
     if value is None or isinstance(value, bool):
         return bool(value)
     raise InputError(f"{what} must be true or false")

@@ -73,6 +73,15 @@ def test_tritonclient_health_metadata_and_infer_json_and_binary(server):
             np.testing.assert_array_equal(results[False][name], results[True][name])
     assert results[True]["label"].dtype == np.int64 and results[True]["accepted"].dtype == np.bool_
     np.testing.assert_array_equal(results[True]["is_outlier"], ~results[True]["accepted"])
+    tensor = httpclient.InferInput("input", list(x.shape), "FP32")
+    tensor.set_data_from_numpy(x)
+    binary_outputs = client.infer("tiny", [tensor], outputs=[httpclient.InferRequestedOutput(name, binary_data=True) for name in described])
+    for name in described:  # the binary tensor extension in the response too: the same values, floats exact
+        assert binary_outputs.get_output(name)["parameters"]["binary_data_size"] > 0, name
+        array = binary_outputs.as_numpy(name)
+        if described[name]["datatype"] == "BYTES":  # tritonclient gives bytes for binary, str for JSON elements
+            array = np.array([item.decode() for item in array.ravel()], dtype=object).reshape(array.shape)
+        np.testing.assert_array_equal(array, results[True][name])
     config = client.get_model_config("tiny")
     assert config["input"][0]["dims"] == [8, 8] and [o["name"] for o in config["output"]] == list(described)
     statistics = client.get_inference_statistics("tiny")["model_stats"][0]

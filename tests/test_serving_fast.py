@@ -277,6 +277,34 @@ def test_binary_tensor_input_equals_json(exported, digits):
         assert client.post("/v2/models/tiny/infer", content=b"{}", headers={"Inference-Header-Content-Length": "99"}).status_code == 400
 
 
+def test_binary_outputs_carry_exact_values_and_mix_with_json_outputs(exported, digits):
+    from service.encoding import OutputSpec, v2_binary_output
+
+    header, data = v2_binary_output(OutputSpec("log_px", "FP64", (-1,)), np.array([-np.inf, 1.5, np.nan]))
+    assert header["parameters"]["binary_data_size"] == len(data) == 24 and "data" not in header
+    np.testing.assert_array_equal(np.frombuffer(data, "<f8"), [-np.inf, 1.5, np.nan])  # JSON would need null
+    _, reasons = v2_binary_output(OutputSpec("rejected_by", "BYTES", (-1,)), np.array(["", "log_px"], dtype=object))
+    assert reasons == b"\x00\x00\x00\x00" + b"\x06\x00\x00\x00log_px"
+    assert v2_binary_output(OutputSpec("accepted", "BOOL", (-1,)), np.array([True, False]))[1] == b"\x01\x00"
+
+    body = {"inputs": [{"name": "input", "shape": [3, 8, 8], "datatype": "FP32", "data": digits[:3].ravel().tolist()}]}
+    with TestClient(create_app(ServiceSettings(model_dir=exported, device="cpu"))) as client:
+        while client.get("/v2/health/ready").status_code != 200:
+            time.sleep(0.02)
+        as_json = client.post("/v2/models/tiny/infer", json={**body, "outputs": [{"name": "label"}, {"name": "log_px"}]}).json()["outputs"]
+        mixed = client.post("/v2/models/tiny/infer", json={**body, "outputs": [{"name": "label"}, {"name": "log_px", "parameters": {"binary_data": True}}]})
+        everything = client.post("/v2/models/tiny/infer", json={**body, "parameters": {"binary_data_output": True}})
+        refused = client.post("/v2/models/tiny/infer", json={**body, "outputs": [{"name": "label", "parameters": {"binary_data": "yes"}}]})
+    length = int(mixed.headers["inference-header-content-length"])
+    header = json.loads(mixed.content[:length])
+    assert header["outputs"][0] == as_json[0] and header["outputs"][1]["parameters"]["binary_data_size"] == 24
+    np.testing.assert_array_equal(np.frombuffer(mixed.content[length:], "<f8"), as_json[1]["data"])
+    all_outputs = json.loads(everything.content[: int(everything.headers["inference-header-content-length"])])["outputs"]
+    assert all("data" not in output for output in all_outputs)
+    assert len(everything.content) == int(everything.headers["inference-header-content-length"]) + sum(o["parameters"]["binary_data_size"] for o in all_outputs)
+    assert refused.status_code == 400 and "binary_data" in refused.json()["error"]
+
+
 def test_prediction_routes_skip_the_router_and_answer_exactly_as_it_does(exported, digits, monkeypatch):
     """Every answer of the fast path (successes and errors) equals the answer FastAPI's router gives
     to the same request, and the router never sees those requests."""

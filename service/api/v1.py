@@ -5,7 +5,7 @@ from fastapi import APIRouter, HTTPException, Request
 
 from service.api.common import ERRORS, JSONBody, json_post, lookup, read_body, service_state, serving
 from service.encoding import instance_records
-from service.inputs import batch_test_flag, decode_v1, may_hold_booleans, parse_json
+from service.inputs import optional_flag, decode_v1, may_hold_booleans, parse_json
 from service.schemas import PredictRequest, PredictResponse
 
 router = APIRouter(prefix="/v1", tags=["v1"])
@@ -21,7 +21,7 @@ async def predict(name: str, request: Request) -> JSONBody:
         raw = await read_body(request)
         body = parse_json(raw)
         x = decode_v1(body, runtime.input_shape, service_state(request).settings.max_instances, runtime.input_range, may_hold_booleans(raw))
-        batch_test = batch_test_flag(body.get("batch_test"), '"batch_test"')
+        batch_test = optional_flag(body.get("batch_test"), '"batch_test"')
         result = await served.predict(x, request)
     response = {
         "predictions": instance_records(result, runtime.gate_scores, runtime.gate.outlier_threshold),

@@ -3,11 +3,12 @@ route also has its version form, ``/v2/models/{name}/versions/{version}/...``; w
 the model's default (newest served) version answers."""
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+import orjson
+from fastapi import APIRouter, Request, Response
 
 from service.api.common import BINARY_TYPES, ERRORS, JSONBody, json_post, lookup, read_body, service_state, serving
-from service.encoding import output_tensors, v2_output
-from service.inputs import InputError, batch_test_flag, decode_v2_tensor, may_hold_booleans, parse_json, split_binary_request
+from service.encoding import output_tensors, v2_binary_output, v2_output
+from service.inputs import InputError, optional_flag, decode_v2_tensor, may_hold_booleans, parse_json, split_binary_request
 from service.schemas import ErrorResponse, InferRequest, InferResponse
 
 router = APIRouter(prefix="/v2", tags=["v2"])
@@ -153,18 +154,47 @@ async def _infer(served, request: Request) -> JSONBody:
     parameters = body.get("parameters")
     if parameters is not None and not isinstance(parameters, dict):
         raise InputError('"parameters" must be an object')
-    batch_test = batch_test_flag((parameters or {}).get("batch_test"), 'parameters "batch_test"')
+    batch_test = optional_flag((parameters or {}).get("batch_test"), 'parameters "batch_test"')
+    all_binary = optional_flag((parameters or {}).get("binary_data_output"), 'parameters "binary_data_output"')
     specs = {spec.name: spec for spec in runtime.outputs}
-    requested = [output.get("name") for output in body.get("outputs") or [] if isinstance(output, dict)] or list(specs)
-    unknown = [n for n in requested if n not in specs]
-    if unknown:
-        raise InputError(f"unknown outputs {unknown}; available: {list(specs)}")
+    requested = _requested_outputs(body.get("outputs"), list(specs), all_binary)
     result = await served.predict(x, request)
     tensors = output_tensors(result, runtime.gate.outlier_threshold)
-    response = {"model_name": runtime.name, "model_version": runtime.version, "outputs": [v2_output(specs[n], tensors[n]) for n in requested]}
+    outputs, chunks = [], []
+    for name, binary in requested:
+        if binary:
+            header, data = v2_binary_output(specs[name], tensors[name])
+            outputs.append(header)
+            chunks.append(data)
+        else:
+            outputs.append(v2_output(specs[name], tensors[name]))
+    response = {"model_name": runtime.name, "model_version": runtime.version, "outputs": outputs}
     if body.get("id") is not None:
         response["id"] = str(body["id"])
     if batch_test:
         p_value, is_outlier = runtime.gate.batch_test(result["log_px"])
         response["parameters"] = {"batch_p_value": p_value, "batch_is_outlier": is_outlier}
-    return JSONBody(response)
+    if not chunks:
+        return JSONBody(response)
+    header = orjson.dumps(response)
+    return Response(header + b"".join(chunks), media_type="application/octet-stream", headers={"Inference-Header-Content-Length": str(len(header))})
+
+
+def _requested_outputs(outputs, available: list[str], all_binary: bool) -> list[tuple[str, bool]]:
+    """(name, as binary) of each output to return: those the request lists (``binary_data`` per
+    output, default ``all_binary``), else every one."""
+    if outputs is None:
+        return [(name, all_binary) for name in available]
+    if not isinstance(outputs, list) or not all(isinstance(output, dict) for output in outputs):
+        raise InputError('"outputs" must be a list of objects {"name": ..., "parameters": {"binary_data": true}}')
+    requested = []
+    for output in outputs:
+        parameters = output.get("parameters") or {}
+        if not isinstance(parameters, dict):
+            raise InputError('output "parameters" must be an object')
+        binary = parameters.get("binary_data")
+        requested.append((output.get("name"), all_binary if binary is None else optional_flag(binary, 'output parameters "binary_data"')))
+    unknown = [name for name, _ in requested if name not in available]
+    if unknown:
+        raise InputError(f"unknown outputs {unknown}; available: {available}")
+    return requested or [(name, all_binary) for name in available]
