@@ -47,18 +47,25 @@ BINARY_BODY = {
     "description": "the binary tensor extension: the JSON request (its length in the Inference-Header-Content-Length header), "
     "then each input's raw little-endian bytes, sized by its parameters.binary_data_size",
 }
+BINARY_ANSWER = {
+    "schema": {"type": "string", "format": "binary"},
+    "description": "when outputs are asked for in binary (binary_data, binary_data_output): the JSON response (its length in the "
+    "Inference-Header-Content-Length header), then those outputs' raw little-endian bytes, sized by their parameters.binary_data_size",
+}
 
 
 def json_post(response: type[BaseModel], request: type[BaseModel], binary: bool = False) -> dict:
     """``router.post`` options of a hot-path endpoint: orjson response, documented response and error
     models, and the request schema for OpenAPI (the body itself is decoded by ``service.inputs``);
-    ``binary``: the body may also be the binary tensor extension."""
+    ``binary``: the body and the answer may also be the binary tensor extension."""
     content = {"application/json": {"schema": inline_definitions(request.model_json_schema())}}
+    answer = {"model": response}
     if binary:
         content["application/octet-stream"] = BINARY_BODY
+        answer["content"] = {"application/octet-stream": BINARY_ANSWER}
     return {
         "response_class": JSONBody,
-        "responses": {200: {"model": response}, **ERRORS},
+        "responses": {200: answer, **ERRORS},
         "openapi_extra": {"requestBody": {"content": content, "required": True}},
     }
 

@@ -5,7 +5,7 @@ from fastapi import APIRouter, HTTPException, Request
 
 from service.api.common import ERRORS, JSONBody, json_post, lookup, read_body, service_state, serving
 from service.encoding import instance_records
-from service.inputs import optional_flag, decode_v1, may_hold_booleans, parse_json
+from service.inputs import decode_v1, may_hold_booleans, optional_flag, parse_json
 from service.schemas import PredictRequest, PredictResponse
 
 router = APIRouter(prefix="/v1", tags=["v1"])

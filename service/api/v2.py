@@ -8,7 +8,7 @@ from fastapi import APIRouter, Request, Response
 
 from service.api.common import BINARY_TYPES, ERRORS, JSONBody, json_post, lookup, read_body, service_state, serving
 from service.encoding import output_tensors, v2_binary_output, v2_output
-from service.inputs import InputError, optional_flag, decode_v2_tensor, may_hold_booleans, parse_json, split_binary_request
+from service.inputs import InputError, decode_v2_tensor, may_hold_booleans, optional_flag, parse_json, split_binary_request
 from service.schemas import ErrorResponse, InferRequest, InferResponse
 
 router = APIRouter(prefix="/v2", tags=["v2"])
@@ -127,16 +127,18 @@ async def model_statistics(name: str, request: Request, version: str | None = No
 
 @router.post("/models/{name}/infer", **json_post(InferResponse, InferRequest, binary=True))
 @router.post("/models/{name}/versions/{version}/infer", **json_post(InferResponse, InferRequest, binary=True))
-async def infer(name: str, request: Request, version: str | None = None) -> JSONBody:
+async def infer(name: str, request: Request, version: str | None = None) -> Response:
     """One input tensor named ``input`` of shape ``[N, *input_shape]``, as JSON data or raw bytes (the
-    binary tensor extension: header ``Inference-Header-Content-Length``); outputs as JSON tensors, as
-    listed in the model's metadata. ``parameters: {"batch_test": true}`` adds the batch typicality
-    test (``batch_p_value``, ``batch_is_outlier`` in the response's parameters)."""
+    binary tensor extension: header ``Inference-Header-Content-Length``); outputs as listed in the
+    model's metadata, as JSON tensors or, asked for with ``binary_data`` (per output) or
+    ``binary_data_output`` (request parameters), as raw bytes after the JSON answer. ``parameters:
+    {"batch_test": true}`` adds the batch typicality test (``batch_p_value``, ``batch_is_outlier`` in
+    the response's parameters)."""
     with serving(request, name, version) as served:
         return await _infer(served, request)
 
 
-async def _infer(served, request: Request) -> JSONBody:
+async def _infer(served, request: Request) -> Response:
     state, runtime = service_state(request), served.runtime
     header_length = request.headers.get("inference-header-content-length")
     if header_length is None:
