@@ -15,11 +15,6 @@ from models.flows.base import Flow
 from models.flows.layers import Squeeze, flow_step
 
 
-# Levels whose height is below this run in channels-last memory format (NHWC): about 1.7x faster
-# convolutions on CPU at 8x8 and 4x4, slower at 16x16 and above (docs/benchmarks.md).
-CHANNELS_LAST_BELOW = 9
-
-
 class Glow(Flow):
     def __init__(
         self,
@@ -63,8 +58,6 @@ class Glow(Flow):
         h = x
         for index, steps in enumerate(self.levels):
             h, _ = self.squeeze(h)
-            if h.shape[2] < CHANNELS_LAST_BELOW:
-                h = h.contiguous(memory_format=torch.channels_last)
             total = x.new_zeros(x.shape[0])
             for step in steps:
                 h, logabsdet = step(h)
