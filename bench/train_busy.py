@@ -26,12 +26,13 @@ from training.docs import update_section
 
 ROOT = Path(__file__).resolve().parents[1]
 OPENMP_VARIABLES = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "OMP_NUM_THREADS")
-# name -> (torch threads or None for every usable CPU, OpenMP environment)
+# name -> (torch threads, None for the CLI's default; OpenMP environment)
 SETTINGS = {
-    "every CPU, OpenMP defaults": (None, {}),
-    "every CPU, GOMP_SPINCOUNT=10000": (None, {"GOMP_SPINCOUNT": "10000"}),
-    "every CPU, GOMP_SPINCOUNT=1000": (None, {"GOMP_SPINCOUNT": "1000"}),
-    "every CPU, OMP_WAIT_POLICY=PASSIVE": (None, {"OMP_WAIT_POLICY": "PASSIVE"}),
+    "the CLI's default (every CPU, less those busy at the start)": (None, {}),
+    "every CPU, OpenMP defaults": (usable_cpus(), {}),
+    "every CPU, GOMP_SPINCOUNT=10000": (usable_cpus(), {"GOMP_SPINCOUNT": "10000"}),
+    "every CPU, GOMP_SPINCOUNT=1000": (usable_cpus(), {"GOMP_SPINCOUNT": "1000"}),
+    "every CPU, OMP_WAIT_POLICY=PASSIVE": (usable_cpus(), {"OMP_WAIT_POLICY": "PASSIVE"}),
     "1 thread, OpenMP defaults": (1, {}),
 }
 BUSY = "import torch\ntorch.set_num_threads({threads})\na = torch.randn(1024, 1024)\nwhile True:\n    a @ a\n"

@@ -1,6 +1,7 @@
 """Configs, data files and splits, and the training pipeline end to end on the tiny config."""
 import gzip
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -298,3 +299,23 @@ def test_a_cosine_run_ends_near_a_zero_learning_rate(tmp_path):
     assert main(["train", "--config", str(CONFIGS / "tiny.yaml"), "--out", str(out), "--quiet", "--set", "train.schedule=cosine", "--set", "train.patience=null"]) == 0
     groups = load_checkpoint(out).manifest.training.optimizer.param_groups
     assert groups[0]["lr"] < 0.01 * groups[0]["initial_lr"]
+
+
+def test_default_threads_leave_out_the_cpus_other_processes_keep_busy(monkeypatch, tmp_path):
+    from training import cli
+
+    before = torch.get_num_threads()
+    monkeypatch.setattr(cli, "usable_cpus", lambda: 4)
+    try:
+        for busy, expected in ((0.1, 4), (2.2, 2), (3.9, 1)):
+            monkeypatch.setattr(cli, "cpus_busy_elsewhere", lambda busy=busy: busy)
+            cli._set_threads(None)
+            assert torch.get_num_threads() == expected
+        monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")  # torchrun's processes share the CPUs without a measurement
+        cli._set_threads(None)
+        assert torch.get_num_threads() == 2
+        cli._set_threads(3)
+        assert torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(before)
+    assert 0 <= cli.cpus_busy_elsewhere(0.05) <= (os.cpu_count() or 1)

@@ -7,7 +7,9 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import logging
+import os
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -21,13 +23,43 @@ from training.distributed import launched, local_processes
 from training.export import ExportError
 from training.trainer import TrainingError
 
+log = logging.getLogger(__name__)
+
 USER_ERRORS = (ConfigError, DataError, CheckpointError, TrainingError, DeviceUnavailable, ExportError)
 
 
+def cpus_busy_elsewhere(seconds: float = 0.2) -> float:
+    """CPUs that other processes kept busy during ``seconds`` (this one sleeps meanwhile), from the
+    machine's idle counters in /proc/stat; 0 where they cannot be read."""
+
+    def idle_and_total() -> tuple[int, int]:
+        counters = [int(value) for value in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+        return counters[3] + counters[4], sum(counters)  # idle + iowait, all
+
+    try:
+        idle_before, total_before = idle_and_total()
+        time.sleep(seconds)
+        idle_after, total_after = idle_and_total()
+    except (OSError, ValueError, IndexError):
+        return 0.0
+    if total_after <= total_before:
+        return 0.0
+    return (1 - (idle_after - idle_before) / (total_after - total_before)) * (os.cpu_count() or 1)
+
+
 def _set_threads(threads: int | None) -> None:
-    """torch's CPU threads for this run: ``--threads``, or the CPUs this process may use shared
-    among the training processes torchrun started on this machine."""
-    torch.set_num_threads(threads or max(1, usable_cpus() // local_processes()))
+    """torch's CPU threads for this run: ``--threads``; else the CPUs this process may use, shared
+    among the training processes torchrun started on this machine, and for a single process less
+    the CPUs other processes keep busy when it starts (OpenMP threads that spin-wait for a core
+    another process holds slow training 7x: docs/benchmarks.md, "Training beside a busy process")."""
+    if threads is None:
+        threads = max(1, usable_cpus() // local_processes())
+        if local_processes() == 1:
+            busy = cpus_busy_elsewhere()
+            threads = max(1, min(threads, round(usable_cpus() - busy)))
+            if threads < usable_cpus():
+                log.info("other processes keep %.1f CPUs busy: training with %d torch thread(s) (--threads sets it)", busy, threads)
+    torch.set_num_threads(threads)
 
 
 def _train(args: argparse.Namespace) -> None:
@@ -133,7 +165,7 @@ def _score(args: argparse.Namespace) -> None:
     print(f"scored {result['rows']} rows of {result['files']} file(s) in {result['seconds']:.1f} s ({result['rows_per_s']:.0f} rows/s) into {result['output']}")
 
 
-THREADS_HELP = "torch CPU threads (default: every CPU this process may use); 1 keeps training usable beside another busy process (docs/benchmarks.md)"
+THREADS_HELP = "torch CPU threads (default: every CPU this process may use, less those other processes keep busy at the start); 1 keeps training usable beside another busy process (docs/benchmarks.md)"
 
 
 def positive_int(text: str) -> int:
