@@ -51,7 +51,7 @@ def _set_threads(threads: int | None) -> None:
     """torch's CPU threads for this run: ``--threads``; else the CPUs this process may use, shared
     among the training processes torchrun started on this machine, and for a single process less
     the CPUs other processes keep busy when it starts (OpenMP threads that spin-wait for a core
-    another process holds slow training 7x: docs/benchmarks.md, "Training beside a busy process")."""
+    another process holds slow training to about a tenth: docs/benchmarks.md, "Training beside a busy process")."""
     if threads is None:
         threads = max(1, usable_cpus() // local_processes())
         if local_processes() == 1:
