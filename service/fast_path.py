@@ -3,9 +3,9 @@
 path patterns, and their endpoint functions called directly. FastAPI keeps every other route, the
 OpenAPI description of these two, and any request the fast path does not take (other methods, a
 ``root_path``). One implementation of predict, two ways in: on a hit this skips the router's scan
-of every route, FastAPI's dependency solving and its exception middleware, a third of the event
-loop's time on one-instance requests (docs/benchmarks.md). Errors are answered by ``error_response``,
-as FastAPI's handlers answer them."""
+of every route, FastAPI's dependency solving and its exception middleware (Starlette and FastAPI
+went from 22% to 2% of the serving samples on one-instance requests, docs/benchmarks.md). Errors
+are answered by ``error_response``, as FastAPI's handlers answer them."""
 from __future__ import annotations
 
 from fastapi.routing import APIRoute
