@@ -24,6 +24,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -157,38 +158,51 @@ class Server:
         return rows
 
 
-def servers(checkpoint: Path, python: str, port: int, scratch: Path, device: str = "cpu") -> dict[str, Server]:
-    """Name -> ``Server`` listening on ``port``. ``device`` applies to our service (the peers run on
-    the CPU). MLServer is listed when its environment (``.venv-mlserver``) exists."""
-    ours = [python, "-m", "service", "--model-dir", str(checkpoint), "--device", device, "--port", str(port)]
-    log_px_only = [python, "-m", "service", "--model-dir", str(log_px_checkpoint(checkpoint)), "--device", device, "--port", str(port)]
+def servers(checkpoint: Path, python: str, scratch: Path, device: str = "cpu") -> dict[str, Callable[[int], Server]]:
+    """Name -> a function of the port that gives the ``Server`` listening on it (what a server needs
+    on disk is written only when it is started). ``device`` applies to our service (the peers run on
+    the CPU). granian and MLServer are listed when their environments exist."""
     quiet = {"DIGLM_LOG_LEVEL": "warning"}
     v1 = {"v1": "/v1/models/mnist-bench:predict"}
     both = {**v1, "v2": "/v2/models/mnist-bench/infer"}
+
+    def ours(port: int, backend: str, batching: bool, model: Path = checkpoint, **env: str) -> tuple[list[str], dict[str, str]]:
+        command = [python, "-m", "service", "--model-dir", str(model), "--device", device, "--port", str(port), "--backend", backend]
+        return command, {**quiet, "DIGLM_BATCHING": str(batching).lower(), **env}
+
+    def peer(module: str, *arguments: str) -> Callable[[int], Server]:
+        return lambda port: Server([python, "-m", module, str(checkpoint), *arguments, str(port)], {}, {"v1": "/predict"})
+
     listed = {
-        "ours: torch, no batching": Server(ours + ["--backend", "torch"], {**quiet, "DIGLM_BATCHING": "false"}, v1),
-        "ours: torch, batching": Server(ours + ["--backend", "torch"], {**quiet, "DIGLM_BATCHING": "true"}, v1),
-        "ours: onnx, no batching": Server(ours + ["--backend", "onnx"], {**quiet, "DIGLM_BATCHING": "false"}, v1),
-        "ours: onnx, batching": Server(ours + ["--backend", "onnx"], {**quiet, "DIGLM_BATCHING": "true"}, both, many=True, binary=True),
-        "ours: onnx, batching, 1 ONNX Runtime thread": Server(
-            ours + ["--backend", "onnx"], {**quiet, "DIGLM_BATCHING": "true", "DIGLM_INFERENCE_THREADS": "1"}, both, many=True, binary=True
+        "ours: torch, no batching": lambda port: Server(*ours(port, "torch", False), v1),
+        "ours: torch, batching": lambda port: Server(*ours(port, "torch", True), v1),
+        "ours: onnx, no batching": lambda port: Server(*ours(port, "onnx", False), v1),
+        "ours: onnx, batching": lambda port: Server(*ours(port, "onnx", True), both, many=True, binary=True),
+        "ours: onnx, batching, 1 ONNX Runtime thread": lambda port: Server(
+            *ours(port, "onnx", True, DIGLM_INFERENCE_THREADS="1"), both, many=True, binary=True
         ),
-        "ours: onnx, batching, gate on log p(x) alone": Server(log_px_only + ["--backend", "onnx"], {**quiet, "DIGLM_BATCHING": "true"}, v1),
-        "plain FastAPI + torch eager": Server([python, "-m", "bench.peers.fastapi_plain", str(checkpoint), "torch", str(port)], {}, {"v1": "/predict"}),
-        "plain FastAPI + ONNX Runtime": Server([python, "-m", "bench.peers.fastapi_plain", str(checkpoint), "onnx", str(port)], {}, {"v1": "/predict"}),
-        "LitServe + ONNX Runtime (batch 32 / 5 ms)": Server(
+        "ours: onnx, batching, gate on log p(x) alone": lambda port: Server(*ours(port, "onnx", True, log_px_checkpoint(checkpoint)), v1),
+        "plain FastAPI + torch eager": peer("bench.peers.fastapi_plain", "torch"),
+        "plain FastAPI + ONNX Runtime": peer("bench.peers.fastapi_plain", "onnx"),
+        "LitServe + ONNX Runtime (batch 32 / 5 ms)": lambda port: Server(
             [python, "-m", "bench.peers.litserve_onnx", str(checkpoint), str(port), "32", "0.005"], {}, {"v1": "/predict"}
         ),
     }
     granian = Path(python).parent / "granian"
     if granian.exists():  # the same app under another ASGI server, to measure what a switch would give
         app_env = {**quiet, "DIGLM_MODEL_DIR": str(checkpoint), "DIGLM_DEVICE": device, "DIGLM_BACKEND": "onnx", "DIGLM_BATCHING": "true"}
-        command = [str(granian), "--interface", "asgi", "--factory", "--host", "127.0.0.1", "--port", str(port), "--workers", "1", "--http", "1",
-                   "--loop", "uvloop", "--log-level", "warning", "service.app:create_app"]
-        listed["ours: onnx, batching, under granian (not the shipped server)"] = Server(command, app_env, both, many=True, binary=True)
+        listed["ours: onnx, batching, under granian (not the shipped server)"] = lambda port: Server(
+            [str(granian), "--interface", "asgi", "--factory", "--host", "127.0.0.1", "--port", str(port), "--workers", "1", "--http", "1",
+             "--loop", "uvloop", "--log-level", "warning", "service.app:create_app"],
+            app_env, both, many=True, binary=True,
+        )
     if MLSERVER.exists():
-        folder = write_model_folder(scratch / f"mlserver-{port}", checkpoint / "model.onnx", port, free_port(), free_port())
-        listed[MLSERVER_NAME] = Server([str(MLSERVER), "start", str(folder)], {"PYTHONPATH": str(ROOT)}, {"v2": f"/v2/models/{MODEL_NAME}/infer"}, many=True)
+
+        def mlserver(port: int) -> Server:
+            folder = write_model_folder(scratch / f"mlserver-{port}", checkpoint / "model.onnx", port, free_port(), free_port())
+            return Server([str(MLSERVER), "start", str(folder)], {"PYTHONPATH": str(ROOT)}, {"v2": f"/v2/models/{MODEL_NAME}/infer"}, many=True)
+
+        listed[MLSERVER_NAME] = mlserver
     return listed
 
 
@@ -270,11 +284,11 @@ def main() -> None:
     if not MLSERVER.exists():
         print(f"{MLSERVER} not found: MLServer is left out (make bench-env builds its environment)")
     rows = []
-    for name in servers(checkpoint, sys.executable, 0, scratch, args.device):
+    for name, make_server in servers(checkpoint, sys.executable, scratch, args.device).items():
         if args.only and args.only not in name:
             continue
         port = free_port()
-        server = servers(checkpoint, sys.executable, port, scratch, args.device)[name]
+        server = make_server(port)
         process = subprocess.Popen(server.command, cwd=ROOT, env={**os.environ, **server.env}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
         try:
             protocol, path = next(iter(server.paths.items()))

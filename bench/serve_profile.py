@@ -22,7 +22,7 @@ import threading
 from pathlib import Path
 
 from bench.model import ROOT, build_benchmark_checkpoint
-from bench.serve import request_bodies, wrk
+from bench.serve import RequestBody, request_bodies, wrk
 from bench.serve_load import free_port, start_server
 from training.docs import update_section
 
@@ -52,9 +52,8 @@ def categorise(frames: list[str]) -> str:
     return "other"
 
 
-def profile(port: int, pid: int, kind: str, concurrency: int, seconds: float, scratch: Path) -> tuple[dict, float]:
-    """Shares of the samples by (thread, category) during ``seconds`` of wrk load, and the requests/s."""
-    body = request_bodies(scratch)[kind]
+def profile(port: int, pid: int, kind: str, body: RequestBody, concurrency: int, seconds: float, scratch: Path) -> tuple[dict, float]:
+    """Shares of the samples by (thread, category) during ``seconds`` of wrk load with ``body``, and the requests/s."""
     path = "/v2/models/mnist-bench/infer" if "v2" in kind else "/v1/models/mnist-bench:predict"
     url = f"http://127.0.0.1:{port}{path}"
     wrk(url, body.body, concurrency, 3, body.content_type, body.header_length)  # warm-up
@@ -87,10 +86,11 @@ def main() -> None:
     scratch = Path(tempfile.mkdtemp())
     port = free_port()
     server = start_server(port, "--model-dir", str(checkpoint), "--backend", "onnx")
+    bodies = request_bodies(scratch)
     sections = []
     try:
         for kind, concurrency in LOADS:
-            shares, rate = profile(port, server.pid, kind, concurrency, args.seconds, scratch)
+            shares, rate = profile(port, server.pid, kind, bodies[kind], concurrency, args.seconds, scratch)
             instances = rate * (32 if kind.startswith("32") else 1)
             rows = "\n".join(f"| {thread} | {category} | {share:.1%} |" for (thread, category), share in shares.items() if share >= 0.005)
             sections.append(f"### {kind}, c = {concurrency} ({rate:.0f} requests/s, {instances:.0f} instances/s while sampled)\n\n"

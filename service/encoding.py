@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from service.inputs import V2_DTYPES
+
 REGRESSION_HEAD = ("mean", "variance", "model_mean", "model_variance")
 
 
@@ -88,7 +90,8 @@ def output_tensors(result: dict[str, np.ndarray], threshold: float) -> dict[str,
     return tensors
 
 
-BINARY_LAYOUTS = {"FP64": "<f8", "INT64": "<i8", "BOOL": "u1"}  # of our output datatypes; BYTES: length-prefixed
+# Little-endian layouts of our output datatypes (the inputs' table, and BOOL as one byte); BYTES is length-prefixed.
+BINARY_LAYOUTS = {"FP64": V2_DTYPES["FP64"], "INT64": V2_DTYPES["INT64"], "BOOL": "u1"}
 
 
 def v2_binary_output(spec: OutputSpec, array: np.ndarray) -> tuple[dict, bytes]:

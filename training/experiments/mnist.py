@@ -304,10 +304,10 @@ def compute_long(context: ExperimentContext) -> Computed:
             "schedule": config.train.schedule,
             "history": training.history,
         }
-    long_config, long_run = runs["mnist-cpu-long"]
-    notmnist, _ = notmnist_test(long_config.data.data_dir)
-    results["gate"], arrays = evaluate_gate(context, "mnist-long", long_config, long_run, {"notmnist": notmnist[:300] if context.quick else notmnist})
+    long_config = runs["mnist-cpu-long"][0]
     long_model, long_test_outputs = outputs["mnist-cpu-long"][:2]
+    notmnist, _ = notmnist_test(long_config.data.data_dir)
+    results["gate"], arrays = evaluate_gate("mnist-long", long_config, long_model, {"notmnist": notmnist[:300] if context.quick else notmnist})
     arrays["samples"] = samples_and_interpolations(long_model.model, long_test_outputs["z"][:10])
     results["seconds"] = clock.seconds()
     return Computed(results, arrays)
