@@ -28,6 +28,10 @@ class FlowConfig(StrictModel):
     hidden: int = Field(64, ge=1, description="hidden channels / units of the coupling nets")
     net: Literal["feedforward", "highway"] = "feedforward"
     net_layers: int = Field(2, ge=1, description="hidden layers of each coupling net")
+    split_prior: bool = Field(
+        False, description="Glow: the latents a level factors out get a learned Gaussian prior conditioned on the channels it "
+        "keeps (Glow's split prior); they are standardized by it, so the head still sees N(0, I) latents"
+    )
 
 
 class HeadConfig(StrictModel):

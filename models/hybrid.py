@@ -2,8 +2,9 @@
 
 log p(x) = log N(z; 0, I) + log|det dz/dx| (flow) + the preprocessing's log-det, in nats per example,
 a density of the data as users send it (see ``models.preprocessing``). For a multi-scale Glow it is
-also split by level: level l's term is the log-det of its steps plus log N of the latents it factors
-out (the preprocessing's log-det joins the finest level), so the terms sum to log p(x).
+also split by level: level l's term is the log-det of its steps plus the log-density of the latents
+it factors out (under its split prior, conditioned on the coarser levels, when the Glow has them; the
+preprocessing's log-det joins the finest level), so the terms sum to log p(x).
 """
 from __future__ import annotations
 
@@ -52,7 +53,7 @@ def _build_flow(config: ModelConfig, flow_shape: tuple[int, ...]) -> Flow:
     if flow.kind == "glow":
         if len(flow_shape) != 3:
             raise ValueError(f"Glow needs image inputs (H, W) or (C, H, W), got input_shape {config.input_shape}")
-        return Glow(flow_shape, flow.levels, flow.steps, flow.hidden, flow.net, flow.net_layers)
+        return Glow(flow_shape, flow.levels, flow.steps, flow.hidden, flow.net, flow.net_layers, flow.split_prior)
     if flow.kind == "realnvp":
         return RealNVP(flow_shape[0], flow.steps, flow.hidden, flow.net, flow.net_layers)
     return PlanarFlow(flow_shape[0], flow.steps)

@@ -28,6 +28,7 @@ CASES = {
     "coupling-highway-image": (lambda: AffineCoupling(4, 6, "highway", 3, spatial=True), (4, 2, 2)),
     "squeeze": (lambda: Squeeze(), (1, 4, 4)),
     "glow": (lambda: Glow((1, 4, 4), levels=2, steps=2, hidden=8), (1, 4, 4)),
+    "glow-split-prior": (lambda: Glow((1, 4, 8), levels=2, steps=1, hidden=8, split_prior=True), (1, 4, 8)),
     "glow-highway": (lambda: Glow((2, 4, 4), levels=1, steps=2, hidden=8, net="highway", net_layers=3), (2, 4, 4)),
     "realnvp": (lambda: RealNVP(3, steps=3, hidden=8), (3,)),
     "planar-layer": (lambda: PlanarLayer(2), (2,)),
@@ -83,6 +84,24 @@ def test_glow_latent_has_all_dimensions():
     glow = Glow((1, 8, 8), levels=2, steps=1, hidden=4)
     z, _ = glow(torch.randn(2, 1, 8, 8))
     assert z.shape == (2, 64)
+
+
+def test_split_prior_starts_as_the_identity_and_counts_in_its_level():
+    torch.manual_seed(0)
+    plain, with_prior = Glow((1, 8, 8), levels=2, steps=1, hidden=4), Glow((1, 8, 8), levels=2, steps=1, hidden=4, split_prior=True)
+    with_prior.levels.load_state_dict(plain.levels.state_dict())
+    x = torch.randn(3, 1, 8, 8)
+    torch.testing.assert_close(with_prior.forward_levels(x), plain.forward_levels(x))  # zero-initialised: the same flow
+    randomize(with_prior)
+    z, level_logdets = with_prior.forward_levels(x.double())
+    h, total = with_prior.squeeze(x.double())[0], torch.zeros(3, dtype=torch.float64)
+    for step in with_prior.levels[0]:
+        h, logabsdet = step(h)
+        total = total + logabsdet
+    out = with_prior.split_priors[0].net(h[:, 2:])
+    mean, log_scale = out[:, 0::2], out[:, 1::2]
+    torch.testing.assert_close(z[:, :32], ((h[:, :2] - mean) / log_scale.exp()).flatten(1))
+    torch.testing.assert_close(level_logdets[:, 0], total - log_scale.flatten(1).sum(dim=1))
 
 
 def test_lu_weight_cache_follows_parameter_changes():

@@ -109,7 +109,7 @@ def _linear_map(in_features: int, out_features: int, spatial: bool, kernel: int 
     return nn.Linear(in_features, out_features)
 
 
-def _zero_initialized(layer: nn.Module) -> nn.Module:
+def zero_initialized(layer: nn.Module) -> nn.Module:
     nn.init.zeros_(layer.weight)
     nn.init.zeros_(layer.bias)
     return layer
@@ -126,7 +126,7 @@ class FeedForwardNet(nn.Module):
         modules: list[nn.Module] = [_linear_map(in_features, hidden, spatial), nn.ReLU()]
         for _ in range(layers - 1):
             modules += [_linear_map(hidden, hidden, spatial, kernel=1), nn.ReLU()]
-        modules.append(_zero_initialized(_linear_map(hidden, out_features, spatial)))
+        modules.append(zero_initialized(_linear_map(hidden, out_features, spatial)))
         self.net = nn.Sequential(*modules)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -141,7 +141,7 @@ class HighwayNet(nn.Module):
         super().__init__()
         self.input = _linear_map(in_features, hidden, spatial)
         self.transforms = nn.ModuleList(_linear_map(hidden, 2 * hidden, spatial) for _ in range(layers))
-        self.output = _zero_initialized(_linear_map(hidden, out_features, spatial))
+        self.output = zero_initialized(_linear_map(hidden, out_features, spatial))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = F.relu(self.input(x))
