@@ -167,10 +167,13 @@ def test_mnist_experiments_pipeline_and_resume(tmp_path):
     before = (tmp_path / "artifacts" / "mnist-hybrid-1" / "manifest.json").stat().st_mtime_ns
     semi = EXPERIMENTS["mnist-semi"].run(ctx)
     assert set(semi["models"]) == {"labels_only", "labels_and_unlabeled", "all_labels"}
-    assert (tmp_path / "artifacts" / "mnist-hybrid-1" / "manifest.json").stat().st_mtime_ns == before  # reused, not retrained
+    all_labels = tmp_path / "artifacts" / "mnist-cpu-split-prior-logit" / "manifest.json"
+    semi_trained = all_labels.stat().st_mtime_ns
     long = EXPERIMENTS["mnist-long"].run(ctx)
-    assert (tmp_path / "artifacts" / "mnist-hybrid-1" / "manifest.json").stat().st_mtime_ns == before
-    assert set(long["models"]) == {"mnist-cpu", "mnist-cpu-long"} and long["models"]["mnist-cpu-long"]["schedule"] == "cosine"
+    assert (tmp_path / "artifacts" / "mnist-hybrid-1" / "manifest.json").stat().st_mtime_ns == before  # reused, not retrained
+    assert all_labels.stat().st_mtime_ns == semi_trained
+    assert set(long["models"]) == {"mnist-cpu", "mnist-cpu + split prior", "mnist-cpu + split prior + logit", "mnist-cpu-long"}
+    assert long["models"]["mnist-cpu-long"]["schedule"] == "cosine" and "split prior, logit" in long["models"]["mnist-cpu-long"]["architecture"]
     assert "notmnist" in long["gate"]["ood"] and long["models"]["mnist-cpu-long"]["history"]
     for figure in ("mnist_long_curves", "mnist_long_samples", "gate_mnist-long"):
         assert (tmp_path / "results" / f"{figure}.png").is_file()
