@@ -53,11 +53,12 @@ def _set_threads(threads: int | None) -> None:
     the CPUs other processes keep busy when it starts (OpenMP threads that spin-wait for a core
     another process holds slow training to about a tenth: docs/benchmarks.md, "Training beside a busy process")."""
     if threads is None:
-        threads = max(1, usable_cpus() // local_processes())
-        if local_processes() == 1:
+        cpus, processes = usable_cpus(), local_processes()
+        threads = max(1, cpus // processes)
+        if processes == 1:
             busy = cpus_busy_elsewhere()
-            threads = max(1, min(threads, round(usable_cpus() - busy)))
-            if threads < usable_cpus():
+            threads = max(1, min(threads, round(cpus - busy)))
+            if threads < cpus:
                 log.info("other processes keep %.1f CPUs busy: training with %d torch thread(s) (--threads sets it)", busy, threads)
     torch.set_num_threads(threads)
 
