@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 MODEL_DIR ?= artifacts/digits
 CONFIG ?= training/configs/digits.yaml
 
-.PHONY: install test train serve bench-env bench-load bench-swap bench-serve bench-train-speed mutation alerts docker-wheels docker-smoke fuzz soak clean
+.PHONY: install test test-random train serve bench-env bench-load bench-swap bench-serve bench-train-speed mutation alerts docker-wheels docker-smoke fuzz soak clean
 
 install: $(VENV)/.installed
 
@@ -17,6 +17,11 @@ $(VENV)/.installed: pyproject.toml
 
 test: install
 	$(PY) -m pytest
+
+# The suite in a shuffled order (pytest-randomly; SEED=N repeats an order, as printed at the top).
+SEED ?= random
+test-random: install
+	$(PY) -m pytest -p randomly --randomly-seed=$(SEED)
 
 # Mutation testing ([tool.mutmut] in pyproject.toml: the gate, heads, hybrid model, preprocessing,
 # the service's encoding and runtime, the trainer's calibration). Not part of `make test`: about

@@ -1,7 +1,44 @@
+"""Shared test set-up: a fixed torch seed per test, and the bounded waits every test uses (a service
+that never gets ready fails its test within the timeout instead of hanging the suite; pytest-timeout,
+set in pyproject.toml, is the backstop)."""
+import asyncio
+import time
+from typing import Callable
+
 import pytest
 import torch
+
+READY_TIMEOUT_S = 60.0  # a tiny model loads and warms up in about a second
 
 
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+def wait_for(condition: Callable[[], bool], what: str, timeout: float = READY_TIMEOUT_S) -> None:
+    """Poll ``condition()`` every 50 ms until it is true (an exception counts as not yet); fail the
+    test after ``timeout`` seconds, saying ``what`` it waited for."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if condition():
+                return
+        except Exception:  # not listening yet, say
+            pass
+        time.sleep(0.05)
+    pytest.fail(f"waited {timeout:g} s for {what}")
+
+
+def wait_ready(client, timeout: float = READY_TIMEOUT_S) -> None:
+    """Wait until a started ``TestClient``'s service answers ``/v2/health/ready`` with 200."""
+    wait_for(lambda: client.get("/v2/health/ready").status_code == 200, "the service to be ready", timeout)
+
+
+async def wait_until(condition: Callable[[], bool], what: str, timeout: float = READY_TIMEOUT_S) -> None:
+    """``wait_for`` inside an event loop: awaits 10 ms between polls, so the loop keeps running."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"waited {timeout:g} s for {what}")
+        await asyncio.sleep(0.01)

@@ -8,6 +8,7 @@ from fastapi.testclient import TestClient
 from service.app import create_app
 from service.auth import key_matches, presented_key, warn_if_open
 from service.settings import ServiceSettings, parse_settings
+from tests.conftest import wait_ready
 from training.cli import main as training_main
 
 CONFIGS = Path(__file__).resolve().parents[1] / "training" / "configs"
@@ -23,8 +24,7 @@ def checkpoint(tmp_path_factory) -> Path:
 def serve(checkpoint: Path, **settings):
     client = TestClient(create_app(ServiceSettings(model_dir=checkpoint, device="cpu", **settings)))
     client.__enter__()
-    while client.get("/v2/health/ready").status_code != 200:
-        pass
+    wait_ready(client)
     return client
 
 

@@ -4,16 +4,16 @@ KServe SDK's REST client (v2 protocol) checks health and infers with JSON and bi
 import asyncio
 import socket
 import threading
-import time
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
-import httpx
 import uvicorn
 
 from service.app import create_app
 from service.settings import ServiceSettings
+from tests.conftest import wait_for
 from training.cli import main as training_main
 from training.config import DataConfig
 from training.data import load_dataset
@@ -35,14 +35,7 @@ def server(tmp_path_factory):
     thread = threading.Thread(target=uvicorn_server.run, daemon=True)
     thread.start()
     client = httpclient.InferenceServerClient(url=f"127.0.0.1:{port}")
-    deadline = time.time() + 60
-    while time.time() < deadline:
-        try:
-            if client.is_server_ready():
-                break
-        except Exception:  # not listening yet
-            pass
-        time.sleep(0.1)
+    wait_for(client.is_server_ready, "the server to be ready")
     yield f"127.0.0.1:{port}"
     uvicorn_server.should_exit = True
     thread.join(timeout=10)

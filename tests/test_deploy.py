@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 import yaml
 
 from service.app import create_app
@@ -92,7 +91,7 @@ def test_dockerfiles_copy_existing_paths_and_check_readiness():
     assert cpu.index("AS service") < cpu.index("AS train-environment")  # the classic builder builds every stage above the target
     pyproject = (ROOT / "pyproject.toml").read_text()
     assert pyproject.count("onnxruntime==1.31.1") == 1 and pyproject.count("onnxruntime-gpu==1.31.1") == 1
-    result = subprocess.run([sys.executable, "docker/requirements.py", "serve", "onnx-cpu"], cwd=ROOT, capture_output=True, text=True, check=True)
+    result = subprocess.run([sys.executable, "docker/requirements.py", "serve", "onnx-cpu"], cwd=ROOT, capture_output=True, text=True, check=True, timeout=120)
     assert result.stdout.split() == ["torch==2.13.0", "numpy>=1.26", "safetensors>=0.4", "pydantic>=2.6", "pydantic-settings>=2.7", "fastapi>=0.110",
                                      "uvicorn[standard]>=0.29", "prometheus-client>=0.20", "orjson>=3.9", "scipy>=1.11", "onnxruntime==1.31.1"]
 

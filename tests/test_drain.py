@@ -15,6 +15,7 @@ import httpx
 import numpy as np
 import pytest
 
+from tests.conftest import wait_for
 from training.cli import main as training_main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -40,13 +41,7 @@ def serve(checkpoint: Path, **variables: str) -> tuple[subprocess.Popen, str, in
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     base = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 60
-    while time.time() < deadline:
-        try:
-            if httpx.get(f"{base}/v2/health/ready", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            time.sleep(0.1)
+    wait_for(lambda: httpx.get(f"{base}/v2/health/ready", timeout=1).status_code == 200, "the service process to be ready")
     return server, base, port
 
 

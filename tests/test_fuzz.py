@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from service.app import create_app
 from service.settings import ServiceSettings
+from tests.conftest import wait_ready
 from training.cli import main as training_main
 from training.config import DataConfig
 from training.data import load_dataset
@@ -48,8 +49,7 @@ def client(tmp_path_factory):
     checkpoint = tmp_path_factory.mktemp("fuzz") / "tiny"
     assert training_main(["train", "--config", str(CONFIGS / "tiny.yaml"), "--out", str(checkpoint), "--quiet", "--set", "train.epochs=1"]) == 0
     with TestClient(create_app(ServiceSettings(model_dir=checkpoint, device="cpu", max_instances=16, log_level="warning")), raise_server_exceptions=False) as test_client:
-        while test_client.get("/v2/health/ready").status_code != 200:
-            pass
+        wait_ready(test_client)
         digits = load_dataset(DataConfig(name="digits")).x[:4].tolist()
         before = test_client.post("/v1/models/tiny:predict", json={"instances": digits}).json()["predictions"]
         yield test_client

@@ -15,6 +15,7 @@ from service.app import create_app
 from service.repository import ModelSource, VersionPolicy, parse_policies
 from service.runtime import ModelRuntime
 from service.settings import ServiceSettings, SettingsProblem, parse_settings
+from tests.conftest import wait_until
 from training.cli import main as training_main
 from training.config import DataConfig
 from training.data import load_dataset
@@ -61,8 +62,7 @@ def serve(settings: ServiceSettings, scenario):
     async def go():
         async with app.router.lifespan_context(app):
             state = app.state.service
-            while not state.ready and state.models.load_error is None:
-                await asyncio.sleep(0.01)
+            await wait_until(lambda: state.ready or state.models.load_error is not None, "the models to load or fail")
             async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test", timeout=30) as client:
                 return await scenario(client, app)
 
@@ -216,8 +216,7 @@ def test_hot_swap_in_flight_request_keeps_the_old_answer_and_the_next_gets_the_n
 
         old.batcher.run_batch = held
         in_flight = asyncio.ensure_future(v1(client, "a", digits))
-        while old.in_flight == 0:
-            await asyncio.sleep(0.01)
+        await wait_until(lambda: old.in_flight > 0, "the request to reach the old version")
         add_version(root, "a", 2, trained[1])
         # the old version's batch is held in the inference thread: the new version's warm-up queues
         # behind it, so let the held batch go once the load has begun
