@@ -77,11 +77,19 @@ def held_out_digits(count: int) -> tuple[np.ndarray, np.ndarray]:
     return x, y
 
 
-def _count_between(sorted_points: np.ndarray, low: np.ndarray, high: np.ndarray) -> np.ndarray:
-    """Per row ``(N,)``: how many points lie in [low, high] (none for a non-finite bound: such a
-    value ranks as the most extreme whatever the rounding)."""
+def _crossed(sorted_points: np.ndarray, low: np.ndarray, high: np.ndarray) -> np.ndarray:
+    """Per row ``(N,)``: how many points a value anywhere in [low, high] may rank on either side of,
+    the points in that range; none where the range is empty (a value rounding cannot move: a tie
+    stays a tie) or not finite (such a value ranks as the most extreme whatever the rounding)."""
     count = np.searchsorted(sorted_points, high, side="right") - np.searchsorted(sorted_points, low, side="left")
-    return np.where(np.isfinite(low) & np.isfinite(high), count, 0)
+    return np.where(np.isfinite(low) & np.isfinite(high) & (high > low), count, 0)
+
+
+def near_ties(probabilities: np.ndarray, margin: float) -> np.ndarray:
+    """Per row of ``(N, K)`` probabilities: whether the two largest are within ``margin`` (the only
+    rows where rounding may change the argmax)."""
+    top_two = np.sort(probabilities, axis=1)[:, -2:]
+    return top_two[:, 1] - top_two[:, 0] <= margin
 
 
 @dataclass
@@ -102,19 +110,14 @@ class Movement:
         band = {name: tolerance.band(values, name) for name, values in scores.items()}
         low = {name: values - band[name] for name, values in scores.items()}
         high = {name: values + band[name] for name, values in scores.items()}
-        calibration = {
-            name: np.zeros(len(values), dtype=int) if name in EXACT_SCORES else _count_between(gate.calibration[name], low[name], high[name])
-            for name, values in scores.items()
-        }
+        calibration = {name: _crossed(gate.calibration[name], low[name], high[name]) for name in scores}
         if gate.statistic is None:  # Bonferroni: m times the smallest per-score p-value
             return cls(calibration, np.where(np.any(list(calibration.values()), axis=0), -1, 0), None)
         # each surprise is monotone or (two-sided) quasi-convex in its score: its range is its endpoints'
         at_low, at_high = gate.surprises(low), gate.surprises(high)
         surprises = np.stack([np.minimum(at_low, at_high), np.maximum(at_low, at_high)], axis=2)
         t_low, t_high = (combined_statistic(surprises[..., side], gate.combine) for side in (0, 1))
-        # the combined p-value counts the calibration T >= T: T in [t_low, t_high] moves it by those in [t_low, t_high)
-        crossed = np.searchsorted(gate.statistic, t_high, side="left") - np.searchsorted(gate.statistic, t_low, side="left")
-        return cls(calibration, np.where(np.isfinite(t_low) & np.isfinite(t_high), crossed, 0), surprises)
+        return cls(calibration, _crossed(gate.statistic, t_low, t_high), surprises)
 
     @property
     def anything(self) -> np.ndarray:
@@ -166,8 +169,7 @@ def assert_answers_agree(expected: dict[str, np.ndarray], actual: dict[str, np.n
     if "label" in expected:
         model = np.asarray(expected["model_probabilities"])
         np.testing.assert_allclose(actual["model_probabilities"], model, atol=tolerance.probability, err_msg="model_probabilities")
-        top_two = np.sort(model, axis=1)[:, -2:]
-        tied = top_two[:, 1] - top_two[:, 0] <= 2 * tolerance.probability
+        tied = near_ties(model, 2 * tolerance.probability)
         relabelled = np.asarray(expected["label"]) != np.asarray(actual["label"])
         assert not (relabelled & ~tied).any(), f"labels differ where the head is not tied: rows {np.flatnonzero(relabelled & ~tied).tolist()}"
         same = ~flipped
