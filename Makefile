@@ -19,9 +19,8 @@ test: install
 	$(PY) -m pytest
 
 # The suite in a shuffled order (pytest-randomly; SEED=N repeats an order, as printed at the top).
-SEED ?= random
 test-random: install
-	$(PY) -m pytest -p randomly --randomly-seed=$(SEED)
+	$(PY) -m pytest -p randomly $(if $(SEED),--randomly-seed=$(SEED))
 
 # Mutation testing ([tool.mutmut] in pyproject.toml: the gate, heads, hybrid model, preprocessing,
 # the service's encoding and runtime, the trainer's calibration). Not part of `make test`: about
