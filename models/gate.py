@@ -24,7 +24,7 @@ from safetensors.numpy import load_file, save_file
 
 from models.conformal import Combine, Surprise, Tail, batch_typicality_p_value, combined_p_values, combined_statistic, p_values
 from models.manifest import FittedScores, GateMethod, GateSection, LogPxSummary, MinTrainTau, ValidationTau
-from models.scores import LatentGaussian, ScoreFit
+from models.scores import LatentGaussian, LatentNeighbours, ScoreFit
 
 GATE_METHODS: tuple[GateMethod, ...] = ("conformal", "validation", "min_train")
 SUMMARY_QUANTILES = (0.001, 0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99)
@@ -40,7 +40,13 @@ DEFAULT_SCORES: dict[str, Tail] = {
     "complexity": "both",
     "max_probability": "lower",
     "latent_distance": "upper",
+    "neighbour_distance": "upper",
 }
+# neighbour_distance's defaults (docs/gate.md has the measurements): the k-th nearest of how many
+# training latents, compared in how many principal directions (None: all of z).
+NEIGHBOUR_REFERENCE = 50_000
+NEIGHBOUR_K = 1
+NEIGHBOUR_DIMS: int | None = 128
 
 
 def gate_tails(requested: dict[str, Tail] | None, available: list[str]) -> dict[str, Tail]:
@@ -165,6 +171,12 @@ class Gate:
             tensors.update({f"latent.{key}": value.cpu().numpy() for key, value in self.fitted.latent.state_dict().items()})
             if self.fitted.neighbour_scale is not None:
                 tensors["neighbour_scale"] = np.array([self.fitted.neighbour_scale])
+            neighbours = self.fitted.neighbours
+            if neighbours is not None:
+                tensors["neighbours.reference"] = neighbours.reference.cpu().numpy()
+                tensors["neighbours.k"] = np.array([neighbours.k])
+                if neighbours.projection is not None:
+                    tensors["neighbours.projection"] = neighbours.projection.cpu().numpy()
         save_file({key: np.ascontiguousarray(value) for key, value in tensors.items()}, str(path))
 
     @classmethod
@@ -175,7 +187,13 @@ class Gate:
         if "latent.weight" in tensors:
             latent = LatentGaussian(torch.from_numpy(tensors["latent.weight"]), torch.from_numpy(tensors["latent.means"]))
             scale = tensors.get("neighbour_scale")
-            fitted = ScoreFit(latent, None if scale is None else float(scale[0]))
+            neighbours = None
+            if "neighbours.reference" in tensors:
+                projection = tensors.get("neighbours.projection")
+                neighbours = LatentNeighbours(
+                    torch.from_numpy(tensors["neighbours.reference"]), int(tensors["neighbours.k"][0]), None if projection is None else torch.from_numpy(projection)
+                )
+            fitted = ScoreFit(latent, None if scale is None else float(scale[0]), neighbours)
         def group(prefix: str) -> dict[str, np.ndarray]:
             return {key.split(".", 1)[1]: value for key, value in tensors.items() if key.startswith(prefix + ".")}
 

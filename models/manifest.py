@@ -47,6 +47,9 @@ class FittedScores(Section):
     latent_dims: int
     latent_classes: int
     neighbour_scale: float | None
+    neighbour_reference: int | None = None  # latents in the neighbour_distance reference (None: no such score)
+    neighbour_k: int | None = None
+    neighbour_dims: int | None = None  # PCA directions it compares in (None: all of z)
 
 
 class GateSection(Section):

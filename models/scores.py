@@ -8,6 +8,9 @@
 - ``latent_distance``: squared Mahalanobis distance of z to the nearest class mean under a
   class-conditional Gaussian with shared covariance (Lee et al. 2018), fitted in closed form on the
   training latents after training (one Gaussian for regression). ``LatentGaussian`` holds it;
+- ``neighbour_distance``: the squared distance from z's direction to the k-th nearest of a
+  reference set of training latents' directions (Sun et al. 2022, deep nearest neighbours: both L2-normalised,
+  optionally after a PCA projection). ``LatentNeighbours`` holds the reference;
 - images only: ``complexity``, the nats a generic local image model spends on x (each pixel's
   differences to its right and lower neighbours Laplace with scale b, the training images' mean
   absolute neighbour difference; up to a constant), and ``likelihood_ratio`` = log p(x) +
@@ -86,6 +89,44 @@ class LatentGaussian(nn.Module):
         return distances.min(dim=1).values
 
 
+class LatentNeighbours(nn.Module):
+    """||u - r_(k)||^2: u = normalise(z P) for z ``(N, D)``, r_(k) its k-th nearest row of the
+    unit-norm ``reference`` ``(M, d)``; P ``(D, d)`` a projection (None: all of z). Unit vectors, so
+    it is 2 - 2 cos, in [0, 4]: squared, since a square root would turn float32 rounding of cos
+    near 1 into errors of 3e-4."""
+
+    def __init__(self, reference: torch.Tensor, k: int, projection: torch.Tensor | None = None):
+        super().__init__()
+        if not 1 <= k <= len(reference):
+            raise ValueError(f"neighbour k={k} needs a reference of at least k latents, got {len(reference)}")
+        self.k = k
+        self.register_buffer("reference", reference.float())
+        self.register_buffer("projection", None if projection is None else projection.float())
+
+    @classmethod
+    def fit(cls, z: np.ndarray, k: int, size: int | None = None, dims: int | None = None, seed: int = 0) -> "LatentNeighbours":
+        """From training latents ``z`` ``(N, D)``: a seeded sample of ``size`` of them (None: all) as
+        the reference; with ``dims``, the top ``dims`` principal directions of the normalised latents
+        (fitted on all of them) as the projection."""
+        z = np.asarray(z, dtype=np.float64)
+        projection = None
+        if dims is not None and dims < z.shape[1]:
+            directions = z / np.linalg.norm(z, axis=1, keepdims=True).clip(min=1e-12)
+            _, _, components = np.linalg.svd(directions - directions.mean(axis=0), full_matrices=False)
+            projection = torch.from_numpy(components[:dims].T.copy())
+        if size is not None and size < len(z):
+            z = z[np.sort(np.random.default_rng(seed).choice(len(z), size=size, replace=False))]
+        kept = torch.from_numpy(z) if projection is None else torch.from_numpy(z) @ projection
+        return cls(nn.functional.normalize(kept, dim=1), k, projection)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        u = z if self.projection is None else z @ self.projection
+        u = nn.functional.normalize(u, dim=1)
+        similarity = u @ self.reference.T
+        kth = similarity.max(dim=1).values if self.k == 1 else similarity.topk(self.k, dim=1).values[:, -1]
+        return (2 - 2 * kth).clamp(min=0)
+
+
 def neighbour_differences(x: torch.Tensor) -> torch.Tensor:
     """Sum of |differences| between horizontally and vertically adjacent values of images ``(N, ..., H, W)``, ``(N,)``."""
     horizontal = (x[..., :, 1:] - x[..., :, :-1]).abs().flatten(1).sum(dim=1)
@@ -94,17 +135,23 @@ def neighbour_differences(x: torch.Tensor) -> torch.Tensor:
 
 
 class ScoreFit(nn.Module):
-    """The parts of the scores fitted after training: the ``latent`` Gaussian and, for images, the
-    Laplace scale b of neighbour differences (data units; None for vectors)."""
+    """The parts of the scores fitted after training: the ``latent`` Gaussian, the latent
+    ``neighbours`` (None: no ``neighbour_distance``) and, for images, the Laplace scale b of
+    neighbour differences (data units; None for vectors)."""
 
-    def __init__(self, latent: LatentGaussian, neighbour_scale: float | None):
+    def __init__(self, latent: LatentGaussian, neighbour_scale: float | None, neighbours: LatentNeighbours | None = None):
         super().__init__()
         self.latent = latent
         self.neighbour_scale = neighbour_scale
+        self.neighbours = neighbours
 
     @classmethod
-    def fit(cls, model: HybridModel, x: np.ndarray, z: np.ndarray, y: np.ndarray | None, space: LatentSpace, dims: int | None = None) -> "ScoreFit":
-        """Fit on training inputs ``x`` ``(N, *input_shape)``, their latents ``z`` and labels ``y``."""
+    def fit(
+        cls, model: HybridModel, x: np.ndarray, z: np.ndarray, y: np.ndarray | None, space: LatentSpace, dims: int | None = None,
+        neighbours: LatentNeighbours | None = None,
+    ) -> "ScoreFit":
+        """Fit on training inputs ``x`` ``(N, *input_shape)``, their latents ``z`` and labels ``y``;
+        ``neighbours`` is fitted by the caller (``LatentNeighbours.fit``), which chooses its size."""
         head_weight = model.head.linear.weight.detach().cpu().numpy() if model.task == "classification" else None
         latent = LatentGaussian.fit(z, y, space, model.level_sizes, dims, head_weight)
         scale = None
@@ -112,7 +159,7 @@ class ScoreFit(nn.Module):
             height, width = x.shape[-2:]
             pairs = int(np.prod(x.shape[1:-2], dtype=np.int64)) * (2 * height * width - height - width)
             scale = max(float(neighbour_differences(torch.from_numpy(x[:10_000]).double()).mean()) / pairs, 1e-6)
-        return cls(latent, scale)
+        return cls(latent, scale, neighbours)
 
 
 def instance_scores(x: torch.Tensor, output: HybridOutput, head_prediction: dict[str, torch.Tensor], fitted: ScoreFit | None) -> dict[str, torch.Tensor]:
@@ -127,6 +174,8 @@ def instance_scores(x: torch.Tensor, output: HybridOutput, head_prediction: dict
         scores["max_probability"] = probabilities.max(dim=1).values
     if fitted is not None:
         scores["latent_distance"] = fitted.latent(output.z)
+        if fitted.neighbours is not None:
+            scores["neighbour_distance"] = fitted.neighbours(output.z)
         if fitted.neighbour_scale is not None:
             scores["complexity"] = neighbour_differences(x).to(output.log_px.dtype) / (2 * fitted.neighbour_scale)
             scores["likelihood_ratio"] = output.log_px + scores["complexity"]

@@ -1,7 +1,7 @@
 """Inference backends behind one small interface: ``name``, ``device`` and ``forward(x)`` with x
 ``(N, *input_shape)`` float32 in data units, returning the head's outputs (``probabilities`` ``(N, K)``
 for classification, ``mean`` and ``variance`` for regression) and every score of ``models.scores``
-(``log_px`` float64 ``(N,)`` nats, the level terms, head evidence, ``latent_distance``, ``complexity``, ``likelihood_ratio``).
+(``log_px`` float64 ``(N,)`` nats, the level terms, head evidence, ``latent_distance``, ``neighbour_distance``, ``complexity``, ``likelihood_ratio``).
 
 - ``TorchBackend``: the checkpoint's model in eager mode under ``torch.inference_mode`` (CUDA when
   the device says so).

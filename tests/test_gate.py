@@ -186,11 +186,12 @@ def test_a_p_value_equal_to_alpha_is_accepted():
 def test_calibrate_gate_defaults_taus_and_fitted_parts_survive_saving(tmp_path):
     import torch
 
-    from models.scores import LatentGaussian, ScoreFit
+    from models.scores import LatentGaussian, LatentNeighbours, ScoreFit
 
     rng = np.random.default_rng(10)
     reference, calibration = draw_scores(rng, 300), draw_scores(rng, 300)
-    fitted = ScoreFit(LatentGaussian(torch.randn(4, 2), torch.randn(3, 2)), 1.5)
+    neighbours = LatentNeighbours.fit(rng.standard_normal((40, 4)), 3, dims=2)
+    fitted = ScoreFit(LatentGaussian(torch.randn(4, 2), torch.randn(3, 2)), 1.5, neighbours)
     gate = calibrate_gate(reference["log_px"] + 1, reference, calibration, TAILS, slack=2.0, fitted=fitted)
     assert (gate.method, gate.alpha, gate.combine) == ("conformal", 0.01, "min") and gate.fitted is fitted
     assert gate.summary.min_train.tau == pytest.approx(reference["log_px"].min() + 1 - 2.0)
@@ -203,17 +204,21 @@ def test_calibrate_gate_defaults_taus_and_fitted_parts_survive_saving(tmp_path):
     assert loaded.fitted.neighbour_scale == 1.5
     torch.testing.assert_close(loaded.fitted.latent.weight, fitted.latent.weight)
     torch.testing.assert_close(loaded.fitted.latent.means, fitted.latent.means)
+    assert loaded.fitted.neighbours.k == 3
+    torch.testing.assert_close(loaded.fitted.neighbours.reference, neighbours.reference)
+    torch.testing.assert_close(loaded.fitted.neighbours.projection, neighbours.projection)
     assert set(loaded.calibration) == {"log_px", "heavy", "skewed"} and set(loaded.reference) == set(TAILS)
     vectors = calibrate_gate(reference["log_px"], reference, calibration, TAILS, fitted=ScoreFit(fitted.latent, None))
     vectors.save(tmp_path / "vectors.safetensors")
-    assert Gate.load(vectors.summary, tmp_path / "vectors.safetensors").fitted.neighbour_scale is None
+    vectors = Gate.load(vectors.summary, tmp_path / "vectors.safetensors")
+    assert vectors.fitted.neighbour_scale is None and vectors.fitted.neighbours is None
 
 
 def test_default_scores_take_every_level_and_nothing_else():
-    available = ["log_px", "level_1", "level_2", "levels_of_detail", "likelihood_ratio", "complexity", "max_probability", "latent_distance", "other"]
+    available = ["log_px", "level_1", "level_2", "levels_of_detail", "likelihood_ratio", "complexity", "max_probability", "latent_distance", "neighbour_distance", "other"]
     assert gate_tails(None, available) == {
         "log_px": "both", "level_1": "both", "level_2": "both", "likelihood_ratio": "lower",
-        "complexity": "both", "max_probability": "lower", "latent_distance": "upper",
+        "complexity": "both", "max_probability": "lower", "latent_distance": "upper", "neighbour_distance": "upper",
     }
 
 

@@ -10,7 +10,7 @@ import torch
 from models.checkpoint import load_checkpoint
 from models.config import FlowConfig, HeadConfig, ModelConfig, PreprocessingConfig
 from models.hybrid import HybridModel
-from models.scores import LatentGaussian, ScoreFit, forward_scores
+from models.scores import LatentGaussian, LatentNeighbours, ScoreFit, forward_scores
 from training.cli import main as training_main
 from training.config import DataConfig
 from training.data import load_dataset, split_dataset
@@ -72,6 +72,37 @@ def test_latent_gaussian_matches_a_direct_mahalanobis_distance():
         torch.testing.assert_close(projected(torch.from_numpy(queries).float()), logit_space(torch.from_numpy(queries @ head.T).float()), rtol=1e-3, atol=1e-3)
     coarse = LatentGaussian.fit(z, None, "coarse", [4, 2], shrinkage=0.0)
     assert coarse.weight.shape == (6, 2) and coarse.means.shape == (1, 2)
+
+
+def test_latent_neighbours_match_a_brute_force_search():
+    rng = np.random.default_rng(3)
+    z = rng.standard_normal((300, 8)) * np.linspace(3, 0.5, 8)
+    queries = rng.standard_normal((12, 8)) * 2
+    queries[0] = z[7] * 3  # the direction of a reference latent: distance 0
+
+    def kth_distance(reference, points, k):
+        unit = lambda v: v / np.linalg.norm(v, axis=1, keepdims=True)
+        distances = np.linalg.norm(unit(points)[:, None, :] - unit(reference)[None, :, :], axis=2)
+        return np.sort(distances, axis=1)[:, k - 1] ** 2
+
+    for k in (1, 4):
+        with torch.no_grad():
+            ours = LatentNeighbours.fit(z, k)(torch.from_numpy(queries).float()).numpy()
+        np.testing.assert_allclose(ours, kth_distance(z, queries, k), atol=2e-3)
+    assert ours.shape == (12,)
+    sampled = LatentNeighbours.fit(z, 1, size=50, seed=4)
+    assert sampled.reference.shape == (50, 8)
+    kept = np.sort(np.random.default_rng(4).choice(300, size=50, replace=False))
+    with torch.no_grad():
+        np.testing.assert_allclose(sampled(torch.from_numpy(queries).float()).numpy(), kth_distance(z[kept], queries, 1), atol=2e-3)
+    projected = LatentNeighbours.fit(z, 2, dims=3)  # the top 3 principal directions of the normalised latents
+    directions = z / np.linalg.norm(z, axis=1, keepdims=True)
+    components = np.linalg.svd(directions - directions.mean(axis=0), full_matrices=False)[2][:3].T
+    with torch.no_grad():
+        ours = projected(torch.from_numpy(queries).float()).numpy()
+    np.testing.assert_allclose(ours, kth_distance(z @ components, queries @ components, 2), atol=2e-3)
+    with pytest.raises(ValueError, match="at least k"):
+        LatentNeighbours.fit(z[:3], 4)
 
 
 def test_complexity_likelihood_ratio_and_max_probability_against_numpy():

@@ -293,12 +293,15 @@ def metric(client, name: str, **labels) -> float:
     return 0.0
 
 
+REJECTION_REASONS = ("support", "log_px", "complexity", "likelihood_ratio", "latent_distance", "neighbour_distance", "level_1", "level_2", "max_probability")
+
+
 def test_metrics_move_after_requests(client, digits):
     before = {
         "ok": metric(client, "diglm_requests_total", endpoint="/v1/models/{name}:predict", status="200"),
         "bad": metric(client, "diglm_requests_total", endpoint="/v1/models/{name}:predict", status="400"),
         "instances": metric(client, "diglm_instances_total"),
-        "rejected": sum(metric(client, "diglm_instances_rejected_total", reason=r) for r in ("support", "log_px", "complexity", "likelihood_ratio", "latent_distance", "level_1", "level_2", "max_probability")),
+        "rejected": sum(metric(client, "diglm_instances_rejected_total", reason=r) for r in REJECTION_REASONS),
         "support": metric(client, "diglm_instances_rejected_total", reason="support"),
         "log_px": metric(client, "diglm_log_px_nats_count"),
     }
@@ -309,7 +312,7 @@ def test_metrics_move_after_requests(client, digits):
     assert metric(client, "diglm_requests_total", endpoint="/v1/models/{name}:predict", status="400") == before["bad"] + 1
     assert metric(client, "diglm_instances_total") == before["instances"] + 4
     assert metric(client, "diglm_instances_rejected_total", reason="support") == before["support"]  # inputs outside the range are a 400
-    rejected = sum(metric(client, "diglm_instances_rejected_total", reason=r) for r in ("support", "log_px", "complexity", "likelihood_ratio", "latent_distance", "level_1", "level_2", "max_probability"))
+    rejected = sum(metric(client, "diglm_instances_rejected_total", reason=r) for r in REJECTION_REASONS)
     assert rejected >= before["rejected"] + 1
     assert metric(client, "diglm_log_px_nats_count") == before["log_px"] + 4
     text = client.get("/metrics").text

@@ -15,7 +15,7 @@ from models.checkpoint import LoadedCheckpoint, load_checkpoint, save_checkpoint
 from models.gate import GATE_FILE, Gate, calibrate_gate, gate_tails
 from models.hybrid import HybridModel
 from models.manifest import FittedScores, Manifest
-from models.scores import ScoreFit
+from models.scores import LatentNeighbours, ScoreFit
 from training.config import ConfigError, ExperimentConfig, GateSettings, apply_override, validation_message
 from training.data import DataError, Split, Splits, load_dataset, split_dataset
 from training.evaluate import evaluate_split, model_outputs
@@ -38,7 +38,10 @@ def fit_gate(model: HybridModel, splits: Splits, settings: GateSettings, batch_s
     space = settings.latent_space or ("head" if model.task == "classification" else "all")
     if space == "head" and model.task != "classification":
         raise ConfigError("gate.latent_space 'head' needs a classification model; use all, coarse or pca")
-    fitted = ScoreFit.fit(model, splits.train.x[labeled], train["z"][labeled], labels, space, settings.latent_dims)
+    neighbours = None
+    if settings.neighbour_reference != 0:
+        neighbours = LatentNeighbours.fit(train["z"], settings.neighbour_k, settings.neighbour_reference, settings.neighbour_dims)
+    fitted = ScoreFit.fit(model, splits.train.x[labeled], train["z"][labeled], labels, space, settings.latent_dims, neighbours)
     validation = model_outputs(model, splits.validation.x, batch_size, fitted=fitted)
     calibration = model_outputs(model, splits.calibration.x, batch_size, fitted=fitted)
     try:
@@ -48,6 +51,10 @@ def fit_gate(model: HybridModel, splits: Splits, settings: GateSettings, batch_s
     fitted_summary = FittedScores(
         latent_space=space, latent_dims=int(fitted.latent.weight.shape[1]),
         latent_classes=int(fitted.latent.means.shape[0]), neighbour_scale=fitted.neighbour_scale,
+        **({} if neighbours is None else {
+            "neighbour_reference": len(neighbours.reference), "neighbour_k": neighbours.k,
+            "neighbour_dims": None if neighbours.projection is None else int(neighbours.projection.shape[1]),
+        }),
     )
     return calibrate_gate(
         train["log_px"], validation, calibration, tails, settings.method, settings.alpha, settings.combine,

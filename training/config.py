@@ -12,7 +12,7 @@ from pydantic import Field, ValidationError
 
 from models.config import ModelConfig, StrictModel
 from models.conformal import Combine, Tail
-from models.gate import GateMethod
+from models.gate import NEIGHBOUR_DIMS, NEIGHBOUR_K, NEIGHBOUR_REFERENCE, GateMethod
 from models.scores import LatentSpace
 
 
@@ -69,6 +69,13 @@ class GateSettings(StrictModel):
         None, description="latent_distance: the head's logit space (default for classification), all of z (default for regression), the coarsest level's latents, or a PCA projection"
     )
     latent_dims: int | None = Field(None, ge=1, description="latent_distance with latent_space=pca: principal directions kept")
+    neighbour_reference: int | None = Field(
+        NEIGHBOUR_REFERENCE, ge=0, description="neighbour_distance: training latents kept as its reference (a seeded sample; null: all; 0: no such score)"
+    )
+    neighbour_k: int = Field(NEIGHBOUR_K, ge=1, description="neighbour_distance: the distance to the k-th nearest reference latent counts")
+    neighbour_dims: int | None = Field(
+        NEIGHBOUR_DIMS, ge=1, description="neighbour_distance: principal directions of the normalised latents it compares in (null: all of z)"
+    )
     slack: float = Field(0.0, ge=0, description="min_train tau: slack c in nats below the training minimum")
 
 
