@@ -11,10 +11,11 @@ validation split) fixes, per score, a monotone "surprise" -log p_ref(s): its emp
 its 10% / above its 90% quantile and, past that, an exponential tail with the mean excess of the
 reference (peaks over threshold), so that inputs beyond every reference value keep growing more
 surprising instead of tying at 1 / (n + 1). The statistic T is the sum of the surprises (Fisher's
--2 sum log p, halved) or their maximum (the smallest p); its conformal p-value against the
-calibration inputs' T is exactly valid whatever the dependence between the scores, since the
-surprise functions do not depend on the calibration split. ``bonferroni`` needs no reference:
-m times the smallest per-score conformal p-value.
+-2 sum log p, halved), their maximum (``min``: the smallest p) or the maximum of weighted surprises
+(``weighted``: weights chosen on the reference split against synthetic outliers, ``fit_weights``);
+its conformal p-value against the calibration inputs' T is exactly valid whatever the dependence
+between the scores, since neither the surprise functions nor the weights depend on the calibration
+split. ``bonferroni`` needs no reference: m times the smallest per-score conformal p-value.
 """
 from __future__ import annotations
 
@@ -25,8 +26,9 @@ from typing import Literal
 import numpy as np
 
 Tail = Literal["lower", "upper", "both"]
-Combine = Literal["fisher", "min", "bonferroni"]
+Combine = Literal["fisher", "min", "weighted", "bonferroni"]
 TAIL_QUANTILE = 0.1  # the exponential tail starts beyond the reference's 10% / 90% quantile
+WEIGHT_FLOOR = 0.25  # the smallest weight fit_weights gives a score, so that none is ever ignored
 
 
 def _as_extreme(scores: np.ndarray, tail: Tail) -> np.ndarray:
@@ -108,24 +110,53 @@ def surprise(sorted_reference: np.ndarray, scores: np.ndarray, tail: Tail) -> np
     return Surprise.fit(sorted_reference, tail)(scores)
 
 
-def combined_statistic(surprises: np.ndarray, combine: Combine) -> np.ndarray:
-    """T ``(N,)`` from per-score surprises ``(N, m)``; higher T = more outlying."""
+def combined_statistic(surprises: np.ndarray, combine: Combine, weights: np.ndarray | None = None) -> np.ndarray:
+    """T ``(N,)`` from per-score surprises ``(N, m)`` (and ``weights`` ``(m,)`` for ``weighted``);
+    higher T = more outlying."""
     if combine == "fisher":
         return surprises.sum(axis=1)
     if combine == "min":
         return surprises.max(axis=1)
+    if combine == "weighted":
+        return (surprises * weights).max(axis=1)
     raise ValueError(f"combine {combine!r} has no calibrated statistic")
 
 
+def fit_weights(reference: np.ndarray, outliers: list[np.ndarray], alpha: float, floor: float = WEIGHT_FLOOR, rounds: int = 2, steps: int = 12) -> np.ndarray:
+    """Weights ``(m,)`` in [floor, 1] for ``weighted``: the surprises of the reference split
+    ``(N, m)`` against those of synthetic outlier sets ``(n_i, m)``. Coordinate ascent over a
+    log-spaced grid of each weight, maximising the mean share of the outlier sets whose weighted
+    maximum exceeds the reference's 1 - alpha quantile of it; scaled so the largest weight is 1. A
+    weight moves only where that raises the power, so with no gain every weight stays 1 (``min``)."""
+    grid = np.exp(np.linspace(np.log(floor), 0.0, steps))
+    weights = np.ones(reference.shape[1])
+
+    def power(candidate: np.ndarray) -> float:
+        threshold = np.quantile((reference * candidate).max(axis=1), 1 - alpha)
+        return float(np.mean([np.mean((outlier * candidate).max(axis=1) > threshold) for outlier in outliers]))
+
+    best = power(weights)
+    for _ in range(rounds):
+        for score in range(len(weights)):
+            for value in grid:
+                trial = weights.copy()
+                trial[score] = value
+                trial_power = power(trial)
+                if trial_power > best:
+                    weights, best = trial, trial_power
+    return weights / weights.max()
+
+
 def combined_p_values(
-    per_score: np.ndarray, surprises: np.ndarray | None, combine: Combine, sorted_calibration_statistic: np.ndarray | None
+    per_score: np.ndarray, surprises: np.ndarray | None, combine: Combine, sorted_calibration_statistic: np.ndarray | None,
+    weights: np.ndarray | None = None,
 ) -> np.ndarray:
     """One p-value ``(N,)``: Bonferroni over the per-score conformal p-values ``(N, m)`` (m times the
     smallest, capped at 1), or the conformal p-value of T(surprises ``(N, m)``) against the
     calibration inputs' sorted T."""
     if combine == "bonferroni":
         return np.minimum(1.0, per_score.shape[1] * per_score.min(axis=1))
-    statistic = combined_statistic(surprises, combine)
+    statistic = combined_statistic(surprises, combine, weights)
     n = len(sorted_calibration_statistic)
     return (1 + n - np.searchsorted(sorted_calibration_statistic, statistic, side="left")) / (n + 1)
 

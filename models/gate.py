@@ -4,8 +4,10 @@ Methods (the manifest's ``gate.method``):
 - ``conformal`` (default): each of the gate's scores (``models.scores``) gets a conformal p-value
   against a calibration split held out from training and model selection; the scores are combined
   (``models.conformal``: the largest surprise against the reference split, itself calibrated) and x
-  is rejected when the combined p-value is below ``alpha``, the target false-rejection rate. The
-  response names the score with the strongest evidence as the reason.
+  is rejected when the combined p-value is below ``alpha``, the target false-rejection rate. With
+  ``combine: weighted`` the surprises are weighted first (weights chosen on the reference split
+  against synthetic outliers). The response names the score with the strongest (weighted) evidence
+  as the reason.
 - ``validation``: accept iff log p(x) >= tau, tau the ``alpha`` quantile of the validation split's
   log p(x).
 - ``min_train`` (the paper's): tau = min over the training set of log p(x) minus a slack c (nats).
@@ -22,7 +24,7 @@ import numpy as np
 import torch
 from safetensors.numpy import load_file, save_file
 
-from models.conformal import Combine, Surprise, Tail, batch_typicality_p_value, combined_p_values, combined_statistic, p_values
+from models.conformal import Combine, Surprise, Tail, batch_typicality_p_value, combined_p_values, combined_statistic, fit_weights, p_values
 from models.manifest import FittedScores, GateMethod, GateSection, LogPxSummary, MinTrainTau, ValidationTau
 from models.scores import LatentGaussian, LatentNeighbours, ScoreFit
 
@@ -102,7 +104,8 @@ class Gate:
     ``calibration`` each score (and always ``log_px``) to its sorted calibration values,
     ``reference`` each gate score to its sorted reference (validation) values that fix the
     surprise functions, ``statistic`` the sorted combined statistic of the calibration inputs
-    (``models.conformal``; None for Bonferroni)."""
+    (``models.conformal``; None for Bonferroni), ``weights`` ``(m,)`` the weights of the surprises
+    in the order of ``tails`` (``weighted`` only)."""
 
     method: GateMethod
     tau: float
@@ -114,6 +117,7 @@ class Gate:
     statistic: np.ndarray | None
     fitted: ScoreFit | None = None
     summary: GateSection | None = None  # the manifest's gate section
+    weights: np.ndarray | None = None
 
     def __post_init__(self):
         self._surprise = {name: Surprise.fit(self.reference[name], tail) for name, tail in self.tails.items()}
@@ -129,8 +133,12 @@ class Gate:
         names = list(self.tails)
         per_score = {name: p_values(self.calibration[name], scores[name], self.tails[name]) for name in names}
         p_matrix = np.stack([per_score[n] for n in names], axis=1)
-        evidence = -np.log(p_matrix) if self.combine == "bonferroni" else self.surprises(scores)
-        combined = np.where(supported, combined_p_values(p_matrix, evidence, self.combine, self.statistic), 0.0)
+        surprises = None if self.combine == "bonferroni" else self.surprises(scores)
+        combined = np.where(supported, combined_p_values(p_matrix, surprises, self.combine, self.statistic, self.weights), 0.0)
+        if surprises is None:
+            evidence = -np.log(p_matrix)
+        else:
+            evidence = surprises if self.weights is None else surprises * self.weights
         with np.errstate(divide="ignore"):
             if self.method == "conformal":
                 accepted = combined >= self.alpha
@@ -167,6 +175,8 @@ class Gate:
         tensors.update({f"reference.{name}": values for name, values in self.reference.items()})
         if self.statistic is not None:
             tensors["statistic"] = self.statistic
+        if self.weights is not None:
+            tensors["weights"] = self.weights
         if self.fitted is not None:
             tensors.update({f"latent.{key}": value.cpu().numpy() for key, value in self.fitted.latent.state_dict().items()})
             if self.fitted.neighbour_scale is not None:
@@ -200,7 +210,7 @@ class Gate:
         return cls(
             method=summary.method, tau=summary.tau, alpha=summary.alpha, combine=summary.combine,
             tails=dict(summary.scores), calibration=group("calibration"), reference=group("reference"),
-            statistic=tensors.get("statistic"), fitted=fitted, summary=summary,
+            statistic=tensors.get("statistic"), fitted=fitted, summary=summary, weights=tensors.get("weights"),
         )
 
 
@@ -222,10 +232,12 @@ def calibrate_gate(
     slack: float = 0.0,
     fitted: ScoreFit | None = None,
     fitted_summary: FittedScores | None = None,
+    outliers: list[dict[str, np.ndarray]] | None = None,
 ) -> Gate:
     """A gate from three held-out score sets: training log p(x) (the paper's tau), the validation
-    split's scores (the quantile tau at ``alpha``, and the reference of the surprise functions) and
-    the calibration split's scores (the conformal p-values and the combined statistic)."""
+    split's scores (the quantile tau at ``alpha``, the reference of the surprise functions and, for
+    ``weighted``, of the weights) and the calibration split's scores (the conformal p-values and the
+    combined statistic). ``outliers``: synthetic outlier sets' scores, which ``weighted`` needs."""
     names = {*tails, "log_px"}
     reference = _finite_rows(validation_scores, names)
     calibration = _finite_rows(calibration_scores, names)
@@ -235,14 +247,19 @@ def calibrate_gate(
         calibration={name: np.sort(values) for name, values in calibration.items()},
         reference={name: np.sort(reference[name]) for name in tails}, statistic=None, fitted=fitted,
     )
+    if combine == "weighted":
+        if not outliers:
+            raise ValueError("gate.combine 'weighted' needs synthetic outliers to choose its weights (image models only); use min")
+        gate.weights = fit_weights(gate.surprises(reference), [gate.surprises(_finite_rows(scores, tails)) for scores in outliers], alpha)
     if combine != "bonferroni":
-        gate.statistic = np.sort(combined_statistic(gate.surprises(calibration), combine))
+        gate.statistic = np.sort(combined_statistic(gate.surprises(calibration), combine, gate.weights))
     gate.summary = GateSection(
         method=method,
         alpha=alpha,
         tau=gate.tau,
         combine=combine,
         scores=dict(tails),
+        weights=None if gate.weights is None else dict(zip(tails, gate.weights.tolist())),
         calibration_size=len(calibration["log_px"]),
         reference_size=len(reference["log_px"]),
         fitted=fitted_summary,

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from models.conformal import batch_typicality_p_value, p_values, surprise
+from models.conformal import WEIGHT_FLOOR, batch_typicality_p_value, fit_weights, p_values, surprise
 from models.gate import GATE_METHODS, Gate, calibrate_gate, gate_tails
 
 
@@ -24,6 +24,14 @@ def draw_scores(rng: np.random.Generator, n: int) -> dict[str, np.ndarray]:
 TAILS = {"log_px": "both", "heavy": "upper", "skewed": "lower"}
 
 
+def draw_outliers(rng: np.random.Generator, n: int) -> list[dict[str, np.ndarray]]:
+    """Two synthetic outlier sets: one far in the heavy score's tail, one low in the skewed score."""
+    heavy, skewed = draw_scores(rng, n), draw_scores(rng, n)
+    heavy["heavy"] = heavy["heavy"] + 6
+    skewed["skewed"] = skewed["skewed"] / 8
+    return [heavy, skewed]
+
+
 @pytest.mark.parametrize("tail", ["lower", "upper", "both"])
 def test_conformal_p_values_are_uniform_on_exchangeable_data(tail):
     rng = np.random.default_rng(0)
@@ -38,19 +46,55 @@ def test_conformal_p_values_are_uniform_on_exchangeable_data(tail):
     assert stats.kstest(p, "uniform").pvalue > 0.001
 
 
-@pytest.mark.parametrize("combine", ["fisher", "min", "bonferroni"])
+@pytest.mark.parametrize("combine", ["fisher", "min", "weighted", "bonferroni"])
 def test_combined_gate_false_rejection_rate_is_at_most_alpha(combine):
-    """Fresh reference, calibration and test draws each time: P(reject) <= alpha (binomial margin)."""
+    """Fresh reference, calibration and test draws each time (and outliers for the weights):
+    P(reject) <= alpha (binomial margin)."""
     rng = np.random.default_rng(1)
     alpha, repeats, rejected = 0.05, 1500, 0
     for _ in range(repeats):
         reference, calibration, test = draw_scores(rng, 200), draw_scores(rng, 99), draw_scores(rng, 1)
-        gate = calibrate_gate(reference["log_px"], reference, calibration, TAILS, "conformal", alpha, combine)
+        outliers = draw_outliers(rng, 50) if combine == "weighted" else None
+        gate = calibrate_gate(reference["log_px"], reference, calibration, TAILS, "conformal", alpha, combine, outliers=outliers)
         rejected += int(not gate.decide(test).accepted[0])
     rate = rejected / repeats
     assert rate <= alpha + 3 * math.sqrt(alpha * (1 - alpha) / repeats)
     if combine != "bonferroni":  # the calibrated combinations use their level, not a fraction of it
         assert rate >= alpha - 3 * math.sqrt(alpha * (1 - alpha) / repeats) - 1 / 100
+
+
+def test_fit_weights_keeps_the_score_that_carries_the_evidence_and_moves_nothing_without_gain():
+    rng = np.random.default_rng(12)
+    reference = rng.exponential(size=(2000, 3))
+    carried = rng.exponential(size=(500, 3))
+    carried[:, 2] += 3  # only the third score has evidence
+    weights = fit_weights(reference, [carried], alpha=0.01)
+
+    def power(w):
+        return np.mean((carried * w).max(axis=1) > np.quantile((reference * w).max(axis=1), 0.99))
+
+    assert weights[2] == 1 and weights[:2].max() < 1 and weights.min() >= WEIGHT_FLOOR
+    assert power(weights) > power(np.ones(3)) + 0.05
+    # outliers drawn like the reference: no weighting rejects more, so the plain maximum stays
+    assert fit_weights(reference, [reference], alpha=0.01).tolist() == [1.0, 1.0, 1.0]
+
+
+def test_the_weighted_gate_rejects_more_of_the_outliers_it_was_weighted_for_and_survives_saving(tmp_path):
+    rng = np.random.default_rng(13)
+    reference, calibration = draw_scores(rng, 1000), draw_scores(rng, 1000)
+    outliers = draw_outliers(rng, 400)
+    weighted = calibrate_gate(reference["log_px"], reference, calibration, TAILS, "conformal", 0.05, "weighted", outliers=outliers)
+    plain = calibrate_gate(reference["log_px"], reference, calibration, TAILS, "conformal", 0.05, "min")
+    assert set(weighted.summary.weights) == set(TAILS) and max(weighted.summary.weights.values()) == 1
+    fresh = draw_outliers(rng, 2000)
+    assert sum((~weighted.decide(o).accepted).mean() for o in fresh) > sum((~plain.decide(o).accepted).mean() for o in fresh)
+    weighted.save(tmp_path / "gate.safetensors")
+    loaded = Gate.load(weighted.summary, tmp_path / "gate.safetensors")
+    np.testing.assert_array_equal(loaded.weights, weighted.weights)
+    scores = draw_scores(rng, 300)
+    np.testing.assert_array_equal(loaded.decide(scores).p_value, weighted.decide(scores).p_value)
+    with pytest.raises(ValueError, match="needs synthetic outliers"):
+        calibrate_gate(reference["log_px"], reference, calibration, TAILS, "conformal", 0.05, "weighted")
 
 
 def test_p_value_counts_ties_and_tails_against_a_direct_count():

@@ -195,6 +195,12 @@ def test_regression_predict_falls_back_to_the_target_moments_when_rejected(tmp_p
     assert runtime.midrange_inputs(1).tolist() == [[0.5, 0.5, 0.5]]  # no levels: the middle of [0, 1]
 
 
+def test_the_weighted_combination_needs_images_to_draw_its_outliers_from():
+    model, splits = regression_problem()
+    with pytest.raises(ConfigError, match="weighted.*use min"):
+        fit_gate(model, splits, GateSettings(alpha=0.05, combine="weighted"))
+
+
 def test_fit_gate_needs_a_calibration_split_big_enough_for_alpha():
     model, splits = regression_problem()
     calibration = splits.calibration

@@ -165,6 +165,11 @@ def test_calibrate_refits_the_gate_and_keeps_the_weights(tiny_checkpoint, tmp_pa
     assert after.manifest.version != before.manifest.version  # a new gate is a new model version
     assert after.gate.combine == "fisher" and after.gate.alpha == 0.1 and after.gate.tails == {"log_px": "lower", "complexity": "both"}
     assert after.manifest.training.config["gate"]["alpha"] == 0.1 and "wrote" in capsys.readouterr().out
+    assert main(["calibrate", "--checkpoint", str(copy), "--set", "gate.combine=weighted"]) == 0
+    weighted = load_checkpoint(copy)
+    weights = weighted.manifest.gate.weights
+    assert weighted.gate.combine == "weighted" and list(weights) == list(weighted.gate.tails) and max(weights.values()) == 1
+    assert min(weights.values()) >= 0.25 and weighted.manifest.files["weights.safetensors"] == before.manifest.files["weights.safetensors"]
     assert main(["calibrate", "--checkpoint", str(copy), "--set", "train.epochs=9"]) == 2
     assert "only gate.* and evaluation.*" in capsys.readouterr().err
     assert main(["calibrate", "--checkpoint", str(copy), "--set", "gate.scores={entropy: upper}"]) == 2

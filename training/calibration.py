@@ -20,6 +20,7 @@ from training.config import ConfigError, ExperimentConfig, GateSettings, apply_o
 from training.data import DataError, Split, Splits, load_dataset, split_dataset
 from training.evaluate import evaluate_split, model_outputs
 from training.export import ONNX_FILE, export_checkpoint
+from training.ood_sets import builtin_ood_sets
 
 
 def fit_gate(model: HybridModel, splits: Splits, settings: GateSettings, batch_size: int = 512) -> Gate:
@@ -48,6 +49,9 @@ def fit_gate(model: HybridModel, splits: Splits, settings: GateSettings, batch_s
         tails = gate_tails(settings.scores, score_names(calibration))
     except ValueError as error:
         raise ConfigError(f"gate.scores: {error}") from None
+    outliers = None
+    if settings.combine == "weighted":
+        outliers = [model_outputs(model, images, batch_size, fitted=fitted) for images in synthetic_outliers(model, splits.validation.x).values()]
     fitted_summary = FittedScores(
         latent_space=space, latent_dims=int(fitted.latent.weight.shape[1]),
         latent_classes=int(fitted.latent.means.shape[0]), neighbour_scale=fitted.neighbour_scale,
@@ -58,8 +62,21 @@ def fit_gate(model: HybridModel, splits: Splits, settings: GateSettings, batch_s
     )
     return calibrate_gate(
         train["log_px"], validation, calibration, tails, settings.method, settings.alpha, settings.combine,
-        settings.slack, fitted, fitted_summary,
+        settings.slack, fitted, fitted_summary, outliers,
     )
+
+
+SYNTHETIC_ROWS = 2_000  # validation images the synthetic outliers of the weighted combination are drawn from
+SYNTHETIC_SEED = 7919  # not the evaluation's seed, so reports never judge the gate on the very images it was fitted with
+
+
+def synthetic_outliers(model: HybridModel, reference_x: np.ndarray) -> dict[str, np.ndarray]:
+    """The built-in OOD families (``training.ood_sets``) drawn from up to ``SYNTHETIC_ROWS``
+    reference images: what ``gate.combine: weighted`` chooses its weights against."""
+    levels = getattr(model.preprocessing, "levels", None)
+    if levels is None or len(model.input_shape) != 2:
+        raise ConfigError("gate.combine 'weighted' draws synthetic outliers from images of quantized levels; this model's inputs are not, use min")
+    return builtin_ood_sets(reference_x[:SYNTHETIC_ROWS], levels, SYNTHETIC_SEED)
 
 
 TRAIN_METRICS_ROWS = 10_000  # training-split metrics are reported on a seeded subsample of this size
