@@ -116,7 +116,7 @@ class Movement:
         # each surprise is monotone or (two-sided) quasi-convex in its score: its range is its endpoints'
         at_low, at_high = gate.surprises(low), gate.surprises(high)
         surprises = np.stack([np.minimum(at_low, at_high), np.maximum(at_low, at_high)], axis=2)
-        t_low, t_high = (combined_statistic(surprises[..., side], gate.combine) for side in (0, 1))
+        t_low, t_high = (combined_statistic(surprises[..., side], gate.combine, gate.weights) for side in (0, 1))
         return cls(calibration, _crossed(gate.statistic, t_low, t_high), surprises)
 
     @property

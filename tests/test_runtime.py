@@ -174,6 +174,7 @@ def test_regression_predict_falls_back_to_the_target_moments_when_rejected(tmp_p
     model, splits = regression_problem()
     gate = fit_gate(model, splits, GateSettings(alpha=0.05))
     assert gate.summary.fitted.latent_space == "all" and gate.summary.fitted.latent_dims == 3 and gate.summary.fitted.latent_classes == 1
+    assert gate.combine == "min" and gate.weights is None  # no images to draw synthetic outliers like
     gate.save(tmp_path / GATE_FILE)
     manifest = {"name": "sums", "task": "regression", "input_shape": [3], "preprocessing": model.config.preprocessing.model_dump(mode="json"),
                 "gate": gate.summary.model_dump(mode="json"), "target_moments": [5.0, 9.0]}

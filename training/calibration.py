@@ -49,8 +49,9 @@ def fit_gate(model: HybridModel, splits: Splits, settings: GateSettings, batch_s
         tails = gate_tails(settings.scores, score_names(calibration))
     except ValueError as error:
         raise ConfigError(f"gate.scores: {error}") from None
+    combine = settings.combine or ("weighted" if draws_synthetic_outliers(model) else "min")
     outliers = None
-    if settings.combine == "weighted":
+    if combine == "weighted":
         outliers = [model_outputs(model, images, batch_size, fitted=fitted) for images in synthetic_outliers(model, splits.validation.x).values()]
     fitted_summary = FittedScores(
         latent_space=space, latent_dims=int(fitted.latent.weight.shape[1]),
@@ -61,7 +62,7 @@ def fit_gate(model: HybridModel, splits: Splits, settings: GateSettings, batch_s
         }),
     )
     return calibrate_gate(
-        train["log_px"], validation, calibration, tails, settings.method, settings.alpha, settings.combine,
+        train["log_px"], validation, calibration, tails, settings.method, settings.alpha, combine,
         settings.slack, fitted, fitted_summary, outliers,
     )
 
@@ -70,13 +71,18 @@ SYNTHETIC_ROWS = 2_000  # validation images the synthetic outliers of the weight
 SYNTHETIC_SEED = 7919  # not the evaluation's seed, so reports never judge the gate on the very images it was fitted with
 
 
+def draws_synthetic_outliers(model: HybridModel) -> bool:
+    """Whether the model's inputs are single-channel images of quantized levels, which the built-in
+    OOD families are drawn like (the weighted combination is the default there)."""
+    return hasattr(model.preprocessing, "levels") and len(model.input_shape) == 2
+
+
 def synthetic_outliers(model: HybridModel, reference_x: np.ndarray) -> dict[str, np.ndarray]:
     """The built-in OOD families (``training.ood_sets``) drawn from up to ``SYNTHETIC_ROWS``
     reference images: what ``gate.combine: weighted`` chooses its weights against."""
-    levels = getattr(model.preprocessing, "levels", None)
-    if levels is None or len(model.input_shape) != 2:
+    if not draws_synthetic_outliers(model):
         raise ConfigError("gate.combine 'weighted' draws synthetic outliers from images of quantized levels; this model's inputs are not, use min")
-    return builtin_ood_sets(reference_x[:SYNTHETIC_ROWS], levels, SYNTHETIC_SEED)
+    return builtin_ood_sets(reference_x[:SYNTHETIC_ROWS], model.preprocessing.levels, SYNTHETIC_SEED)
 
 
 TRAIN_METRICS_ROWS = 10_000  # training-split metrics are reported on a seeded subsample of this size

@@ -64,7 +64,11 @@ class GateSettings(StrictModel):
     scores: dict[str, Tail] | None = Field(
         None, description="conformal: gate scores and the tail that counts as outlying; default models.gate.DEFAULT_SCORES where available"
     )
-    combine: Combine = Field("min", description="conformal: how the scores combine (min: the strongest evidence; weighted: the strongest weighted evidence, weights chosen against synthetic outliers; fisher: their sum; all calibrated; bonferroni)")
+    combine: Combine | None = Field(
+        None,
+        description="conformal: how the scores combine (min: the strongest evidence; weighted: the strongest weighted evidence, weights chosen "
+        "against synthetic outliers, images only; fisher: their sum; all calibrated; bonferroni); default weighted for images, else min",
+    )
     latent_space: LatentSpace | None = Field(
         None, description="latent_distance: the head's logit space (default for classification), all of z (default for regression), the coarsest level's latents, or a PCA projection"
     )
