@@ -178,3 +178,21 @@ def test_builtin_ood_families_are_drawn_like_the_data():
     np.testing.assert_array_equal(sets["inverted"], 16 - x)
     again = builtin_ood_sets(x, 17, seed=0, count=40)
     assert all(np.array_equal(sets[k], again[k]) for k in sets)  # seeded
+
+
+def test_unseen_ood_families_are_drawn_from_the_data_by_other_generators():
+    from training.ood_sets import UNSEEN_FAMILIES, unseen_ood_sets
+
+    x = load_dataset(DataConfig(name="digits")).x[:60]
+    sets = unseen_ood_sets(x, 17, seed=0, count=40)
+    assert tuple(sets) == UNSEEN_FAMILIES
+    for name, images in sets.items():
+        assert images.shape[1:] == (8, 8) and images.dtype == np.float32, name
+        assert images.min() >= 0 and images.max() <= 16 and np.array_equal(images, np.round(images)), name
+    assert all(any(np.array_equal(turned, np.rot90(image, k)) for k in (1, 3)) for turned, image in zip(sets["rotated"], x))
+    assert (sets["overlaid"] >= x).all() and (sets["overlaid"].sum(axis=(1, 2)) > x.sum(axis=(1, 2))).mean() > 0.9
+    np.testing.assert_array_equal(sets["chimeras"].shape, x.shape)
+    ink = (sets["scripts"] > 8).mean(axis=(1, 2))
+    assert (ink > 0).mean() > 0.9 and ink.max() < 0.9 and len({image.tobytes() for image in sets["scripts"]}) > 30
+    again = unseen_ood_sets(x, 17, seed=0, count=40)
+    assert all(np.array_equal(sets[k], again[k]) for k in sets)  # seeded

@@ -12,6 +12,13 @@ Families (each ``(N, H, W)`` float32 in the data's levels 0..K-1):
   digits, DejaVu Sans), ``strokes`` (one to three random curves), ``fragments`` (a window of
   35-55% of a test image kept, the rest erased, recentred), ``blur`` (test images under a Gaussian
   blur of a tenth of the side, rescaled to their own peak).
+
+``builtin_ood_sets`` draws those; the gate's weighted combination is fitted against them
+(``training.calibration``). ``unseen_ood_sets`` draws look-alikes that no choice of the gate is
+fitted on, for reports only: ``rotated`` (images turned a quarter, either way), ``overlaid`` (two
+images, pixelwise maximum), ``chimeras`` (the top half of one image over the bottom half of another,
+recentred) and ``scripts`` (glyphs, drawn as ``glyphs`` are, of scripts that family never uses:
+Tifinagh, Canadian syllabics, Lao, N'Ko and Arabic).
 """
 from __future__ import annotations
 
@@ -26,6 +33,13 @@ NON_DIGIT_CHARACTERS = (
     "ԱԲԴԷԹԽԾՃՄՇՊՋՌՍՎՔաբդէժխծկհղճմյնշպջռվ"  # Armenian
     "აბგდევზთიკლმნოპჟრსტუფქღყშჩცძწჭხჯჰ"  # Georgian
     "אבגדהוזחטכלמנסעפצקרשת"  # Hebrew
+)
+FURTHER_SCRIPTS = (  # in DejaVu Sans; without strokes and rings that pass for 1 or 0
+    "ⴰⴱⴲⴳⴴⴵⴶⴷⴸⴹⴺⴻⴼⴽⴾⴿⵀⵁⵂⵃⵄⵅⵆⵇⵈⵉⵊⵋⵌⵍⵎⵐⵑⵒⵓⵕⵖⵗⵘⵚⵛⵜⵝⵞⵟⵠⵡⵢⵣⵤⵥ"  # Tifinagh
+    "ᐁᐃᐅᐊᐯᐱᐳᐸᑌᑎᑐᑕᑫᑭᑯᑲᒉᒋᒍᒐᒣᒥᒧᒪᓀᓂᓄᓇᓓᓕᓗᓚᓭᓯᓱᓴᔦᔨᔪᔭ"  # Canadian syllabics
+    "ກຂຄງຈຊຍດຕຖທນບປຜຝພຟມຢຣລວສຫອ"  # Lao
+    "ߊߋߌߍߎߐߑߒߓߔߕߖߗߘߙߚߛߜߝߞߟߠߡߢߣߤߥߦߧ"  # N'Ko
+    "بةتثجحخدذرزسشصضطظعغفقكلمنى"  # Arabic, isolated forms
 )
 
 
@@ -107,10 +121,10 @@ def _thicken(mask: np.ndarray, radius: int) -> np.ndarray:
     return ndimage.binary_dilation(mask, _disk(radius)) if radius > 0 else mask
 
 
-def glyph_images(count: int, x: np.ndarray, levels: int, rng: np.random.Generator) -> np.ndarray:
+def glyph_images(count: int, x: np.ndarray, levels: int, rng: np.random.Generator, characters: str = NON_DIGIT_CHARACTERS) -> np.ndarray:
     side = x.shape[1] * SUPERSAMPLE
     layout = _layout(x)
-    masks = {c: _glyph_mask(c, side) for c in NON_DIGIT_CHARACTERS}
+    masks = {c: _glyph_mask(c, side) for c in characters}
     masks = {c: m for c, m in masks.items() if m.any()}
 
     def draw(radius: int, character: str | None = None) -> np.ndarray:
@@ -170,6 +184,32 @@ def blur_images(x: np.ndarray) -> np.ndarray:
     peak = blurred.reshape(len(x), -1).max(axis=1).clip(min=1e-9)
     own_peak = x.reshape(len(x), -1).max(axis=1)
     return np.round(blurred * (own_peak / peak)[:, None, None]).astype(np.float32)
+
+
+def chimera_images(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """The top half of each image over the bottom half of another (a random pairing), recentred."""
+    middle = x.shape[1] // 2
+    partners = x[rng.permutation(len(x))]
+    stacked = np.concatenate([x[:, :middle], partners[:, middle:]], axis=1)
+    return np.stack([np.round(_recenter(image.astype(np.float64))) for image in stacked]).astype(np.float32)
+
+
+UNSEEN_FAMILIES = ("rotated", "overlaid", "chimeras", "scripts")
+
+
+def unseen_ood_sets(x: np.ndarray, levels: int, seed: int = 0, count: int | None = None) -> dict[str, np.ndarray]:
+    """Look-alike families no choice of the gate is fitted on, for in-distribution images ``x``
+    ``(N, H, W)`` in 0..levels-1: ``scripts`` has ``count`` members (default min(N, 1000)), the
+    others one per image."""
+    rng = np.random.default_rng(seed)
+    count = count or min(len(x), 1000)
+    turns = np.where(rng.random(len(x)) < 0.5, 1, 3)
+    return {
+        "rotated": np.stack([np.rot90(image, turn) for image, turn in zip(x, turns)]).astype(np.float32),
+        "overlaid": np.maximum(x, x[rng.permutation(len(x))]).astype(np.float32),
+        "chimeras": chimera_images(x, rng),
+        "scripts": glyph_images(count, x, levels, rng, FURTHER_SCRIPTS),
+    }
 
 
 def builtin_ood_sets(x: np.ndarray, levels: int, seed: int = 0, count: int | None = None) -> dict[str, np.ndarray]:

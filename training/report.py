@@ -14,7 +14,7 @@ from training.config import ExperimentConfig
 from training.data import DataError, load_dataset, split_dataset
 from training.data.files import read_images
 from training.evaluate import evaluate_split, false_rejections, model_outputs, ood_metrics
-from training.ood_sets import builtin_ood_sets
+from training.ood_sets import builtin_ood_sets, unseen_ood_sets
 
 
 def load_ood_set(name_or_path: str, builtin: dict[str, np.ndarray], input_shape: tuple[int, ...]) -> np.ndarray:
@@ -93,10 +93,11 @@ def plot_score_histograms(values_in: dict[str, np.ndarray], ood_values: dict[str
 
 
 def ood_sets_for(loaded: LoadedCheckpoint, names: list[str] | None, x: np.ndarray, seed: int) -> dict[str, np.ndarray]:
-    """The OOD sets to evaluate: ``names`` (built-in families or image files), default all built-in."""
+    """The OOD sets to evaluate: ``names`` (built-in or unseen families, or image files), default
+    every family (``training.ood_sets``)."""
     preprocessing = loaded.manifest.preprocessing
     levels = preprocessing.levels if preprocessing.kind == "dequantize" else None
-    builtin = builtin_ood_sets(x, levels, seed) if levels and len(loaded.manifest.input_shape) == 2 else {}
+    builtin = {**builtin_ood_sets(x, levels, seed), **unseen_ood_sets(x, levels, seed)} if levels and len(loaded.manifest.input_shape) == 2 else {}
     return {name: load_ood_set(name, builtin, x.shape[1:]) for name in (names if names is not None else list(builtin))}
 
 
@@ -109,7 +110,7 @@ def gate_report(loaded: LoadedCheckpoint, config: ExperimentConfig, test_x: np.n
     report = {
         "model": {"name": loaded.manifest.name, "version": loaded.manifest.version},
         "gate": {
-            "method": gate.method, "alpha": gate.alpha, "combine": gate.combine, "scores": gate.tails,
+            "method": gate.method, "alpha": gate.alpha, "combine": gate.combine, "scores": gate.tails, "weights": gate.summary.weights,
             "calibration_size": gate.summary.calibration_size, "false_rejection": false_rejections(test_outputs["accepted"], gate.alpha),
         },
         "test": test_metrics,
