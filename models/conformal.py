@@ -11,9 +11,10 @@ validation split) fixes, per score, a monotone "surprise" -log p_ref(s): its emp
 its 10% / above its 90% quantile and, past that, an exponential tail with the mean excess of the
 reference (peaks over threshold), so that inputs beyond every reference value keep growing more
 surprising instead of tying at 1 / (n + 1). The statistic T is the sum of the surprises (Fisher's
--2 sum log p, halved), their maximum (``min``: the smallest p) or the maximum of weighted surprises
-(``weighted``: weights chosen on the reference split against synthetic outliers, ``fit_weights``);
-its conformal p-value against the calibration inputs' T is exactly valid whatever the dependence
+-2 sum log p, halved), their maximum (``min``: the smallest p), the maximum of weighted surprises
+(``weighted``: weights chosen on the reference split against synthetic outliers, ``fit_weights``) or
+the maximum plus a weighted sum of the surprises (``max_sum``, weights chosen likewise,
+``fit_sum_weights``); its conformal p-value against the calibration inputs' T is exactly valid whatever the dependence
 between the scores, since neither the surprise functions nor the weights depend on the calibration
 split. ``bonferroni`` needs no reference: m times the smallest per-score conformal p-value.
 """
@@ -26,9 +27,13 @@ from typing import Literal
 import numpy as np
 
 Tail = Literal["lower", "upper", "both"]
-Combine = Literal["fisher", "min", "weighted", "bonferroni"]
+Combine = Literal["fisher", "min", "weighted", "max_sum", "bonferroni"]
 TAIL_QUANTILE = 0.1  # the exponential tail starts beyond the reference's 10% / 90% quantile
 WEIGHT_FLOOR = 0.25  # the smallest weight fit_weights gives a score, so that none is ever ignored
+LEARNED_COMBINATIONS = ("weighted", "max_sum")  # their weights are fitted against synthetic outliers
+SUM_WEIGHT_MIN = 0.05  # the smallest nonzero weight fit_sum_weights tries
+SUM_SLACK = 0.01  # fit_sum_weights: the most share of any outlier set that the weights may lose against min
+SUM_MIN_GAIN = 0.005  # fit_sum_weights: a weight moves only for at least this much more of the worst set
 
 
 def _as_extreme(scores: np.ndarray, tail: Tail) -> np.ndarray:
@@ -111,15 +116,38 @@ def surprise(sorted_reference: np.ndarray, scores: np.ndarray, tail: Tail) -> np
 
 
 def combined_statistic(surprises: np.ndarray, combine: Combine, weights: np.ndarray | None = None) -> np.ndarray:
-    """T ``(N,)`` from per-score surprises ``(N, m)`` (and ``weights`` ``(m,)`` for ``weighted``);
-    higher T = more outlying."""
+    """T ``(N,)`` from per-score surprises ``(N, m)`` (and ``weights`` ``(m,)`` for ``weighted`` and
+    ``max_sum``); higher T = more outlying, nondecreasing in every surprise."""
     if combine == "fisher":
         return surprises.sum(axis=1)
     if combine == "min":
         return surprises.max(axis=1)
     if combine == "weighted":
         return (surprises * weights).max(axis=1)
+    if combine == "max_sum":
+        return surprises.max(axis=1) + surprises @ weights
     raise ValueError(f"combine {combine!r} has no calibrated statistic")
+
+
+def _shares_rejected(reference: np.ndarray, outliers: list[np.ndarray], alpha: float, combine: Combine, weights: np.ndarray) -> np.ndarray:
+    """Per outlier set, the share whose T exceeds the reference's 1 - alpha quantile of T ``(sets,)``."""
+    threshold = np.quantile(combined_statistic(reference, combine, weights), 1 - alpha)
+    return np.array([np.mean(combined_statistic(outlier, combine, weights) > threshold) for outlier in outliers])
+
+
+def _coordinate_ascent(objective, start: np.ndarray, grid: np.ndarray, rounds: int, min_gain: float = 0.0) -> np.ndarray:
+    """Each weight in turn set to the grid value that most raises ``objective(weights)``; a weight
+    moves only on a gain above ``min_gain``, so without one the start is returned."""
+    weights, best = start, objective(start)
+    for _ in range(rounds):
+        for score in range(len(weights)):
+            for value in grid:
+                trial = weights.copy()
+                trial[score] = value
+                trial_value = objective(trial)
+                if trial_value > best + min_gain:
+                    weights, best = trial, trial_value
+    return weights
 
 
 def fit_weights(reference: np.ndarray, outliers: list[np.ndarray], alpha: float, floor: float = WEIGHT_FLOOR, rounds: int = 2, steps: int = 12) -> np.ndarray:
@@ -129,22 +157,31 @@ def fit_weights(reference: np.ndarray, outliers: list[np.ndarray], alpha: float,
     maximum exceeds the reference's 1 - alpha quantile of it; scaled so the largest weight is 1. A
     weight moves only where that raises the power, so with no gain every weight stays 1 (``min``)."""
     grid = np.exp(np.linspace(np.log(floor), 0.0, steps))
-    weights = np.ones(reference.shape[1])
-
-    def power(candidate: np.ndarray) -> float:
-        threshold = np.quantile((reference * candidate).max(axis=1), 1 - alpha)
-        return float(np.mean([np.mean((outlier * candidate).max(axis=1) > threshold) for outlier in outliers]))
-
-    best = power(weights)
-    for _ in range(rounds):
-        for score in range(len(weights)):
-            for value in grid:
-                trial = weights.copy()
-                trial[score] = value
-                trial_power = power(trial)
-                if trial_power > best:
-                    weights, best = trial, trial_power
+    weights = _coordinate_ascent(
+        lambda w: float(np.mean(_shares_rejected(reference, outliers, alpha, "weighted", w))), np.ones(reference.shape[1]), grid, rounds
+    )
     return weights / weights.max()
+
+
+def fit_sum_weights(
+    reference: np.ndarray, outliers: list[np.ndarray], alpha: float, rounds: int = 3, steps: int = 10, slack: float = SUM_SLACK,
+    min_gain: float = SUM_MIN_GAIN,
+) -> np.ndarray:
+    """Weights ``(m,)`` in {0} and [SUM_WEIGHT_MIN, 1] for ``max_sum`` (T = the largest surprise +
+    surprises @ weights), from the reference split's surprises ``(N, m)`` and synthetic outlier
+    sets' ``(n_i, m)``: coordinate ascent from all zeros (``min``) over a log-spaced grid,
+    maximising the smallest share of an outlier set rejected at the reference's 1 - alpha quantile
+    of T (maximin), among the weights under which no set loses more than ``slack`` of the share
+    ``min`` rejects. The maximum keeps every score able to reject alone."""
+    grid = np.r_[0.0, np.exp(np.linspace(np.log(SUM_WEIGHT_MIN), 0.0, steps))]
+    start = np.zeros(reference.shape[1])
+    floor = _shares_rejected(reference, outliers, alpha, "max_sum", start) - slack
+
+    def worst_share(weights: np.ndarray) -> float:
+        shares = _shares_rejected(reference, outliers, alpha, "max_sum", weights)
+        return float(shares.min()) if np.all(shares >= floor) else -np.inf
+
+    return _coordinate_ascent(worst_share, start, grid, rounds, min_gain)
 
 
 def combined_p_values(

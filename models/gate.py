@@ -5,9 +5,9 @@ Methods (the manifest's ``gate.method``):
   against a calibration split held out from training and model selection; the scores are combined
   (``models.conformal``: the largest surprise against the reference split, itself calibrated) and x
   is rejected when the combined p-value is below ``alpha``, the target false-rejection rate. With
-  ``combine: weighted`` the surprises are weighted first (weights chosen on the reference split
-  against synthetic outliers). The response names the score with the strongest (weighted) evidence
-  as the reason.
+  ``combine: weighted`` the surprises are weighted first, with ``max_sum`` a weighted sum of them
+  is added to the largest (weights chosen on the reference split against synthetic outliers). The
+  response names the score with the strongest (weighted) evidence as the reason.
 - ``validation``: accept iff log p(x) >= tau, tau the ``alpha`` quantile of the validation split's
   log p(x).
 - ``min_train`` (the paper's): tau = min over the training set of log p(x) minus a slack c (nats).
@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from safetensors.numpy import load_file, save_file
 
-from models.conformal import Combine, Surprise, Tail, batch_typicality_p_value, combined_p_values, combined_statistic, fit_weights, p_values
+from models.conformal import LEARNED_COMBINATIONS, Combine, Surprise, Tail, batch_typicality_p_value, combined_p_values, combined_statistic, fit_sum_weights, fit_weights, p_values
 from models.manifest import FittedScores, GateMethod, GateSection, LogPxSummary, MinTrainTau, ValidationTau
 from models.scores import LatentGaussian, LatentNeighbours, ScoreFit
 
@@ -105,7 +105,7 @@ class Gate:
     ``reference`` each gate score to its sorted reference (validation) values that fix the
     surprise functions, ``statistic`` the sorted combined statistic of the calibration inputs
     (``models.conformal``; None for Bonferroni), ``weights`` ``(m,)`` the weights of the surprises
-    in the order of ``tails`` (``weighted`` only)."""
+    in the order of ``tails`` (``weighted`` and ``max_sum`` only)."""
 
     method: GateMethod
     tau: float
@@ -137,8 +137,12 @@ class Gate:
         combined = np.where(supported, combined_p_values(p_matrix, surprises, self.combine, self.statistic, self.weights), 0.0)
         if surprises is None:
             evidence = -np.log(p_matrix)
+        elif self.combine == "weighted":
+            evidence = surprises * self.weights
+        elif self.combine == "max_sum":  # a score's share of T, counting the maximum for each score
+            evidence = surprises * (1 + self.weights)
         else:
-            evidence = surprises if self.weights is None else surprises * self.weights
+            evidence = surprises
         with np.errstate(divide="ignore"):
             if self.method == "conformal":
                 accepted = combined >= self.alpha
@@ -236,8 +240,9 @@ def calibrate_gate(
 ) -> Gate:
     """A gate from three held-out score sets: training log p(x) (the paper's tau), the validation
     split's scores (the quantile tau at ``alpha``, the reference of the surprise functions and, for
-    ``weighted``, of the weights) and the calibration split's scores (the conformal p-values and the
-    combined statistic). ``outliers``: synthetic outlier sets' scores, which ``weighted`` needs."""
+    ``weighted`` and ``max_sum``, of the weights) and the calibration split's scores (the conformal
+    p-values and the combined statistic). ``outliers``: synthetic outlier sets' scores, which
+    ``weighted`` and ``max_sum`` need."""
     names = {*tails, "log_px"}
     reference = _finite_rows(validation_scores, names)
     calibration = _finite_rows(calibration_scores, names)
@@ -247,10 +252,11 @@ def calibrate_gate(
         calibration={name: np.sort(values) for name, values in calibration.items()},
         reference={name: np.sort(reference[name]) for name in tails}, statistic=None, fitted=fitted,
     )
-    if combine == "weighted":
+    if combine in LEARNED_COMBINATIONS:
         if not outliers:
-            raise ValueError("gate.combine 'weighted' needs synthetic outliers to choose its weights (image models only); use min")
-        gate.weights = fit_weights(gate.surprises(reference), [gate.surprises(_finite_rows(scores, tails)) for scores in outliers], alpha)
+            raise ValueError(f"gate.combine {combine!r} needs synthetic outliers to choose its weights (image models only); use min")
+        fit = fit_weights if combine == "weighted" else fit_sum_weights
+        gate.weights = fit(gate.surprises(reference), [gate.surprises(_finite_rows(scores, tails)) for scores in outliers], alpha)
     if combine != "bonferroni":
         gate.statistic = np.sort(combined_statistic(gate.surprises(calibration), combine, gate.weights))
     gate.summary = GateSection(

@@ -61,7 +61,7 @@ class GateSection(Section):
     alpha: float
     tau: float
     combine: Combine
-    weights: dict[str, float] | None = None  # combine weighted: each score's surprise weight
+    weights: dict[str, float] | None = None  # combine weighted | max_sum: each score's surprise weight
     scores: dict[str, Tail]
     calibration_size: int
     reference_size: int

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from models.conformal import WEIGHT_FLOOR, batch_typicality_p_value, fit_weights, p_values, surprise
+from models.conformal import LEARNED_COMBINATIONS, WEIGHT_FLOOR, batch_typicality_p_value, combined_statistic, fit_sum_weights, fit_weights, p_values, surprise
 from models.gate import GATE_METHODS, Gate, calibrate_gate, gate_tails
 
 
@@ -46,7 +46,7 @@ def test_conformal_p_values_are_uniform_on_exchangeable_data(tail):
     assert stats.kstest(p, "uniform").pvalue > 0.001
 
 
-@pytest.mark.parametrize("combine", ["fisher", "min", "weighted", "bonferroni"])
+@pytest.mark.parametrize("combine", ["fisher", "min", "weighted", "max_sum", "bonferroni"])
 def test_combined_gate_false_rejection_rate_is_at_most_alpha(combine):
     """Fresh reference, calibration and test draws each time (and outliers for the weights):
     P(reject) <= alpha (binomial margin)."""
@@ -54,7 +54,7 @@ def test_combined_gate_false_rejection_rate_is_at_most_alpha(combine):
     alpha, repeats, rejected = 0.05, 1500, 0
     for _ in range(repeats):
         reference, calibration, test = draw_scores(rng, 200), draw_scores(rng, 99), draw_scores(rng, 1)
-        outliers = draw_outliers(rng, 50) if combine == "weighted" else None
+        outliers = draw_outliers(rng, 50) if combine in LEARNED_COMBINATIONS else None
         gate = calibrate_gate(reference["log_px"], reference, calibration, TAILS, "conformal", alpha, combine, outliers=outliers)
         rejected += int(not gate.decide(test).accepted[0])
     rate = rejected / repeats
@@ -79,22 +79,43 @@ def test_fit_weights_keeps_the_score_that_carries_the_evidence_and_moves_nothing
     assert fit_weights(reference, [reference], alpha=0.01).tolist() == [1.0, 1.0, 1.0]
 
 
-def test_the_weighted_gate_rejects_more_of_the_outliers_it_was_weighted_for_and_survives_saving(tmp_path):
+def test_fit_sum_weights_adds_the_scores_that_share_evidence_without_losing_any_outlier_set():
+    rng = np.random.default_rng(14)
+    reference = rng.exponential(size=(4000, 4))
+    shared = rng.exponential(size=(1000, 4))
+    shared[:, :2] += 3.5  # two scores carry the evidence, neither alone enough
+    alone = rng.exponential(size=(1000, 4))
+    alone[:, 3] += 10  # only the last score: a sum over all would dilute it
+    weights = fit_sum_weights(reference, [shared, alone], alpha=0.01)
+
+    def shares(w):
+        threshold = np.quantile(combined_statistic(reference, "max_sum", w), 0.99)
+        return np.array([np.mean(combined_statistic(o, "max_sum", w) > threshold) for o in (shared, alone)])
+
+    assert weights[:2].min() > 0 and weights.max() <= 1 and weights.min() >= 0
+    assert shares(weights)[0] > shares(np.zeros(4))[0] + 0.3  # the worst set gains over min
+    assert shares(weights)[1] >= shares(np.zeros(4))[1] - 0.01  # and the set one score catches is kept
+    # outliers drawn like the reference: nothing to gain, so the statistic stays the plain maximum
+    assert fit_sum_weights(reference, [rng.exponential(size=(4000, 4))], alpha=0.01).tolist() == [0.0] * 4
+
+
+@pytest.mark.parametrize("combine", LEARNED_COMBINATIONS)
+def test_a_learned_gate_rejects_more_of_the_outliers_it_was_fitted_for_and_survives_saving(combine, tmp_path):
     rng = np.random.default_rng(13)
     reference, calibration = draw_scores(rng, 1000), draw_scores(rng, 1000)
     outliers = draw_outliers(rng, 400)
-    weighted = calibrate_gate(reference["log_px"], reference, calibration, TAILS, "conformal", 0.05, "weighted", outliers=outliers)
+    learned = calibrate_gate(reference["log_px"], reference, calibration, TAILS, "conformal", 0.05, combine, outliers=outliers)
     plain = calibrate_gate(reference["log_px"], reference, calibration, TAILS, "conformal", 0.05, "min")
-    assert set(weighted.summary.weights) == set(TAILS) and max(weighted.summary.weights.values()) == 1
+    assert set(learned.summary.weights) == set(TAILS) and max(learned.summary.weights.values()) <= 1
     fresh = draw_outliers(rng, 2000)
-    assert sum((~weighted.decide(o).accepted).mean() for o in fresh) > sum((~plain.decide(o).accepted).mean() for o in fresh)
-    weighted.save(tmp_path / "gate.safetensors")
-    loaded = Gate.load(weighted.summary, tmp_path / "gate.safetensors")
-    np.testing.assert_array_equal(loaded.weights, weighted.weights)
+    assert sum((~learned.decide(o).accepted).mean() for o in fresh) > sum((~plain.decide(o).accepted).mean() for o in fresh)
+    learned.save(tmp_path / "gate.safetensors")
+    loaded = Gate.load(learned.summary, tmp_path / "gate.safetensors")
+    np.testing.assert_array_equal(loaded.weights, learned.weights)
     scores = draw_scores(rng, 300)
-    np.testing.assert_array_equal(loaded.decide(scores).p_value, weighted.decide(scores).p_value)
+    np.testing.assert_array_equal(loaded.decide(scores).p_value, learned.decide(scores).p_value)
     with pytest.raises(ValueError, match="needs synthetic outliers"):
-        calibrate_gate(reference["log_px"], reference, calibration, TAILS, "conformal", 0.05, "weighted")
+        calibrate_gate(reference["log_px"], reference, calibration, TAILS, "conformal", 0.05, combine)
 
 
 def test_p_value_counts_ties_and_tails_against_a_direct_count():

@@ -115,7 +115,8 @@ def test_tiny_run_writes_a_complete_manifest(tiny_checkpoint):
     assert manifest.preprocessing.levels == 17
     gate = manifest.gate
     assert gate.method == "conformal" and gate.alpha == 0.05 and gate.tau == gate.validation.tau
-    assert gate.combine == "weighted" and list(gate.weights) == list(gate.scores)  # the default for images
+    assert gate.combine == "max_sum" and list(gate.weights) == list(gate.scores)  # the default for images
+    assert all(0 <= weight <= 1 for weight in gate.weights.values())
     assert gate.calibration_size == manifest.data.sizes["calibration"] == 72
     assert set(gate.scores) == {"log_px", "level_1", "level_2", "likelihood_ratio", "complexity", "max_probability", "latent_distance", "neighbour_distance"}
     assert gate.fitted.neighbour_k == 1 and gate.fitted.neighbour_reference == manifest.data.sizes["train"] and gate.fitted.neighbour_dims is None

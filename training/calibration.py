@@ -12,6 +12,7 @@ import numpy as np
 from pydantic import ValidationError
 
 from models.checkpoint import LoadedCheckpoint, load_checkpoint, save_checkpoint
+from models.conformal import LEARNED_COMBINATIONS
 from models.gate import GATE_FILE, Gate, calibrate_gate, gate_tails
 from models.hybrid import HybridModel
 from models.manifest import FittedScores, Manifest
@@ -49,9 +50,9 @@ def fit_gate(model: HybridModel, splits: Splits, settings: GateSettings, batch_s
         tails = gate_tails(settings.scores, score_names(calibration))
     except ValueError as error:
         raise ConfigError(f"gate.scores: {error}") from None
-    combine = settings.combine or ("weighted" if draws_synthetic_outliers(model) else "min")
+    combine = settings.combine or ("max_sum" if draws_synthetic_outliers(model) else "min")
     outliers = None
-    if combine == "weighted":
+    if combine in LEARNED_COMBINATIONS:
         outliers = [model_outputs(model, images, batch_size, fitted=fitted) for images in synthetic_outliers(model, splits.validation.x).values()]
     fitted_summary = FittedScores(
         latent_space=space, latent_dims=int(fitted.latent.weight.shape[1]),
@@ -67,21 +68,21 @@ def fit_gate(model: HybridModel, splits: Splits, settings: GateSettings, batch_s
     )
 
 
-SYNTHETIC_ROWS = 2_000  # validation images the synthetic outliers of the weighted combination are drawn from
+SYNTHETIC_ROWS = 2_000  # validation images the synthetic outliers of the learned combinations are drawn from
 SYNTHETIC_SEED = 7919  # not the evaluation's seed, so reports never judge the gate on the very images it was fitted with
 
 
 def draws_synthetic_outliers(model: HybridModel) -> bool:
     """Whether the model's inputs are single-channel images of quantized levels, which the built-in
-    OOD families are drawn like (the weighted combination is the default there)."""
+    OOD families are drawn like (the learned combination max_sum is the default there)."""
     return hasattr(model.preprocessing, "levels") and len(model.input_shape) == 2
 
 
 def synthetic_outliers(model: HybridModel, reference_x: np.ndarray) -> dict[str, np.ndarray]:
     """The built-in OOD families (``training.ood_sets``) drawn from up to ``SYNTHETIC_ROWS``
-    reference images: what ``gate.combine: weighted`` chooses its weights against."""
+    reference images: what ``gate.combine: weighted | max_sum`` choose their weights against."""
     if not draws_synthetic_outliers(model):
-        raise ConfigError("gate.combine 'weighted' draws synthetic outliers from images of quantized levels; this model's inputs are not, use min")
+        raise ConfigError("gate.combine 'weighted' and 'max_sum' draw synthetic outliers from images of quantized levels; this model's inputs are not, use min")
     return builtin_ood_sets(reference_x[:SYNTHETIC_ROWS], model.preprocessing.levels, SYNTHETIC_SEED)
 
 

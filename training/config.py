@@ -66,8 +66,9 @@ class GateSettings(StrictModel):
     )
     combine: Combine | None = Field(
         None,
-        description="conformal: how the scores combine (min: the strongest evidence; weighted: the strongest weighted evidence, weights chosen "
-        "against synthetic outliers, images only; fisher: their sum; all calibrated; bonferroni); default weighted for images, else min",
+        description="conformal: how the scores combine (min: the strongest evidence; max_sum: the strongest evidence plus a weighted sum of all, "
+        "weights chosen against synthetic outliers, images only; weighted: the strongest weighted evidence, likewise; fisher: their sum; all "
+        "calibrated; bonferroni); default max_sum for images, else min",
     )
     latent_space: LatentSpace | None = Field(
         None, description="latent_distance: the head's logit space (default for classification), all of z (default for regression), the coarsest level's latents, or a PCA projection"
