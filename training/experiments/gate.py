@@ -137,8 +137,8 @@ the gate rejects at alpha, the combined p-value's AUROC and FPR at 95% TPR (in-d
 (log p(x) as the score, and the share rejected by a tau on log p(x) at the same false-rejection target: the previous default
 gate), the single score that rejects most (its own conformal p-value at alpha) with its AUROC and FPR at 95% TPR, and the scores
 named as the reason for the rejections. Families are described in `training/ood_sets.py`; all of them are made from the test images
-and matplotlib's fonts. The weighted gate's weights are fitted against the built-in families drawn from validation images with a
-seed of their own; the unseen families are drawn by other generators, which no choice of the gate was fitted on.
+and matplotlib's fonts. The weights of the learned combination (`max_sum` for images) are fitted against the built-in families drawn
+from validation images with a seed of their own; the unseen families are drawn by other generators, which no choice of the gate was fitted on.
 How the scores were chosen (and why entropy, a ratio of levels and others were dropped) is in docs/gate.md.
 
 {tables}"""
