@@ -130,6 +130,7 @@ def in_process(checkpoint: Path) -> dict:
 
 
 LOG_PX_GATE = GateSettings(scores={"log_px": "lower"})  # the paper's evidence alone, for the gate's cost
+SEVEN_SCORE_GATE = GateSettings(neighbour_reference=0, combine="min")  # the gate before neighbour_distance and max_sum
 
 
 ONE_REQUEST_KIND = {"v1": "1 instance, JSON", "v2": "1 instance, v2 JSON"}
@@ -181,7 +182,8 @@ def servers(checkpoint: Path, python: str, scratch: Path, device: str = "cpu") -
         "ours: onnx, batching, 1 ONNX Runtime thread": lambda port: Server(
             *ours(port, "onnx", True, DIGLM_INFERENCE_THREADS="1"), both, many=True, binary=True
         ),
-        "ours: onnx, batching, gate on log p(x) alone": lambda port: Server(*ours(port, "onnx", True, log_px_checkpoint(checkpoint)), v1),
+        "ours: onnx, batching, gate on log p(x) alone": lambda port: Server(*ours(port, "onnx", True, gate_checkpoint(checkpoint, "log-px-gate", LOG_PX_GATE)), v1),
+        "ours: onnx, batching, seven-score gate": lambda port: Server(*ours(port, "onnx", True, gate_checkpoint(checkpoint, "seven-score-gate", SEVEN_SCORE_GATE)), v1),
         "plain FastAPI + torch eager": peer("bench.peers.fastapi_plain", "torch"),
         "plain FastAPI + ONNX Runtime": peer("bench.peers.fastapi_plain", "onnx"),
         "LitServe + ONNX Runtime (batch 32 / 5 ms)": lambda port: Server(
@@ -251,20 +253,26 @@ def target_summary(rows: list, ceiling: float) -> str:
     return ("Ours (onnx, batching): " + "; ".join(parts) + ".") if parts else ""
 
 
-def log_px_checkpoint(checkpoint: Path) -> Path:
-    """The benchmark model with a gate of log p(x) alone, beside ``checkpoint``."""
-    return build_benchmark_checkpoint(checkpoint.parent / f"{checkpoint.name}-log-px-gate", LOG_PX_GATE)
+def gate_checkpoint(checkpoint: Path, suffix: str, gate: GateSettings) -> Path:
+    """The benchmark model with another gate, beside ``checkpoint``."""
+    return build_benchmark_checkpoint(checkpoint.parent / f"{checkpoint.name}-{suffix}", gate)
 
 
 def gate_cost(rows: list) -> str:
-    """Throughput of the full gate over the gate on log p(x) alone, per concurrency (same run)."""
-    full = {c: r["requests_per_s"] for name, request, c, _, r in rows if name == "ours: onnx, batching" and request == "1 instance, JSON"}
-    alone = {c: r["requests_per_s"] for name, request, c, _, r in rows if name == "ours: onnx, batching, gate on log p(x) alone" and request == "1 instance, JSON"}
-    common = sorted(set(full) & set(alone))
-    if not common:
-        return ""
-    cells = ", ".join(f"c={c}: {full[c] / alone[c]:.2f}x" for c in common)
-    return f"Full gate vs gate on log p(x) alone (requests/s ratio, 1 instance per request): {cells}."
+    """Throughput of the full gate over the gate on log p(x) alone and over the seven-score gate, per
+    concurrency (same run)."""
+    def rates(name: str) -> dict[int, float]:
+        return {c: r["requests_per_s"] for server, request, c, _, r in rows if server == name and request == "1 instance, JSON"}
+
+    full = rates("ours: onnx, batching")
+    lines = []
+    for label, name in (("gate on log p(x) alone", "ours: onnx, batching, gate on log p(x) alone"), ("seven-score gate", "ours: onnx, batching, seven-score gate")):
+        other = rates(name)
+        common = sorted(set(full) & set(other))
+        if common:
+            cells = ", ".join(f"c={c}: {full[c] / other[c]:.2f}x" for c in common)
+            lines.append(f"Full gate vs {label} (requests/s ratio, 1 instance per request): {cells}.")
+    return " ".join(lines)
 
 
 def main() -> None:
