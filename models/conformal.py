@@ -14,9 +14,10 @@ surprising instead of tying at 1 / (n + 1). The statistic T is the sum of the su
 -2 sum log p, halved), their maximum (``min``: the smallest p), the maximum of weighted surprises
 (``weighted``: weights chosen on the reference split against synthetic outliers, ``fit_weights``) or
 the maximum plus a weighted sum of the surprises (``max_sum``, weights chosen likewise,
-``fit_sum_weights``); its conformal p-value against the calibration inputs' T is exactly valid whatever the dependence
-between the scores, since neither the surprise functions nor the weights depend on the calibration
-split. ``bonferroni`` needs no reference: m times the smallest per-score conformal p-value.
+``fit_sum_weights``); its conformal p-value against the calibration inputs' T is exactly valid
+whatever the dependence between the scores, since neither the surprise functions nor the weights
+depend on the calibration split. ``bonferroni`` needs no reference: m times the smallest per-score
+conformal p-value.
 """
 from __future__ import annotations
 

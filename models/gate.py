@@ -48,7 +48,7 @@ DEFAULT_SCORES: dict[str, Tail] = {
 # training latents, compared in how many principal directions (None: all of z).
 NEIGHBOUR_REFERENCE = 50_000
 NEIGHBOUR_K = 1
-NEIGHBOUR_DIMS: int | None = 128
+NEIGHBOUR_DIMS: int | None = 64
 
 
 def gate_tails(requested: dict[str, Tail] | None, available: list[str]) -> dict[str, Tail]:
