@@ -67,6 +67,7 @@ def test_gate_experiment_redraws_its_figures_and_section_from_saved_results(tmp_
     figure, document = tmp_path / "results" / "gate_digits.png", tmp_path / "results.md"
     section = document.read_text()
     assert figure.stat().st_size > 10_000 and "### digits" in section and "gate_digits.png" in section
+    assert "at equal false rejections" in section and results["models"]["digits"]["ood"]["blank"]["gate"]["rejected_matched"] == 1.0
     figure.unlink()
     document.unlink()
     assert EXPERIMENTS["gate"].run(ctx, redraw=True) == results

@@ -13,6 +13,7 @@ from training.cli import main
 from training.config import ConfigError, DataConfig, load_config
 from training.data import DataError, load_dataset, split_dataset
 from training.data.files import read_idx, read_images
+from training.evaluate import detection_metrics
 
 CONFIGS = Path(__file__).resolve().parents[1] / "training" / "configs"
 
@@ -140,6 +141,18 @@ def test_tiny_evaluation_rejects_noise_more_than_digits(tiny_checkpoint, tmp_pat
     rejections = report["gate"]["false_rejection"]
     assert rejections["count"] == report["test"]["count"] and rejections["interval_95"][0] <= rejections["rate"] <= rejections["interval_95"][1]
 
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_rejected_matched_is_the_most_an_outlier_threshold_rejects_within_alpha_of_the_inliers(seed):
+    """Against a brute force over every threshold: the largest share of the outliers strictly below
+    a threshold that puts at most alpha of the inliers below it (ties among the integers included)."""
+    rng = np.random.default_rng(seed)
+    inliers, outliers, alpha = rng.integers(0, 40, size=200), rng.integers(-10, 30, size=70), 0.05
+    thresholds = np.unique(np.concatenate([inliers, outliers, [inliers.max() + 1]]))
+    brute = max(np.mean(outliers < t) for t in thresholds if np.mean(inliers < t) <= alpha)
+    assert detection_metrics(inliers, outliers, alpha)["rejected_matched"] == pytest.approx(brute)
+    assert "rejected_matched" not in detection_metrics(inliers, outliers)
 
 def test_resume_continues_epochs_optimizer_and_schedule(tiny_checkpoint, tmp_path):
     from safetensors.torch import load_file

@@ -118,29 +118,39 @@ def false_rejections(accepted: np.ndarray, alpha: float) -> dict:
     }
 
 
-def detection_metrics(in_statistic: np.ndarray, out_statistic: np.ndarray) -> dict[str, float]:
+def detection_metrics(in_statistic: np.ndarray, out_statistic: np.ndarray, alpha: float | None = None) -> dict[str, float]:
     """AUROC, AUPR and FPR at 95% TPR of a statistic that is higher for in-distribution inputs
-    (the positive class); non-finite values rank lowest."""
+    (the positive class); non-finite values rank lowest. With ``alpha``, also ``rejected_matched``:
+    the share of the OOD inputs rejected at the threshold that rejects at most ``alpha`` of the
+    in-distribution inputs themselves (1 - FPR at 1 - alpha TPR), so that statistics compare at
+    equal false rejections, free of their calibration's luck."""
     floor = np.finfo(np.float64).min
     scores = np.nan_to_num(np.concatenate([in_statistic, out_statistic]).astype(np.float64), nan=floor, neginf=floor, posinf=np.finfo(np.float64).max)
     labels = np.concatenate([np.ones(len(in_statistic)), np.zeros(len(out_statistic))])
     false_positive, true_positive, _ = roc_curve(labels, scores)
-    return {
+    metrics = {
         "auroc": float(roc_auc_score(labels, scores)),
         "aupr": float(average_precision_score(labels, scores)),
         "fpr_at_95_tpr": float(false_positive[np.searchsorted(true_positive, 0.95, side="left")]),
     }
+    if alpha is not None:
+        metrics["rejected_matched"] = float(1 - false_positive[np.searchsorted(true_positive, 1 - alpha, side="left")])
+    return metrics
 
 
 def ood_metrics(gate: Gate, in_outputs: dict[str, np.ndarray], out_outputs: dict[str, np.ndarray]) -> dict:
     """Detection of an OOD set against in-distribution inputs: for the gate (its combined p-value)
     and each gate score (its own p-value: higher = more in-distribution), AUROC / AUPR / FPR at 95%
-    TPR and ``rejected``, the share of the OOD set with p below alpha; ``log_px`` also as the raw
+    TPR, ``rejected``, the share of the OOD set with p below alpha, and ``rejected_matched`` (at
+    most alpha of the in-distribution inputs rejected, ``detection_metrics``); ``log_px`` also as the raw
     score (the paper's detector) with the share its active tau would reject."""
     decisions = gate.decide(in_outputs), gate.decide(out_outputs)
-    result = {"gate": {**detection_metrics(decisions[0].p_value, decisions[1].p_value), "rejected": float(1 - decisions[1].accepted.mean())}}
+    result = {"gate": {**detection_metrics(decisions[0].p_value, decisions[1].p_value, gate.alpha), "rejected": float(1 - decisions[1].accepted.mean())}}
     result["scores"] = {
-        name: {**detection_metrics(decisions[0].p_values[name], decisions[1].p_values[name]), "rejected": float(np.mean(decisions[1].p_values[name] < gate.alpha))}
+        name: {
+            **detection_metrics(decisions[0].p_values[name], decisions[1].p_values[name], gate.alpha),
+            "rejected": float(np.mean(decisions[1].p_values[name] < gate.alpha)),
+        }
         for name in gate.tails
     }
     tau_gate = gate.with_method("validation")
