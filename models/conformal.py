@@ -14,9 +14,10 @@ surprising instead of tying at 1 / (n + 1). The statistic T is the sum of the su
 -2 sum log p, halved), their maximum (``min``: the smallest p), the maximum of weighted surprises
 (``weighted``: weights chosen on the reference split against synthetic outliers, ``fit_weights``) or
 the maximum plus a weighted sum of the surprises (``max_sum``, weights chosen likewise,
-``fit_sum_weights``); its conformal p-value against the calibration inputs' T is exactly valid
-whatever the dependence between the scores, since neither the surprise functions nor the weights
-depend on the calibration split. ``bonferroni`` needs no reference: m times the smallest per-score
+``fit_sum_weights``; a learned score's surprise may join the sum alone: ``models.score_classifier``);
+its conformal p-value against the calibration inputs' T is exactly valid whatever the dependence
+between the scores, since neither the surprise functions nor the weights depend on the calibration
+split. ``bonferroni`` needs no reference: m times the smallest per-score
 conformal p-value.
 """
 from __future__ import annotations
@@ -116,9 +117,14 @@ def surprise(sorted_reference: np.ndarray, scores: np.ndarray, tail: Tail) -> np
     return Surprise.fit(sorted_reference, tail)(scores)
 
 
-def combined_statistic(surprises: np.ndarray, combine: Combine, weights: np.ndarray | None = None) -> np.ndarray:
+def combined_statistic(surprises: np.ndarray, combine: Combine, weights: np.ndarray | None = None, sum_only: int = 0) -> np.ndarray:
     """T ``(N,)`` from per-score surprises ``(N, m)`` (and ``weights`` ``(m,)`` for ``weighted`` and
-    ``max_sum``); higher T = more outlying, nondecreasing in every surprise."""
+    ``max_sum``); higher T = more outlying, nondecreasing in every surprise. ``max_sum`` only: the
+    last ``sum_only`` columns (a learned score's surprise) enter the weighted sum but not the maximum."""
+    if sum_only:
+        if combine != "max_sum":
+            raise ValueError(f"only max_sum takes surprises that enter the sum alone, not {combine!r}")
+        return surprises[:, :-sum_only].max(axis=1) + surprises @ weights
     if combine == "fisher":
         return surprises.sum(axis=1)
     if combine == "min":
@@ -130,10 +136,12 @@ def combined_statistic(surprises: np.ndarray, combine: Combine, weights: np.ndar
     raise ValueError(f"combine {combine!r} has no calibrated statistic")
 
 
-def _shares_rejected(reference: np.ndarray, outliers: list[np.ndarray], alpha: float, combine: Combine, weights: np.ndarray) -> np.ndarray:
+def _shares_rejected(
+    reference: np.ndarray, outliers: list[np.ndarray], alpha: float, combine: Combine, weights: np.ndarray, sum_only: int = 0
+) -> np.ndarray:
     """Per outlier set, the share whose T exceeds the reference's 1 - alpha quantile of T ``(sets,)``."""
-    threshold = np.quantile(combined_statistic(reference, combine, weights), 1 - alpha)
-    return np.array([np.mean(combined_statistic(outlier, combine, weights) > threshold) for outlier in outliers])
+    threshold = np.quantile(combined_statistic(reference, combine, weights, sum_only), 1 - alpha)
+    return np.array([np.mean(combined_statistic(outlier, combine, weights, sum_only) > threshold) for outlier in outliers])
 
 
 def _coordinate_ascent(objective, start: np.ndarray, grid: np.ndarray, rounds: int, min_gain: float = 0.0) -> np.ndarray:
@@ -166,20 +174,21 @@ def fit_weights(reference: np.ndarray, outliers: list[np.ndarray], alpha: float,
 
 def fit_sum_weights(
     reference: np.ndarray, outliers: list[np.ndarray], alpha: float, rounds: int = 3, steps: int = 10, slack: float = SUM_SLACK,
-    min_gain: float = SUM_MIN_GAIN,
+    min_gain: float = SUM_MIN_GAIN, sum_only: int = 0,
 ) -> np.ndarray:
     """Weights ``(m,)`` in {0} and [SUM_WEIGHT_MIN, 1] for ``max_sum`` (T = the largest surprise +
     surprises @ weights), from the reference split's surprises ``(N, m)`` and synthetic outlier
     sets' ``(n_i, m)``: coordinate ascent from all zeros (``min``) over a log-spaced grid,
     maximising the smallest share of an outlier set rejected at the reference's 1 - alpha quantile
     of T (maximin), among the weights under which no set loses more than ``slack`` of the share
-    ``min`` rejects. The maximum keeps every score able to reject alone."""
+    ``min`` rejects. The maximum keeps every score able to reject alone; the last ``sum_only``
+    columns enter only the sum (``combined_statistic``), so at weight 0 they change nothing."""
     grid = np.r_[0.0, np.exp(np.linspace(np.log(SUM_WEIGHT_MIN), 0.0, steps))]
     start = np.zeros(reference.shape[1])
-    floor = _shares_rejected(reference, outliers, alpha, "max_sum", start) - slack
+    floor = _shares_rejected(reference, outliers, alpha, "max_sum", start, sum_only) - slack
 
     def worst_share(weights: np.ndarray) -> float:
-        shares = _shares_rejected(reference, outliers, alpha, "max_sum", weights)
+        shares = _shares_rejected(reference, outliers, alpha, "max_sum", weights, sum_only)
         return float(shares.min()) if np.all(shares >= floor) else -np.inf
 
     return _coordinate_ascent(worst_share, start, grid, rounds, min_gain)
@@ -187,14 +196,14 @@ def fit_sum_weights(
 
 def combined_p_values(
     per_score: np.ndarray, surprises: np.ndarray | None, combine: Combine, sorted_calibration_statistic: np.ndarray | None,
-    weights: np.ndarray | None = None,
+    weights: np.ndarray | None = None, sum_only: int = 0,
 ) -> np.ndarray:
     """One p-value ``(N,)``: Bonferroni over the per-score conformal p-values ``(N, m)`` (m times the
     smallest, capped at 1), or the conformal p-value of T(surprises ``(N, m)``) against the
     calibration inputs' sorted T."""
     if combine == "bonferroni":
         return np.minimum(1.0, per_score.shape[1] * per_score.min(axis=1))
-    statistic = combined_statistic(surprises, combine, weights)
+    statistic = combined_statistic(surprises, combine, weights, sum_only)
     n = len(sorted_calibration_statistic)
     return (1 + n - np.searchsorted(sorted_calibration_statistic, statistic, side="left")) / (n + 1)
 

@@ -6,8 +6,10 @@ Methods (the manifest's ``gate.method``):
   (``models.conformal``: the largest surprise against the reference split, itself calibrated) and x
   is rejected when the combined p-value is below ``alpha``, the target false-rejection rate. With
   ``combine: weighted`` the surprises are weighted first, with ``max_sum`` a weighted sum of them
-  is added to the largest (weights chosen on the reference split against synthetic outliers). The
-  response names the score with the strongest (weighted) evidence as the reason.
+  is added to the largest (weights chosen on the reference split against synthetic outliers), and
+  with a score classifier (``models.score_classifier``, fitted on half the reference split) its
+  surprise joins that sum. The response names the gate score with the strongest (weighted)
+  evidence as the reason.
 - ``validation``: accept iff log p(x) >= tau, tau the ``alpha`` quantile of the validation split's
   log p(x).
 - ``min_train`` (the paper's): tau = min over the training set of log p(x) minus a slack c (nats).
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +29,7 @@ from safetensors.numpy import load_file, save_file
 
 from models.conformal import LEARNED_COMBINATIONS, Combine, Surprise, Tail, batch_typicality_p_value, combined_p_values, combined_statistic, fit_sum_weights, fit_weights, p_values
 from models.manifest import FittedScores, GateMethod, GateSection, LogPxSummary, MinTrainTau, ValidationTau
+from models.score_classifier import ScoreClassifier
 from models.scores import LatentGaussian, LatentNeighbours, ScoreFit
 
 GATE_METHODS: tuple[GateMethod, ...] = ("conformal", "validation", "min_train")
@@ -49,6 +53,10 @@ DEFAULT_SCORES: dict[str, Tail] = {
 NEIGHBOUR_REFERENCE = 50_000
 NEIGHBOUR_K = 1
 NEIGHBOUR_DIMS: int | None = 64
+# max_sum's score classifier is fitted on half the reference split and its surprise on the other
+# half; below this many reference rows the halves are too small and the gate has none.
+CLASSIFIER_MIN_REFERENCE = 2_000
+CLASSIFIER_SEED = 0
 
 
 def gate_tails(requested: dict[str, Tail] | None, available: list[str]) -> dict[str, Tail]:
@@ -105,7 +113,9 @@ class Gate:
     ``reference`` each gate score to its sorted reference (validation) values that fix the
     surprise functions, ``statistic`` the sorted combined statistic of the calibration inputs
     (``models.conformal``; None for Bonferroni), ``weights`` ``(m,)`` the weights of the surprises
-    in the order of ``tails`` (``weighted`` and ``max_sum`` only)."""
+    in the order of ``tails`` (``weighted`` and ``max_sum`` only; ``(m + 1,)`` with a
+    ``classifier``, whose surprise against ``classifier_reference``, its sorted log-odds on
+    reference rows it was not fitted on, enters ``max_sum``'s sum last)."""
 
     method: GateMethod
     tau: float
@@ -118,13 +128,29 @@ class Gate:
     fitted: ScoreFit | None = None
     summary: GateSection | None = None  # the manifest's gate section
     weights: np.ndarray | None = None
+    classifier: ScoreClassifier | None = None
+    classifier_reference: np.ndarray | None = None
 
     def __post_init__(self):
         self._surprise = {name: Surprise.fit(self.reference[name], tail) for name, tail in self.tails.items()}
+        self._classifier_surprise = None if self.classifier is None else Surprise.fit(self.classifier_reference, "upper")
+
+    @property
+    def sum_only(self) -> int:
+        """How many of ``statistic_surprises``' last columns enter only max_sum's sum (the classifier's)."""
+        return int(self.classifier is not None)
 
     def surprises(self, scores: dict[str, np.ndarray]) -> np.ndarray:
         """Per gate score, -log p against the reference split ``(N, m)`` (nats)."""
         return np.stack([self._surprise[name](scores[name]) for name in self.tails], axis=1)
+
+    def statistic_surprises(self, scores: dict[str, np.ndarray]) -> np.ndarray:
+        """What T combines ``(N, m + sum_only)``: the gate scores' surprises and the classifier's."""
+        surprises = self.surprises(scores)
+        if self.classifier is None:
+            return surprises
+        log_odds = self.classifier(np.stack([scores[name] for name in self.tails], axis=1))
+        return np.concatenate([surprises, self._classifier_surprise(log_odds)[:, None]], axis=1)
 
     def decide(self, scores: dict[str, np.ndarray]) -> GateDecision:
         """The decision for score arrays ``(N,)`` by name (at least ``log_px`` and the gate's scores)."""
@@ -133,14 +159,14 @@ class Gate:
         names = list(self.tails)
         per_score = {name: p_values(self.calibration[name], scores[name], self.tails[name]) for name in names}
         p_matrix = np.stack([per_score[n] for n in names], axis=1)
-        surprises = None if self.combine == "bonferroni" else self.surprises(scores)
-        combined = np.where(supported, combined_p_values(p_matrix, surprises, self.combine, self.statistic, self.weights), 0.0)
+        surprises = None if self.combine == "bonferroni" else self.statistic_surprises(scores)
+        combined = np.where(supported, combined_p_values(p_matrix, surprises, self.combine, self.statistic, self.weights, self.sum_only), 0.0)
         if surprises is None:
             evidence = -np.log(p_matrix)
         elif self.combine == "weighted":
             evidence = surprises * self.weights
-        elif self.combine == "max_sum":  # a score's share of T, counting the maximum for each score
-            evidence = surprises * (1 + self.weights)
+        elif self.combine == "max_sum":  # a gate score's share of T, counting the maximum for each score
+            evidence = surprises[:, : len(names)] * (1 + self.weights[: len(names)])
         else:
             evidence = surprises
         with np.errstate(divide="ignore"):
@@ -181,6 +207,9 @@ class Gate:
             tensors["statistic"] = self.statistic
         if self.weights is not None:
             tensors["weights"] = self.weights
+        if self.classifier is not None:
+            tensors.update({f"classifier.{name}": value for name, value in self.classifier.arrays().items()})
+            tensors["classifier_reference"] = self.classifier_reference
         if self.fitted is not None:
             tensors.update({f"latent.{key}": value.cpu().numpy() for key, value in self.fitted.latent.state_dict().items()})
             if self.fitted.neighbour_scale is not None:
@@ -215,6 +244,8 @@ class Gate:
             method=summary.method, tau=summary.tau, alpha=summary.alpha, combine=summary.combine,
             tails=dict(summary.scores), calibration=group("calibration"), reference=group("reference"),
             statistic=tensors.get("statistic"), fitted=fitted, summary=summary, weights=tensors.get("weights"),
+            classifier=ScoreClassifier.from_arrays(group("classifier")) if "classifier_reference" in tensors else None,
+            classifier_reference=tensors.get("classifier_reference"),
         )
 
 
@@ -237,35 +268,44 @@ def calibrate_gate(
     fitted: ScoreFit | None = None,
     fitted_summary: FittedScores | None = None,
     outliers: list[dict[str, np.ndarray]] | None = None,
+    classifier_hidden: int = 0,
 ) -> Gate:
     """A gate from three held-out score sets: training log p(x) (the paper's tau), the validation
     split's scores (the quantile tau at ``alpha``, the reference of the surprise functions and, for
     ``weighted`` and ``max_sum``, of the weights) and the calibration split's scores (the conformal
     p-values and the combined statistic). ``outliers``: synthetic outlier sets' scores, which
-    ``weighted`` and ``max_sum`` need."""
+    ``weighted`` and ``max_sum`` need. ``classifier_hidden`` > 0: ``max_sum`` with a score
+    classifier of that many hidden units where the reference has ``CLASSIFIER_MIN_REFERENCE`` rows
+    (``_fit_classifier``)."""
     names = {*tails, "log_px"}
     reference = _finite_rows(validation_scores, names)
     calibration = _finite_rows(calibration_scores, names)
     taus = {"min_train": summarize_log_px(train_log_px).min - slack, "validation": float(np.quantile(reference["log_px"], alpha))}
+    if combine in LEARNED_COMBINATIONS and not outliers:
+        raise ValueError(f"gate.combine {combine!r} needs synthetic outliers to choose its weights (image models only); use min")
+    outliers = [_finite_rows(scores, tails) for scores in outliers or []]
+    with_classifier = combine == "max_sum" and classifier_hidden > 0 and len(reference["log_px"]) >= CLASSIFIER_MIN_REFERENCE
+    weight_reference, weight_outliers, classifier, classifier_reference = reference, outliers, None, None
+    if with_classifier:
+        weight_reference, weight_outliers, classifier, classifier_reference = _fit_classifier(reference, outliers, list(tails), classifier_hidden)
     gate = Gate(
         method=method, tau=taus.get(method, taus["validation"]), alpha=alpha, combine=combine, tails=dict(tails),
         calibration={name: np.sort(values) for name, values in calibration.items()},
         reference={name: np.sort(reference[name]) for name in tails}, statistic=None, fitted=fitted,
+        classifier=classifier, classifier_reference=classifier_reference,
     )
     if combine in LEARNED_COMBINATIONS:
-        if not outliers:
-            raise ValueError(f"gate.combine {combine!r} needs synthetic outliers to choose its weights (image models only); use min")
-        fit = fit_weights if combine == "weighted" else fit_sum_weights
-        gate.weights = fit(gate.surprises(reference), [gate.surprises(_finite_rows(scores, tails)) for scores in outliers], alpha)
+        fit = fit_weights if combine == "weighted" else partial(fit_sum_weights, sum_only=gate.sum_only)
+        gate.weights = fit(gate.statistic_surprises(weight_reference), [gate.statistic_surprises(scores) for scores in weight_outliers], alpha)
     if combine != "bonferroni":
-        gate.statistic = np.sort(combined_statistic(gate.surprises(calibration), combine, gate.weights))
+        gate.statistic = np.sort(combined_statistic(gate.statistic_surprises(calibration), combine, gate.weights, gate.sum_only))
     gate.summary = GateSection(
         method=method,
         alpha=alpha,
         tau=gate.tau,
         combine=combine,
         scores=dict(tails),
-        weights=None if gate.weights is None else dict(zip(tails, gate.weights.tolist())),
+        weights=None if gate.weights is None else dict(zip([*tails, *(["classifier"] if with_classifier else [])], gate.weights.tolist())),
         calibration_size=len(calibration["log_px"]),
         reference_size=len(reference["log_px"]),
         fitted=fitted_summary,
@@ -275,6 +315,28 @@ def calibrate_gate(
         statistics={name: summarize_log_px(values) for name, values in (("train", train_log_px), ("validation", reference["log_px"]), ("calibration", calibration["log_px"]))},
     )
     return gate
+
+
+def _halves(scores: dict[str, np.ndarray], seed: int) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """The rows of ``scores`` in two seeded random halves."""
+    order = np.random.default_rng(seed).permutation(len(next(iter(scores.values()))))
+    first, second = np.sort(order[: len(order) // 2]), np.sort(order[len(order) // 2 :])
+    return {name: values[first] for name, values in scores.items()}, {name: values[second] for name, values in scores.items()}
+
+
+def _fit_classifier(
+    reference: dict[str, np.ndarray], outliers: list[dict[str, np.ndarray]], names: list[str], hidden: int
+) -> tuple[dict[str, np.ndarray], list[dict[str, np.ndarray]], ScoreClassifier, np.ndarray]:
+    """The score classifier, fitted on one half of the reference rows and of each outlier set, and
+    the other halves, on which its surprise (the sorted log-odds of the reference half) and the
+    weights are fitted, so that neither judges it on the rows it learned."""
+    def matrix(scores: dict[str, np.ndarray]) -> np.ndarray:
+        return np.stack([scores[name] for name in names], axis=1)
+
+    fit_reference, held_reference = _halves(reference, CLASSIFIER_SEED)
+    split = [_halves(scores, CLASSIFIER_SEED + 1 + i) for i, scores in enumerate(outliers)]
+    classifier = ScoreClassifier.fit(matrix(fit_reference), [matrix(first) for first, _ in split], hidden, CLASSIFIER_SEED)
+    return held_reference, [second for _, second in split], classifier, np.sort(classifier(matrix(held_reference)))
 
 
 def gated_probabilities(probabilities: np.ndarray, accepted: np.ndarray, label_prior: np.ndarray) -> np.ndarray:

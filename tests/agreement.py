@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from models.conformal import combined_statistic
+from models.conformal import Surprise, combined_statistic
 from models.gate import Gate
 
 
@@ -98,7 +98,7 @@ class Movement:
     ``calibration[name]``, the calibration scores within the tolerance of the input's score (ranks of
     its p-value); ``statistic``, the calibration inputs' T within the range the input's T takes
     (ranks of the combined p-value; -1 where unbounded: a Bonferroni gate's score on a calibration
-    score); ``surprises``, that range per score ``(N, m, 2)``."""
+    score); ``surprises``, that range per column of T ``(N, m + sum_only, 2)``."""
 
     calibration: dict[str, np.ndarray]
     statistic: np.ndarray
@@ -116,7 +116,11 @@ class Movement:
         # each surprise is monotone or (two-sided) quasi-convex in its score: its range is its endpoints'
         at_low, at_high = gate.surprises(low), gate.surprises(high)
         surprises = np.stack([np.minimum(at_low, at_high), np.maximum(at_low, at_high)], axis=2)
-        t_low, t_high = (combined_statistic(surprises[..., side], gate.combine, gate.weights) for side in (0, 1))
+        if gate.classifier is not None:  # not monotone: the log-odds' bounds over the box of scores
+            matrix = [np.stack([side[name] for name in gate.tails], axis=1) for side in (low, high)]
+            classifier_surprise = Surprise.fit(gate.classifier_reference, "upper")
+            surprises = np.concatenate([surprises, np.stack([classifier_surprise(b) for b in gate.classifier.bounds(*matrix)], axis=1)[:, None]], axis=1)
+        t_low, t_high = (combined_statistic(surprises[..., side], gate.combine, gate.weights, gate.sum_only) for side in (0, 1))
         return cls(calibration, _crossed(gate.statistic, t_low, t_high), surprises)
 
     @property

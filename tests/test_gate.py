@@ -9,6 +9,7 @@ from scipy import stats
 
 from models.conformal import LEARNED_COMBINATIONS, WEIGHT_FLOOR, batch_typicality_p_value, combined_statistic, fit_sum_weights, fit_weights, p_values, surprise
 from models.gate import GATE_METHODS, Gate, calibrate_gate, gate_tails
+from models.score_classifier import ScoreClassifier
 
 
 def draw_scores(rng: np.random.Generator, n: int) -> dict[str, np.ndarray]:
@@ -46,16 +47,22 @@ def test_conformal_p_values_are_uniform_on_exchangeable_data(tail):
     assert stats.kstest(p, "uniform").pvalue > 0.001
 
 
-@pytest.mark.parametrize("combine", ["fisher", "min", "weighted", "max_sum", "bonferroni"])
-def test_combined_gate_false_rejection_rate_is_at_most_alpha(combine):
-    """Fresh reference, calibration and test draws each time (and outliers for the weights):
-    P(reject) <= alpha (binomial margin)."""
+@pytest.mark.parametrize("combine, classifier_hidden", [("fisher", 0), ("min", 0), ("weighted", 0), ("max_sum", 0), ("max_sum", 4), ("bonferroni", 0)])
+def test_combined_gate_false_rejection_rate_is_at_most_alpha(combine, classifier_hidden, monkeypatch):
+    """Fresh reference, calibration and test draws each time (and outliers for the weights and the
+    score classifier, here fitted in few steps on a small reference): P(reject) <= alpha (binomial
+    margin)."""
+    monkeypatch.setattr("models.gate.CLASSIFIER_MIN_REFERENCE", 100)
+    monkeypatch.setattr("models.score_classifier.STEPS", 30)
     rng = np.random.default_rng(1)
-    alpha, repeats, rejected = 0.05, 1500, 0
+    alpha, repeats, rejected = 0.05, 1500 if classifier_hidden == 0 else 600, 0
     for _ in range(repeats):
         reference, calibration, test = draw_scores(rng, 200), draw_scores(rng, 99), draw_scores(rng, 1)
         outliers = draw_outliers(rng, 50) if combine in LEARNED_COMBINATIONS else None
-        gate = calibrate_gate(reference["log_px"], reference, calibration, TAILS, "conformal", alpha, combine, outliers=outliers)
+        gate = calibrate_gate(
+            reference["log_px"], reference, calibration, TAILS, "conformal", alpha, combine, outliers=outliers, classifier_hidden=classifier_hidden
+        )
+        assert (gate.classifier is not None) == (classifier_hidden > 0)
         rejected += int(not gate.decide(test).accepted[0])
     rate = rejected / repeats
     assert rate <= alpha + 3 * math.sqrt(alpha * (1 - alpha) / repeats)
@@ -116,6 +123,48 @@ def test_a_learned_gate_rejects_more_of_the_outliers_it_was_fitted_for_and_survi
     np.testing.assert_array_equal(loaded.decide(scores).p_value, learned.decide(scores).p_value)
     with pytest.raises(ValueError, match="needs synthetic outliers"):
         calibrate_gate(reference["log_px"], reference, calibration, TAILS, "conformal", 0.05, combine)
+
+
+def draw_shared_outliers(rng: np.random.Generator, n: int) -> dict[str, np.ndarray]:
+    """Outliers that no single score gives away: every score moved one reference deviation the outlying way."""
+    scores = draw_scores(rng, n)
+    return {"log_px": scores["log_px"] + 5 * rng.choice([-1, 1], n), "heavy": scores["heavy"] + 1.5, "skewed": scores["skewed"] * 0.6}
+
+
+def test_a_score_classifier_finds_evidence_shared_by_the_scores_keeps_the_guarantee_and_survives_saving(tmp_path):
+    rng = np.random.default_rng(21)
+    reference, calibration = draw_scores(rng, 4000), draw_scores(rng, 2000)
+    outliers = [draw_shared_outliers(rng, 1000), *draw_outliers(rng, 1000)]
+    plain = calibrate_gate(reference["log_px"], reference, calibration, TAILS, "conformal", 0.05, "max_sum", outliers=outliers)
+    learned = calibrate_gate(reference["log_px"], reference, calibration, TAILS, "conformal", 0.05, "max_sum", outliers=outliers, classifier_hidden=16)
+    assert plain.classifier is None and learned.weights.shape == (4,) and learned.summary.weights["classifier"] > 0
+    fresh = draw_shared_outliers(rng, 4000)
+    assert (~learned.decide(fresh).accepted).mean() > (~plain.decide(fresh).accepted).mean() + 0.05
+    for far in draw_outliers(rng, 4000):  # the maximum over the gate scores still catches what one score gives away
+        assert (~learned.decide(far).accepted).mean() >= (~plain.decide(far).accepted).mean() - 0.02
+    inliers = draw_scores(rng, 20000)  # the gate is conditional on one calibration split of 2000: a margin of its own
+    assert abs((~learned.decide(inliers).accepted).mean() - 0.05) < 3 * math.sqrt(0.05 * 0.95 / 2000)
+    learned.save(tmp_path / "gate.safetensors")
+    loaded = Gate.load(learned.summary, tmp_path / "gate.safetensors")
+    assert loaded.classifier is not None
+    np.testing.assert_array_equal(loaded.decide(fresh).p_value, learned.decide(fresh).p_value)
+    # too small a reference for two halves: no classifier, the plain max_sum gate
+    small = {name: values[:500] for name, values in reference.items()}
+    assert calibrate_gate(small["log_px"], small, calibration, TAILS, "conformal", 0.05, "max_sum", outliers=outliers, classifier_hidden=16).classifier is None
+
+
+def test_score_classifier_bounds_contain_its_log_odds_over_a_box_of_scores():
+    rng = np.random.default_rng(22)
+    inliers = rng.standard_normal((600, 3))
+    classifier = ScoreClassifier.fit(inliers, [rng.standard_normal((300, 3)) + [2, 0, -1]], hidden=8)
+    low = rng.standard_normal((50, 3))
+    high = low + rng.exponential(size=(50, 3))
+    lower, upper = classifier.bounds(low, high)
+    inside = low[:, None, :] + rng.uniform(size=(50, 200, 3)) * (high - low)[:, None, :]
+    values = classifier(inside.reshape(-1, 3)).reshape(50, 200)
+    assert np.all(values >= lower[:, None] - 1e-9) and np.all(values <= upper[:, None] + 1e-9)
+    assert np.all(upper - lower <= np.abs(classifier.output_weight) @ np.abs(classifier.hidden_weight.T) @ ((high - low) / classifier.scale).T + 1e-9)
+    np.testing.assert_array_equal(ScoreClassifier.from_arrays(classifier.arrays())(inside[0]), classifier(inside[0]))
 
 
 def test_p_value_counts_ties_and_tails_against_a_direct_count():

@@ -64,7 +64,7 @@ def fit_gate(model: HybridModel, splits: Splits, settings: GateSettings, batch_s
     )
     return calibrate_gate(
         train["log_px"], validation, calibration, tails, settings.method, settings.alpha, combine,
-        settings.slack, fitted, fitted_summary, outliers,
+        settings.slack, fitted, fitted_summary, outliers, settings.classifier_hidden,
     )
 
 

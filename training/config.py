@@ -12,7 +12,8 @@ from pydantic import Field, ValidationError
 
 from models.config import ModelConfig, StrictModel
 from models.conformal import Combine, Tail
-from models.gate import NEIGHBOUR_DIMS, NEIGHBOUR_K, NEIGHBOUR_REFERENCE, GateMethod
+from models.gate import CLASSIFIER_MIN_REFERENCE, NEIGHBOUR_DIMS, NEIGHBOUR_K, NEIGHBOUR_REFERENCE, GateMethod
+from models.score_classifier import HIDDEN as CLASSIFIER_HIDDEN
 from models.scores import LatentSpace
 
 
@@ -80,6 +81,10 @@ class GateSettings(StrictModel):
     neighbour_k: int = Field(NEIGHBOUR_K, ge=1, description="neighbour_distance: the distance to the k-th nearest reference latent counts")
     neighbour_dims: int | None = Field(
         NEIGHBOUR_DIMS, ge=1, description="neighbour_distance: principal directions of the normalised latents it compares in (null: all of z)"
+    )
+    classifier_hidden: int = Field(
+        CLASSIFIER_HIDDEN, ge=0, description="max_sum: hidden units of the classifier of the gate scores' pattern (in-distribution against the "
+        f"synthetic outliers) whose surprise joins the sum with a fitted weight, where the reference split has {CLASSIFIER_MIN_REFERENCE:,} rows; 0: none",
     )
     slack: float = Field(0.0, ge=0, description="min_train tau: slack c in nats below the training minimum")
 

@@ -1,0 +1,98 @@
+"""A learned score of the gate: a small classifier of the pattern of all gate scores, in-distribution
+against synthetic outliers (the gate's ``max_sum`` adds its surprise to T with a fitted weight).
+
+The maximum of m surprises pays for its multiplicity wherever the evidence lies in a combination of
+scores that no single one crosses its threshold for (a digit-like stroke: a slightly low
+max p(y|x), a slightly far latent, a slightly low likelihood ratio). A one-hidden-layer ReLU network
+on the standardised score vector learns those directions. It is fitted on the reference split only
+(never on the calibration split), so the gate's conformal p-value stays exactly valid; the rows it
+was fitted on must not fix its surprise function (``Gate`` uses held-out reference rows).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+CLIP = 50.0  # standardised scores beyond this many reference deviations (and non-finite ones) are clipped
+HIDDEN = 32
+STEPS = 500  # full-batch Adam steps
+LEARNING_RATE = 0.01
+WEIGHT_DECAY = 1e-3
+
+
+def _standardised(scores: np.ndarray, mean: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """``scores`` ``(N, m)`` in reference standard deviations, non-finite values clipped to their sign's end."""
+    scores = np.nan_to_num(np.asarray(scores, dtype=np.float64), nan=0.0, posinf=np.inf, neginf=-np.inf)
+    with np.errstate(invalid="ignore"):
+        standard = (scores - mean) / scale
+    return np.clip(np.nan_to_num(standard, nan=0.0, posinf=CLIP, neginf=-CLIP), -CLIP, CLIP)
+
+
+@dataclass(frozen=True)
+class ScoreClassifier:
+    """Log-odds ``(N,)`` that a score vector ``(N, m)`` (the gate scores in the order of its tails)
+    comes from a synthetic outlier: ``relu(z @ hidden_weight + hidden_bias) @ output_weight +
+    output_bias`` on ``z``, the scores standardised by the inliers' ``mean`` and ``scale`` ``(m,)``.
+    float64 numpy, so both serving backends give the same answer."""
+
+    mean: np.ndarray
+    scale: np.ndarray
+    hidden_weight: np.ndarray  # (m, hidden)
+    hidden_bias: np.ndarray  # (hidden,)
+    output_weight: np.ndarray  # (hidden,)
+    output_bias: np.ndarray  # (1,)
+
+    def __call__(self, scores: np.ndarray) -> np.ndarray:
+        hidden = np.maximum(0.0, _standardised(scores, self.mean, self.scale) @ self.hidden_weight + self.hidden_bias)
+        return hidden @ self.output_weight + self.output_bias[0]
+
+    def bounds(self, low: np.ndarray, high: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Lower and upper bounds ``(N,)`` of the log-odds over every score vector between ``low`` and
+        ``high`` ``(N, m)`` (interval arithmetic: exact per layer, so the bounds contain the range)."""
+        def layer(lower, upper, weight, bias):
+            positive, negative = np.maximum(weight, 0.0), np.minimum(weight, 0.0)
+            return lower @ positive + upper @ negative + bias, upper @ positive + lower @ negative + bias
+
+        lower, upper = (_standardised(s, self.mean, self.scale) for s in (low, high))
+        lower, upper = (np.maximum(0.0, v) for v in layer(lower, upper, self.hidden_weight, self.hidden_bias))
+        return layer(lower, upper, self.output_weight, self.output_bias[0])
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The parameters by name (what the gate file stores)."""
+        return {name: getattr(self, name) for name in self.__dataclass_fields__}
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray]) -> "ScoreClassifier":
+        return cls(**{name: np.asarray(arrays[name], dtype=np.float64) for name in cls.__dataclass_fields__})
+
+    @classmethod
+    def fit(cls, inliers: np.ndarray, outliers: list[np.ndarray], hidden: int = HIDDEN, seed: int = 0) -> "ScoreClassifier":
+        """Fitted on inlier score vectors ``(N, m)`` against outlier sets ``(n_i, m)`` by weighted
+        cross-entropy: the inliers weigh as much as all outlier sets together, and every set the same,
+        so a large easy family does not drown a small hard one."""
+        finite = inliers[np.isfinite(inliers).all(axis=1)]
+        mean = finite.mean(axis=0)
+        scale = np.maximum(finite.std(axis=0), 1e-12)
+        features = np.concatenate([_standardised(inliers, mean, scale), *(_standardised(o, mean, scale) for o in outliers)])
+        labels = np.concatenate([np.zeros(len(inliers)), *(np.ones(len(o)) for o in outliers)])
+        weights = np.concatenate([np.full(len(inliers), 0.5 / len(inliers)), *(np.full(len(o), 0.5 / (len(o) * len(outliers))) for o in outliers)])
+        generator = torch.Generator().manual_seed(seed)
+        network = torch.nn.Sequential(torch.nn.Linear(inliers.shape[1], hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, 1)).double()
+        with torch.no_grad():
+            for parameter in network.parameters():  # seeded, independent of the global generator
+                bound = 1 / np.sqrt(parameter.shape[-1] if parameter.ndim > 1 else hidden)
+                parameter.uniform_(-bound, bound, generator=generator)
+        optimizer = torch.optim.Adam(network.parameters(), lr=LEARNING_RATE, weight_decay=WEIGHT_DECAY)
+        x, y, w = (torch.from_numpy(a) for a in (features, labels, weights))
+        for _ in range(STEPS):
+            optimizer.zero_grad()
+            loss = (torch.nn.functional.binary_cross_entropy_with_logits(network(x)[:, 0], y, reduction="none") * w).sum()
+            loss.backward()
+            optimizer.step()
+        first, last = network[0], network[2]
+        return cls(
+            mean, scale, first.weight.detach().numpy().T.copy(), first.bias.detach().numpy().copy(),
+            last.weight.detach().numpy()[0].copy(), last.bias.detach().numpy().copy(),
+        )
