@@ -144,13 +144,17 @@ class Gate:
         """Per gate score, -log p against the reference split ``(N, m)`` (nats)."""
         return np.stack([self._surprise[name](scores[name]) for name in self.tails], axis=1)
 
+    def classifier_surprise(self, log_odds: np.ndarray) -> np.ndarray:
+        """The classifier's log-odds ``(N,)`` as a surprise against ``classifier_reference`` (nats)."""
+        return self._classifier_surprise(log_odds)
+
     def statistic_surprises(self, scores: dict[str, np.ndarray]) -> np.ndarray:
         """What T combines ``(N, m + sum_only)``: the gate scores' surprises and the classifier's."""
         surprises = self.surprises(scores)
         if self.classifier is None:
             return surprises
-        log_odds = self.classifier(np.stack([scores[name] for name in self.tails], axis=1))
-        return np.concatenate([surprises, self._classifier_surprise(log_odds)[:, None]], axis=1)
+        log_odds = self.classifier(score_matrix(scores, self.tails))
+        return np.concatenate([surprises, self.classifier_surprise(log_odds)[:, None]], axis=1)
 
     def decide(self, scores: dict[str, np.ndarray]) -> GateDecision:
         """The decision for score arrays ``(N,)`` by name (at least ``log_px`` and the gate's scores)."""
@@ -305,7 +309,7 @@ def calibrate_gate(
         tau=gate.tau,
         combine=combine,
         scores=dict(tails),
-        weights=None if gate.weights is None else dict(zip([*tails, *(["classifier"] if with_classifier else [])], gate.weights.tolist())),
+        weights=None if gate.weights is None else dict(zip([*tails, *(["classifier"] if gate.classifier is not None else [])], gate.weights.tolist())),
         calibration_size=len(calibration["log_px"]),
         reference_size=len(reference["log_px"]),
         fitted=fitted_summary,
@@ -315,6 +319,11 @@ def calibrate_gate(
         statistics={name: summarize_log_px(values) for name, values in (("train", train_log_px), ("validation", reference["log_px"]), ("calibration", calibration["log_px"]))},
     )
     return gate
+
+
+def score_matrix(scores: dict[str, np.ndarray], names) -> np.ndarray:
+    """The ``names`` columns of score arrays by name, side by side ``(N, len(names))``."""
+    return np.stack([scores[name] for name in names], axis=1)
 
 
 def _halves(scores: dict[str, np.ndarray], seed: int) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
@@ -330,13 +339,10 @@ def _fit_classifier(
     """The score classifier, fitted on one half of the reference rows and of each outlier set, and
     the other halves, on which its surprise (the sorted log-odds of the reference half) and the
     weights are fitted, so that neither judges it on the rows it learned."""
-    def matrix(scores: dict[str, np.ndarray]) -> np.ndarray:
-        return np.stack([scores[name] for name in names], axis=1)
-
     fit_reference, held_reference = _halves(reference, CLASSIFIER_SEED)
     split = [_halves(scores, CLASSIFIER_SEED + 1 + i) for i, scores in enumerate(outliers)]
-    classifier = ScoreClassifier.fit(matrix(fit_reference), [matrix(first) for first, _ in split], hidden, CLASSIFIER_SEED)
-    return held_reference, [second for _, second in split], classifier, np.sort(classifier(matrix(held_reference)))
+    classifier = ScoreClassifier.fit(score_matrix(fit_reference, names), [score_matrix(first, names) for first, _ in split], hidden, CLASSIFIER_SEED)
+    return held_reference, [second for _, second in split], classifier, np.sort(classifier(score_matrix(held_reference, names)))
 
 
 def gated_probabilities(probabilities: np.ndarray, accepted: np.ndarray, label_prior: np.ndarray) -> np.ndarray:

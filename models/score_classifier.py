@@ -23,10 +23,9 @@ WEIGHT_DECAY = 1e-3
 
 
 def _standardised(scores: np.ndarray, mean: np.ndarray, scale: np.ndarray) -> np.ndarray:
-    """``scores`` ``(N, m)`` in reference standard deviations, non-finite values clipped to their sign's end."""
-    scores = np.nan_to_num(np.asarray(scores, dtype=np.float64), nan=0.0, posinf=np.inf, neginf=-np.inf)
-    with np.errstate(invalid="ignore"):
-        standard = (scores - mean) / scale
+    """``scores`` ``(N, m)`` in reference standard deviations, clipped to +-CLIP (infinities to their sign's end; NaN read as 0)."""
+    scores = np.asarray(scores, dtype=np.float64)
+    standard = (np.where(np.isnan(scores), 0.0, scores) - mean) / scale
     return np.clip(np.nan_to_num(standard, nan=0.0, posinf=CLIP, neginf=-CLIP), -CLIP, CLIP)
 
 

@@ -25,8 +25,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from models.conformal import Surprise, combined_statistic
-from models.gate import Gate
+from models.conformal import combined_statistic
+from models.gate import Gate, score_matrix
 
 
 @dataclass(frozen=True)
@@ -117,9 +117,8 @@ class Movement:
         at_low, at_high = gate.surprises(low), gate.surprises(high)
         surprises = np.stack([np.minimum(at_low, at_high), np.maximum(at_low, at_high)], axis=2)
         if gate.classifier is not None:  # not monotone: the log-odds' bounds over the box of scores
-            matrix = [np.stack([side[name] for name in gate.tails], axis=1) for side in (low, high)]
-            classifier_surprise = Surprise.fit(gate.classifier_reference, "upper")
-            surprises = np.concatenate([surprises, np.stack([classifier_surprise(b) for b in gate.classifier.bounds(*matrix)], axis=1)[:, None]], axis=1)
+            bounds = gate.classifier.bounds(score_matrix(low, gate.tails), score_matrix(high, gate.tails))
+            surprises = np.concatenate([surprises, np.stack([gate.classifier_surprise(b) for b in bounds], axis=1)[:, None]], axis=1)
         t_low, t_high = (combined_statistic(surprises[..., side], gate.combine, gate.weights, gate.sum_only) for side in (0, 1))
         return cls(calibration, _crossed(gate.statistic, t_low, t_high), surprises)
 
