@@ -137,11 +137,13 @@ def combined_statistic(surprises: np.ndarray, combine: Combine, weights: np.ndar
 
 
 def _shares_rejected(
-    reference: np.ndarray, outliers: list[np.ndarray], alpha: float, combine: Combine, weights: np.ndarray, sum_only: int = 0
+    reference: np.ndarray | list[np.ndarray], outliers: list[np.ndarray], alpha: float, combine: Combine, weights: np.ndarray, sum_only: int = 0
 ) -> np.ndarray:
-    """Per outlier set, the share whose T exceeds the reference's 1 - alpha quantile of T ``(sets,)``."""
-    threshold = np.quantile(combined_statistic(reference, combine, weights, sum_only), 1 - alpha)
-    return np.array([np.mean(combined_statistic(outlier, combine, weights, sum_only) > threshold) for outlier in outliers])
+    """Per outlier set, the share whose T exceeds the reference's 1 - alpha quantile of T ``(sets,)``;
+    ``reference`` is one matrix for every set or a list of one per set."""
+    references = reference if isinstance(reference, list) else [reference] * len(outliers)
+    thresholds = {id(r): np.quantile(combined_statistic(r, combine, weights, sum_only), 1 - alpha) for r in references}
+    return np.array([np.mean(combined_statistic(outlier, combine, weights, sum_only) > thresholds[id(r)]) for r, outlier in zip(references, outliers)])
 
 
 def _coordinate_ascent(objective, start: np.ndarray, grid: np.ndarray, rounds: int, min_gain: float = 0.0) -> np.ndarray:
@@ -173,7 +175,7 @@ def fit_weights(reference: np.ndarray, outliers: list[np.ndarray], alpha: float,
 
 
 def fit_sum_weights(
-    reference: np.ndarray, outliers: list[np.ndarray], alpha: float, rounds: int = 3, steps: int = 10, slack: float = SUM_SLACK,
+    reference: np.ndarray | list[np.ndarray], outliers: list[np.ndarray], alpha: float, rounds: int = 3, steps: int = 10, slack: float = SUM_SLACK,
     min_gain: float = SUM_MIN_GAIN, sum_only: int = 0,
 ) -> np.ndarray:
     """Weights ``(m,)`` in {0} and [SUM_WEIGHT_MIN, 1] for ``max_sum`` (T = the largest surprise +
@@ -182,9 +184,11 @@ def fit_sum_weights(
     maximising the smallest share of an outlier set rejected at the reference's 1 - alpha quantile
     of T (maximin), among the weights under which no set loses more than ``slack`` of the share
     ``min`` rejects. The maximum keeps every score able to reject alone; the last ``sum_only``
-    columns enter only the sum (``combined_statistic``), so at weight 0 they change nothing."""
+    columns enter only the sum (``combined_statistic``), so at weight 0 they change nothing.
+    ``reference`` may be a list, one per outlier set, where a set's columns are its own (a learned
+    score fitted without that set, whose surprise differs on the reference too)."""
     grid = np.r_[0.0, np.exp(np.linspace(np.log(SUM_WEIGHT_MIN), 0.0, steps))]
-    start = np.zeros(reference.shape[1])
+    start = np.zeros(outliers[0].shape[1])
     floor = _shares_rejected(reference, outliers, alpha, "max_sum", start, sum_only) - slack
 
     def worst_share(weights: np.ndarray) -> float:

@@ -279,8 +279,8 @@ def calibrate_gate(
     ``weighted`` and ``max_sum``, of the weights) and the calibration split's scores (the conformal
     p-values and the combined statistic). ``outliers``: synthetic outlier sets' scores, which
     ``weighted`` and ``max_sum`` need. ``classifier_hidden`` > 0: ``max_sum`` with a score
-    classifier of that many hidden units where the reference has ``CLASSIFIER_MIN_REFERENCE`` rows
-    (``_fit_classifier``)."""
+    classifier of that many hidden units per member where the reference has ``CLASSIFIER_MIN_REFERENCE``
+    rows and there are at least two outlier sets (``_with_classifier``)."""
     names = {*tails, "log_px"}
     reference = _finite_rows(validation_scores, names)
     calibration = _finite_rows(calibration_scores, names)
@@ -288,19 +288,18 @@ def calibrate_gate(
     if combine in LEARNED_COMBINATIONS and not outliers:
         raise ValueError(f"gate.combine {combine!r} needs synthetic outliers to choose its weights (image models only); use min")
     outliers = [_finite_rows(scores, tails) for scores in outliers or []]
-    with_classifier = combine == "max_sum" and classifier_hidden > 0 and len(reference["log_px"]) >= CLASSIFIER_MIN_REFERENCE
-    weight_reference, weight_outliers, classifier, classifier_reference = reference, outliers, None, None
-    if with_classifier:
-        weight_reference, weight_outliers, classifier, classifier_reference = _fit_classifier(reference, outliers, list(tails), classifier_hidden)
     gate = Gate(
         method=method, tau=taus.get(method, taus["validation"]), alpha=alpha, combine=combine, tails=dict(tails),
         calibration={name: np.sort(values) for name, values in calibration.items()},
         reference={name: np.sort(reference[name]) for name in tails}, statistic=None, fitted=fitted,
-        classifier=classifier, classifier_reference=classifier_reference,
     )
     if combine in LEARNED_COMBINATIONS:
+        if combine == "max_sum" and classifier_hidden > 0 and len(reference["log_px"]) >= CLASSIFIER_MIN_REFERENCE and len(outliers) > 1:
+            gate, weight_reference, weight_outliers = _with_classifier(gate, reference, outliers, classifier_hidden)
+        else:
+            weight_reference, weight_outliers = gate.surprises(reference), [gate.surprises(scores) for scores in outliers]
         fit = fit_weights if combine == "weighted" else partial(fit_sum_weights, sum_only=gate.sum_only)
-        gate.weights = fit(gate.statistic_surprises(weight_reference), [gate.statistic_surprises(scores) for scores in weight_outliers], alpha)
+        gate.weights = fit(weight_reference, weight_outliers, alpha)
     if combine != "bonferroni":
         gate.statistic = np.sort(combined_statistic(gate.statistic_surprises(calibration), combine, gate.weights, gate.sum_only))
     gate.summary = GateSection(
@@ -333,16 +332,33 @@ def _halves(scores: dict[str, np.ndarray], seed: int) -> tuple[dict[str, np.ndar
     return {name: values[first] for name, values in scores.items()}, {name: values[second] for name, values in scores.items()}
 
 
-def _fit_classifier(
-    reference: dict[str, np.ndarray], outliers: list[dict[str, np.ndarray]], names: list[str], hidden: int
-) -> tuple[dict[str, np.ndarray], list[dict[str, np.ndarray]], ScoreClassifier, np.ndarray]:
-    """The score classifier, fitted on one half of the reference rows and of each outlier set, and
-    the other halves, on which its surprise (the sorted log-odds of the reference half) and the
-    weights are fitted, so that neither judges it on the rows it learned."""
+def _with_classifier(
+    gate: Gate, reference: dict[str, np.ndarray], outliers: list[dict[str, np.ndarray]], hidden: int
+) -> tuple[Gate, list[np.ndarray], list[np.ndarray]]:
+    """``gate`` with a score classifier fitted on one seeded half of the reference rows and of each
+    outlier set, its surprise fixed by its log-odds on the other reference half; and what the
+    weights are fitted on, per outlier set: the held-out reference half's and the set's held-out
+    half's statistic surprises, where the classifier's column comes from a classifier fitted
+    without that set (leave one family out). The weights thus value the classifier as on a family
+    it never saw, which is what a deployment meets (docs/gate.md)."""
+    names = list(gate.tails)
     fit_reference, held_reference = _halves(reference, CLASSIFIER_SEED)
     split = [_halves(scores, CLASSIFIER_SEED + 1 + i) for i, scores in enumerate(outliers)]
-    classifier = ScoreClassifier.fit(score_matrix(fit_reference, names), [score_matrix(first, names) for first, _ in split], hidden, CLASSIFIER_SEED)
-    return held_reference, [second for _, second in split], classifier, np.sort(classifier(score_matrix(held_reference, names)))
+    fits, held_matrix = [score_matrix(first, names) for first, _ in split], score_matrix(held_reference, names)
+
+    def fitted(sets: list[np.ndarray]) -> tuple[ScoreClassifier, np.ndarray]:
+        classifier = ScoreClassifier.fit(score_matrix(fit_reference, names), sets, hidden, CLASSIFIER_SEED)
+        return classifier, np.sort(classifier(held_matrix))
+
+    classifier, classifier_reference = fitted(fits)
+    held_surprises = gate.surprises(held_reference)
+    weight_reference, weight_outliers = [], []
+    for left_out, (_, held) in enumerate(split):
+        without, without_reference = fitted(fits[:left_out] + fits[left_out + 1 :])
+        surprise = Surprise.fit(without_reference, "upper")
+        weight_reference.append(np.c_[held_surprises, surprise(without(held_matrix))])
+        weight_outliers.append(np.c_[gate.surprises(held), surprise(without(score_matrix(held, names)))])
+    return replace(gate, classifier=classifier, classifier_reference=classifier_reference), weight_reference, weight_outliers
 
 
 def gated_probabilities(probabilities: np.ndarray, accepted: np.ndarray, label_prior: np.ndarray) -> np.ndarray:

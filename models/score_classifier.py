@@ -4,7 +4,9 @@ against synthetic outliers (the gate's ``max_sum`` adds its surprise to T with a
 The maximum of m surprises pays for its multiplicity wherever the evidence lies in a combination of
 scores that no single one crosses its threshold for (a digit-like stroke: a slightly low
 max p(y|x), a slightly far latent, a slightly low likelihood ratio). A one-hidden-layer ReLU network
-on the standardised score vector learns those directions. It is fitted on the reference split only
+on the standardised score vector learns those directions; an ensemble of ``MEMBERS`` such networks
+from different seeds, averaged, keeps the answer from hanging on one initialisation (it is stored
+as one network ``MEMBERS`` times as wide). It is fitted on the reference split only
 (never on the calibration split), so the gate's conformal p-value stays exactly valid; the rows it
 was fitted on must not fix its surprise function (``Gate`` uses held-out reference rows).
 """
@@ -16,7 +18,8 @@ import numpy as np
 import torch
 
 CLIP = 50.0  # standardised scores beyond this many reference deviations (and non-finite ones) are clipped
-HIDDEN = 32
+HIDDEN = 32  # hidden units per member
+MEMBERS = 5  # networks averaged (docs/gate.md: one network's seed moved unseen families by up to 4 points)
 STEPS = 500  # full-batch Adam steps
 LEARNING_RATE = 0.01
 WEIGHT_DECAY = 1e-3
@@ -33,8 +36,9 @@ def _standardised(scores: np.ndarray, mean: np.ndarray, scale: np.ndarray) -> np
 class ScoreClassifier:
     """Log-odds ``(N,)`` that a score vector ``(N, m)`` (the gate scores in the order of its tails)
     comes from a synthetic outlier: ``relu(z @ hidden_weight + hidden_bias) @ output_weight +
-    output_bias`` on ``z``, the scores standardised by the inliers' ``mean`` and ``scale`` ``(m,)``.
-    float64 numpy, so both serving backends give the same answer."""
+    output_bias`` on ``z``, the scores standardised by the inliers' ``mean`` and ``scale`` ``(m,)``
+    (an ensemble's mean is this form too: its members side by side, output weights divided by their
+    number). float64 numpy, so both serving backends give the same answer."""
 
     mean: np.ndarray
     scale: np.ndarray
@@ -67,31 +71,46 @@ class ScoreClassifier:
         return cls(**{name: np.asarray(arrays[name], dtype=np.float64) for name in cls.__dataclass_fields__})
 
     @classmethod
-    def fit(cls, inliers: np.ndarray, outliers: list[np.ndarray], hidden: int = HIDDEN, seed: int = 0) -> "ScoreClassifier":
-        """Fitted on inlier score vectors ``(N, m)`` against outlier sets ``(n_i, m)`` by weighted
-        cross-entropy: the inliers weigh as much as all outlier sets together, and every set the same,
-        so a large easy family does not drown a small hard one."""
+    def fit(cls, inliers: np.ndarray, outliers: list[np.ndarray], hidden: int = HIDDEN, seed: int = 0, members: int = MEMBERS) -> "ScoreClassifier":
+        """The mean of ``members`` networks (seeds ``seed``, ``seed + 1``, ...), each fitted on inlier
+        score vectors ``(N, m)`` against outlier sets ``(n_i, m)`` by weighted cross-entropy: the
+        inliers weigh as much as all outlier sets together, and every set the same, so a large easy
+        family does not drown a small hard one."""
         finite = inliers[np.isfinite(inliers).all(axis=1)]
         mean = finite.mean(axis=0)
         scale = np.maximum(finite.std(axis=0), 1e-12)
         features = np.concatenate([_standardised(inliers, mean, scale), *(_standardised(o, mean, scale) for o in outliers)])
         labels = np.concatenate([np.zeros(len(inliers)), *(np.ones(len(o)) for o in outliers)])
         weights = np.concatenate([np.full(len(inliers), 0.5 / len(inliers)), *(np.full(len(o), 0.5 / (len(o) * len(outliers))) for o in outliers)])
-        generator = torch.Generator().manual_seed(seed)
-        network = torch.nn.Sequential(torch.nn.Linear(inliers.shape[1], hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, 1)).double()
-        with torch.no_grad():
-            for parameter in network.parameters():  # seeded, independent of the global generator
-                bound = 1 / np.sqrt(parameter.shape[-1] if parameter.ndim > 1 else hidden)
-                parameter.uniform_(-bound, bound, generator=generator)
-        optimizer = torch.optim.Adam(network.parameters(), lr=LEARNING_RATE, weight_decay=WEIGHT_DECAY)
-        x, y, w = (torch.from_numpy(a) for a in (features, labels, weights))
-        for _ in range(STEPS):
-            optimizer.zero_grad()
-            loss = (torch.nn.functional.binary_cross_entropy_with_logits(network(x)[:, 0], y, reduction="none") * w).sum()
-            loss.backward()
-            optimizer.step()
-        first, last = network[0], network[2]
-        return cls(
-            mean, scale, first.weight.detach().numpy().T.copy(), first.bias.detach().numpy().copy(),
-            last.weight.detach().numpy()[0].copy(), last.bias.detach().numpy().copy(),
+        first_weight, first_bias, last_weight, last_bias = _fitted_members(
+            *(torch.from_numpy(a) for a in (features, labels, weights)), hidden, range(seed, seed + members)
         )
+        return cls(mean, scale, first_weight, first_bias, last_weight.reshape(-1) / members, last_bias.mean(keepdims=True))
+
+
+def _fitted_members(x: torch.Tensor, y: torch.Tensor, w: torch.Tensor, hidden: int, seeds) -> list[np.ndarray]:
+    """Networks ``Linear(m, hidden), ReLU, Linear(hidden, 1)`` (float64), one per seed, fitted by
+    full-batch Adam on features ``x`` ``(N, m)``, labels ``y`` ``(N,)`` and row weights ``w``
+    ``(N,)``; trained side by side (the sum of their losses, which leaves each member's updates its
+    own). Returns their first layers side by side, weight ``(m, K * hidden)`` and bias ``(K * hidden,)``,
+    and their output layers, weight ``(K, hidden)`` and bias ``(K,)``."""
+    bounds = (1 / np.sqrt(x.shape[1]), 1 / np.sqrt(hidden), 1 / np.sqrt(hidden), 1 / np.sqrt(hidden))
+    shapes = ((hidden, x.shape[1]), (hidden,), (hidden,), ())
+    members = []
+    for seed in seeds:  # seeded, independent of the global generator
+        generator = torch.Generator().manual_seed(seed)
+        members.append([torch.empty(shape, dtype=torch.float64).uniform_(-bound, bound, generator=generator) for shape, bound in zip(shapes, bounds)])
+    first_weight, first_bias, last_weight, last_bias = (
+        torch.cat([m[0].T for m in members], dim=1), torch.cat([m[1] for m in members]), torch.stack([m[2] for m in members]), torch.stack([m[3] for m in members])
+    )
+    parameters = [p.requires_grad_() for p in (first_weight, first_bias, last_weight, last_bias)]
+    optimizer = torch.optim.Adam(parameters, lr=LEARNING_RATE, weight_decay=WEIGHT_DECAY)
+    targets = y[:, None].expand(-1, len(members))
+    for _ in range(STEPS):
+        optimizer.zero_grad()
+        hidden_units = torch.relu(x @ first_weight + first_bias).view(len(x), len(members), hidden)
+        logits = torch.einsum("nkh,kh->nk", hidden_units, last_weight) + last_bias
+        loss = (torch.nn.functional.binary_cross_entropy_with_logits(logits, targets, reduction="none") * w[:, None]).sum()
+        loss.backward()
+        optimizer.step()
+    return [p.detach().numpy() for p in parameters]

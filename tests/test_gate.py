@@ -8,7 +8,7 @@ import pytest
 from scipy import stats
 
 from models.conformal import LEARNED_COMBINATIONS, WEIGHT_FLOOR, batch_typicality_p_value, combined_statistic, fit_sum_weights, fit_weights, p_values, surprise
-from models.gate import GATE_METHODS, Gate, calibrate_gate, gate_tails
+from models.gate import GATE_METHODS, Gate, calibrate_gate, gate_tails, score_matrix
 from models.score_classifier import ScoreClassifier
 
 
@@ -153,6 +153,22 @@ def test_a_score_classifier_finds_evidence_shared_by_the_scores_keeps_the_guaran
     assert calibrate_gate(small["log_px"], small, calibration, TAILS, "conformal", 0.05, "max_sum", outliers=outliers, classifier_hidden=16).classifier is None
 
 
+def test_the_weights_judge_the_score_classifier_on_families_it_was_not_fitted_on():
+    """A family outlying only in the tails the gate does not test (heavy low, skewed high) is caught
+    by a classifier fitted on it, and not by one fitted on the other families only. The weights are
+    fitted leave one family out, as on a family the classifier never saw, so the classifier gets no
+    weight: the sum keeps only what carries over to families outside the fit."""
+    rng = np.random.default_rng(23)
+    reference, calibration, untested = draw_scores(rng, 4000), draw_scores(rng, 2000), draw_scores(rng, 1000)
+    untested["heavy"], untested["skewed"] = untested["heavy"] - 4, untested["skewed"] * 4
+    gate = calibrate_gate(
+        reference["log_px"], reference, calibration, TAILS, "conformal", 0.05, "max_sum", outliers=[untested, *draw_outliers(rng, 1000)], classifier_hidden=16
+    )
+    caught = gate.classifier(score_matrix(untested, TAILS)) > np.quantile(gate.classifier_reference, 0.95)
+    assert caught.mean() > 0.5  # the classifier fitted on them does catch them
+    assert gate.summary.weights["classifier"] == 0
+
+
 def test_score_classifier_bounds_contain_its_log_odds_over_a_box_of_scores():
     rng = np.random.default_rng(22)
     inliers = rng.standard_normal((600, 3))
@@ -165,6 +181,16 @@ def test_score_classifier_bounds_contain_its_log_odds_over_a_box_of_scores():
     assert np.all(values >= lower[:, None] - 1e-9) and np.all(values <= upper[:, None] + 1e-9)
     assert np.all(upper - lower <= np.abs(classifier.output_weight) @ np.abs(classifier.hidden_weight.T) @ ((high - low) / classifier.scale).T + 1e-9)
     np.testing.assert_array_equal(ScoreClassifier.from_arrays(classifier.arrays())(inside[0]), classifier(inside[0]))
+
+
+def test_score_classifier_ensemble_is_the_mean_of_its_members_fitted_alone():
+    rng = np.random.default_rng(24)
+    inliers, outliers = rng.standard_normal((400, 3)), [rng.standard_normal((200, 3)) + [1, 0, -1], rng.standard_normal((200, 3)) * 3]
+    ensemble = ScoreClassifier.fit(inliers, outliers, hidden=4, seed=5, members=3)
+    alone = [ScoreClassifier.fit(inliers, outliers, hidden=4, seed=seed, members=1) for seed in (5, 6, 7)]
+    scores = rng.standard_normal((100, 3)) * 2
+    np.testing.assert_allclose(ensemble(scores), np.mean([member(scores) for member in alone], axis=0), rtol=1e-9, atol=1e-9)
+    assert ensemble.hidden_weight.shape == (3, 12) and not np.allclose(alone[0](scores), alone[1](scores))
 
 
 def test_p_value_counts_ties_and_tails_against_a_direct_count():

@@ -83,8 +83,9 @@ class GateSettings(StrictModel):
         NEIGHBOUR_DIMS, ge=1, description="neighbour_distance: principal directions of the normalised latents it compares in (null: all of z)"
     )
     classifier_hidden: int = Field(
-        CLASSIFIER_HIDDEN, ge=0, description="max_sum: hidden units of the classifier of the gate scores' pattern (in-distribution against the "
-        f"synthetic outliers) whose surprise joins the sum with a fitted weight, where the reference split has {CLASSIFIER_MIN_REFERENCE:,} rows; 0: none",
+        CLASSIFIER_HIDDEN, ge=0, description="max_sum: hidden units per member of the classifier ensemble of the gate scores' pattern (in-distribution against "
+        f"the synthetic outliers) whose surprise joins the sum with a weight fitted leave one family out, where the reference split has "
+        f"{CLASSIFIER_MIN_REFERENCE:,} rows; 0: none",
     )
     slack: float = Field(0.0, ge=0, description="min_train tau: slack c in nats below the training minimum")
 
