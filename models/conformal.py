@@ -141,9 +141,10 @@ def _shares_rejected(
 ) -> np.ndarray:
     """Per outlier set, the share whose T exceeds the reference's 1 - alpha quantile of T ``(sets,)``;
     ``reference`` is one matrix for every set or a list of one per set."""
-    references = reference if isinstance(reference, list) else [reference] * len(outliers)
-    thresholds = {id(r): np.quantile(combined_statistic(r, combine, weights, sum_only), 1 - alpha) for r in references}
-    return np.array([np.mean(combined_statistic(outlier, combine, weights, sum_only) > thresholds[id(r)]) for r, outlier in zip(references, outliers)])
+    if isinstance(reference, list):
+        return np.concatenate([_shares_rejected(r, [outlier], alpha, combine, weights, sum_only) for r, outlier in zip(reference, outliers)])
+    threshold = np.quantile(combined_statistic(reference, combine, weights, sum_only), 1 - alpha)
+    return np.array([np.mean(combined_statistic(outlier, combine, weights, sum_only) > threshold) for outlier in outliers])
 
 
 def _coordinate_ascent(objective, start: np.ndarray, grid: np.ndarray, rounds: int, min_gain: float = 0.0) -> np.ndarray:

@@ -344,10 +344,11 @@ def _with_classifier(
     names = list(gate.tails)
     fit_reference, held_reference = _halves(reference, CLASSIFIER_SEED)
     split = [_halves(scores, CLASSIFIER_SEED + 1 + i) for i, scores in enumerate(outliers)]
-    fits, held_matrix = [score_matrix(first, names) for first, _ in split], score_matrix(held_reference, names)
+    fit_matrix, held_matrix = score_matrix(fit_reference, names), score_matrix(held_reference, names)
+    fits = [score_matrix(first, names) for first, _ in split]
 
     def fitted(sets: list[np.ndarray]) -> tuple[ScoreClassifier, np.ndarray]:
-        classifier = ScoreClassifier.fit(score_matrix(fit_reference, names), sets, hidden, CLASSIFIER_SEED)
+        classifier = ScoreClassifier.fit(fit_matrix, sets, hidden, CLASSIFIER_SEED)
         return classifier, np.sort(classifier(held_matrix))
 
     classifier, classifier_reference = fitted(fits)

@@ -94,15 +94,15 @@ def _fitted_members(x: torch.Tensor, y: torch.Tensor, w: torch.Tensor, hidden: i
     ``(N,)``; trained side by side (the sum of their losses, which leaves each member's updates its
     own). Returns their first layers side by side, weight ``(m, K * hidden)`` and bias ``(K * hidden,)``,
     and their output layers, weight ``(K, hidden)`` and bias ``(K,)``."""
-    bounds = (1 / np.sqrt(x.shape[1]), 1 / np.sqrt(hidden), 1 / np.sqrt(hidden), 1 / np.sqrt(hidden))
-    shapes = ((hidden, x.shape[1]), (hidden,), (hidden,), ())
+    def uniform(shape: tuple[int, ...], fan_in: int, generator: torch.Generator) -> torch.Tensor:  # torch.nn.Linear's initialisation
+        return torch.empty(shape, dtype=torch.float64).uniform_(-fan_in**-0.5, fan_in**-0.5, generator=generator)
+
     members = []
     for seed in seeds:  # seeded, independent of the global generator
         generator = torch.Generator().manual_seed(seed)
-        members.append([torch.empty(shape, dtype=torch.float64).uniform_(-bound, bound, generator=generator) for shape, bound in zip(shapes, bounds)])
-    first_weight, first_bias, last_weight, last_bias = (
-        torch.cat([m[0].T for m in members], dim=1), torch.cat([m[1] for m in members]), torch.stack([m[2] for m in members]), torch.stack([m[3] for m in members])
-    )
+        members.append([uniform((hidden, x.shape[1]), x.shape[1], generator), *(uniform(shape, hidden, generator) for shape in ((hidden,), (hidden,), ()))])
+    first_weight, first_bias, last_weight, last_bias = (torch.cat([m[0].T for m in members], dim=1), *(torch.stack([m[i] for m in members]) for i in (1, 2, 3)))
+    first_bias = first_bias.reshape(-1)
     parameters = [p.requires_grad_() for p in (first_weight, first_bias, last_weight, last_bias)]
     optimizer = torch.optim.Adam(parameters, lr=LEARNING_RATE, weight_decay=WEIGHT_DECAY)
     targets = y[:, None].expand(-1, len(members))
