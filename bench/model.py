@@ -2,7 +2,7 @@
 L=2, K=4, 64 hidden channels) with random weights, written as a normal checkpoint with its ONNX
 export. Throughput does not depend on training; the gate is calibrated on random digit-like images,
 with as many training rows as MNIST's so that the nearest-neighbour score searches a reference of
-the served size."""
+the served size, and a validation split large enough for the gate's classifier ensemble."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from models.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from models.gate import GATE_FILE
+from models.gate import CLASSIFIER_MIN_REFERENCE, GATE_FILE
 from models.hybrid import HybridModel
 from training.calibration import fit_gate
 from training.config import GateSettings, load_config
@@ -20,6 +20,8 @@ from training.trainer import complete_model_config
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN_ROWS = 50_000  # the gate's training split: the neighbour reference of an MNIST model (models.gate.NEIGHBOUR_REFERENCE)
+HALF_ROWS = CLASSIFIER_MIN_REFERENCE  # validation and calibration rows each: the least that fits the classifier
+SIZES = {"train": TRAIN_ROWS, "validation": HALF_ROWS}
 
 
 def random_images(count: int, seed: int = 0) -> np.ndarray:
@@ -34,7 +36,7 @@ def build_benchmark_checkpoint(out: Path, gate: GateSettings | None = None) -> P
     settings (default: the default conformal gate)."""
     if (out / "model.onnx").is_file():
         try:
-            if load_checkpoint(out).manifest.data.sizes["train"] == TRAIN_ROWS:
+            if load_checkpoint(out).manifest.data.sizes == SIZES:
                 return out
         except CheckpointError:  # written by an older format: build it again
             pass
@@ -42,7 +44,7 @@ def build_benchmark_checkpoint(out: Path, gate: GateSettings | None = None) -> P
 
     torch.manual_seed(0)
     config = load_config(ROOT / "training" / "configs" / "mnist-cpu.yaml")
-    images = random_images(512)
+    images = random_images(2 * HALF_ROWS)
     dataset = Dataset(x=images, y=np.zeros(len(images), dtype=np.int64), task="classification", levels=256, classes=[str(d) for d in range(10)])
     model = HybridModel(complete_model_config(config.model, dataset))
     model.train()
@@ -57,7 +59,7 @@ def build_benchmark_checkpoint(out: Path, gate: GateSettings | None = None) -> P
         "name": "mnist-bench", "task": "classification", "input_shape": [28, 28], "input_range": [0, 255],
         "classes": dataset.classes, "preprocessing": model.config.preprocessing.model_dump(mode="json"),
         "gate": fitted.summary.model_dump(mode="json"), "label_prior": model.label_prior.tolist(),
-        "data": {"name": "random", "description": "random digit-like images: weights for serving benchmarks only", "sizes": {"train": TRAIN_ROWS}, "labeled_train": 0},
+        "data": {"name": "random", "description": "random digit-like images: weights for serving benchmarks only", "sizes": SIZES, "labeled_train": 0},
     }
     gate_path = out.parent / f".{out.name}-{GATE_FILE}"
     out.parent.mkdir(parents=True, exist_ok=True)
