@@ -48,8 +48,9 @@ def build_benchmark_checkpoint(out: Path, gate: GateSettings | None = None) -> P
     dataset = Dataset(x=images, y=np.zeros(len(images), dtype=np.int64), task="classification", levels=256, classes=[str(d) for d in range(10)])
     model = HybridModel(complete_model_config(config.model, dataset))
     model.train()
+    init = images[:512]  # the data-dependent initialisation needs a few hundred images, not all
     with torch.no_grad():
-        model(torch.from_numpy(images), torch.rand(images.shape))
+        model(torch.from_numpy(init), torch.rand(init.shape))
     model.eval()
     labels = np.arange(TRAIN_ROWS) % 10
     halves = [Split(part, labels[: len(part)]) for part in np.array_split(images, 2)]
