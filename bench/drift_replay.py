@@ -24,8 +24,8 @@ from pathlib import Path
 import httpx
 import numpy as np
 
+from inference.runtime import ModelRuntime
 from service.app import create_app
-from service.runtime import ModelRuntime
 from service.settings import ServiceSettings
 from training.config import ExperimentConfig
 from training.data import load_dataset, split_dataset

@@ -1,8 +1,9 @@
 """``make fuzz``: fuzz the live service. Starts ``python -m service`` on a free loopback port, then
 
-1. the project's own fuzzer: the hypothesis strategies of ``tests/test_fuzz.py`` (arbitrary JSON in
-   v1 and v2 bodies, near-valid tensors, the binary tensor extension, raw bytes, odd content types),
-   ``--cases`` requests in all, over real HTTP;
+1. the project's own fuzzer: the hypothesis strategies of ``bench/fuzz_cases.py``, which
+   ``tests/test_fuzz.py`` draws from too (arbitrary JSON in v1 and v2 bodies, near-valid tensors,
+   the binary tensor extension, raw bytes, odd content types), ``--cases`` requests in all, over
+   real HTTP;
 2. schemathesis against the service's OpenAPI document (every operation, ``not_a_server_error`` and
    its other default checks);
 
@@ -28,14 +29,14 @@ from pathlib import Path
 import httpx
 from hypothesis import HealthCheck, given, settings
 
+from bench.fuzz_cases import content_types, v1_bodies, v2_bodies, v2_tensors
 from bench.serve_load import free_port, start_server
-from tests.test_fuzz import content_types, v1_bodies, v2_bodies, v2_tensors
 from training.config import DataConfig
 from training.data import load_dataset
 
 
 def own_fuzzer(base: str, model: str, cases: int) -> collections.Counter:
-    """``cases`` requests drawn from the test suite's strategies; status counts ("reset" for a
+    """``cases`` requests drawn from ``bench.fuzz_cases``; status counts ("reset" for a
     connection error)."""
     counts: collections.Counter = collections.Counter()
     client = httpx.Client(base_url=base, timeout=30)

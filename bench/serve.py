@@ -90,8 +90,9 @@ def in_process(checkpoint: Path) -> dict:
     import onnxruntime
     import torch
 
+    from inference.inputs import InferenceInput
+    from inference.runtime import ModelRuntime
     from models.checkpoint import load_checkpoint
-    from service.runtime import ModelRuntime
 
     def instances_per_s(run, batch: int, repeats: int = 20) -> float:
         x = random_images(batch, seed=1)
@@ -118,7 +119,7 @@ def in_process(checkpoint: Path) -> dict:
     single = {}
     for backend in ("onnx", "torch"):
         runtime = ModelRuntime.load(checkpoint, "cpu", backend)
-        x = random_images(1, seed=2)
+        x = InferenceInput(random_images(1, seed=2))
         times = []
         for _ in range(200):
             started = time.perf_counter()

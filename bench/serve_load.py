@@ -89,11 +89,12 @@ def in_process_ms(model_dir: str, instance: list, repeats: int = 200) -> tuple[f
     """Median time of the model call alone and the backend, chosen as the service chooses it."""
     import torch
 
-    from service.runtime import ModelRuntime
+    from inference.inputs import InferenceInput
+    from inference.runtime import ModelRuntime
     from service.settings import ServiceSettings
 
     runtime = ModelRuntime.load(model_dir, "cpu", ServiceSettings().backend)
-    x = np.asarray([instance], dtype=np.float32)
+    x = InferenceInput(np.asarray([instance], dtype=np.float32))
     times = []
     for _ in range(repeats):
         started = time.perf_counter()

@@ -29,7 +29,7 @@ from training.docs import update_section
 # (category, substrings of a frame "function (file:line)"); the innermost frame matching any wins.
 CATEGORIES = [
     ("ONNX Runtime forward", ("onnxruntime",)),
-    ("gate and outputs (ModelRuntime.predict)", ("models/gate.py", "models/conformal.py", "models/scores.py", "service/runtime.py")),
+    ("gate and outputs (ModelRuntime.predict)", ("models/gate.py", "models/conformal.py", "models/scores.py", "inference/runtime.py", "inference/prediction.py")),
     ("batching (concatenate, split, hand-off)", ("service/batching.py",)),
     ("waiting for work (thread pool, select)", ("concurrent/futures/thread.py", "threading.py", "selectors.py")),
     ("input decoding (JSON to numpy, checks)", ("service/inputs.py",)),

@@ -55,10 +55,11 @@ end
 
 def expected_answer(checkpoint: Path, x: np.ndarray) -> tuple[float, int]:
     """log p(x) (nats) and label of one instance under ``checkpoint`` (the runtime called directly)."""
-    from service.runtime import ModelRuntime
+    from inference.inputs import InferenceInput
+    from inference.runtime import ModelRuntime
 
-    result = ModelRuntime.load(checkpoint, "cpu", "torch").predict(x[None])
-    return float(result["log_px"][0]), int(result["label"][0])
+    prediction = ModelRuntime.load(checkpoint, "cpu", "torch").predict(InferenceInput(x[None]))
+    return float(prediction.log_px[0]), int(prediction.head.label[0])
 
 
 def add_version(repository: Path, name: str, version: int, checkpoint: Path) -> None:

@@ -13,6 +13,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
+from inference.inputs import InvalidInput
+from inference.runtime import ModelRuntime
 from service.api import repository, v1, v2
 from service.api.common import SERVED_BY, JSONBody, error_response
 from service.auth import ApiKeyMiddleware
@@ -20,7 +22,6 @@ from service.batching import QueueFull
 from service.fast_path import PredictionFastPath, hot_routes
 from service.inputs import InputError
 from service.metrics import ServiceMetrics
-from service.runtime import ModelRuntime
 from service.settings import ServiceSettings
 from service.state import ServiceState
 
@@ -102,7 +103,7 @@ def create_app(settings: ServiceSettings | None = None, runtimes: list[ModelRunt
     async def handle_error(request: Request, error: Exception) -> JSONBody:
         return error_response(error, request.url.path)
 
-    for kind in (InputError, QueueFull, StarletteHTTPException, RequestValidationError, Exception):
+    for kind in (InputError, InvalidInput, QueueFull, StarletteHTTPException, RequestValidationError, Exception):
         app.add_exception_handler(kind, handle_error)
 
     return app

@@ -18,9 +18,8 @@ from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Callable
 
-import numpy as np
-
-Result = dict[str, np.ndarray]
+from inference.inputs import InferenceInput
+from inference.prediction import Prediction
 
 
 class QueueFull(RuntimeError):
@@ -29,7 +28,7 @@ class QueueFull(RuntimeError):
 
 @dataclass
 class _Request:
-    x: np.ndarray
+    inputs: InferenceInput
     future: asyncio.Future
     enqueued: float = field(default_factory=time.perf_counter)
 
@@ -37,16 +36,16 @@ class _Request:
 class DynamicBatcher:
     def __init__(
         self,
-        run_batch: Callable[[np.ndarray], Result],
+        run_batch: Callable[[InferenceInput], Prediction],
         executor: Executor,
         max_batch_size: int,
         max_delay_s: float,
         max_queue: int,
-        observe: Callable[[Result, float, list[float]], None] | None = None,
+        observe: Callable[[Prediction, float, list[float]], None] | None = None,
         max_wait_s: float | None = None,
     ):
-        """``run_batch``: x ``(N, ...)`` -> dict of arrays with leading dimension N, run in ``executor``;
-        ``observe(result, forward_seconds, queue_seconds_per_request)`` after each batch."""
+        """``run_batch``: N instances -> their prediction, run in ``executor``;
+        ``observe(prediction, forward_seconds, queue_seconds_per_request)`` after each batch."""
         self.run_batch = run_batch
         self.executor = executor
         self.max_batch_size = max_batch_size
@@ -76,27 +75,27 @@ class DynamicBatcher:
         for request in self.pending:
             request.future.cancel()
 
-    def submit(self, x: np.ndarray) -> asyncio.Future:
-        """Queue ``x`` ``(n, ...)``: a future of its n rows of every output (cancel it to drop the
-        work while it is still queued). ``QueueFull`` at once when the queue is over its limits."""
-        if self.queued_instances + len(x) > self.max_queue:
+    def submit(self, inputs: InferenceInput) -> asyncio.Future:
+        """Queue n instances: a future of their prediction (cancel it to drop the work while it is
+        still queued). ``QueueFull`` at once when the queue is over its limits."""
+        if self.queued_instances + len(inputs) > self.max_queue:
             raise QueueFull(f"{self.queued_instances} instances are queued (limit {self.max_queue}); retry shortly")
         wait = self.expected_wait()
         if self.max_wait_s is not None and wait > self.max_wait_s:
             raise QueueFull(f"the expected wait of {wait:.1f} s is over the {self.max_wait_s:g} s deadline; retry shortly")
-        request = _Request(x, asyncio.get_running_loop().create_future())
+        request = _Request(inputs, asyncio.get_running_loop().create_future())
         self.pending.append(request)
-        self.queued_instances += len(x)
+        self.queued_instances += len(inputs)
         self.wakeup.set()
         return request.future
 
     def _take_batch(self) -> list[_Request]:
         batch = [self.pending.popleft()]
-        size = len(batch[0].x)
-        while self.pending and size + len(self.pending[0].x) <= self.max_batch_size:
+        size = len(batch[0].inputs)
+        while self.pending and size + len(self.pending[0].inputs) <= self.max_batch_size:
             request = self.pending.popleft()
             batch.append(request)
-            size += len(request.x)
+            size += len(request.inputs)
         self.queued_instances -= size
         return batch
 
@@ -113,25 +112,20 @@ class DynamicBatcher:
             if not batch:
                 continue
             started = time.perf_counter()
-            x = batch[0].x if len(batch) == 1 else np.concatenate([request.x for request in batch])
+            inputs = InferenceInput.concatenate([request.inputs for request in batch])
             try:
-                result = await loop.run_in_executor(self.executor, self.run_batch, x)
+                prediction = await loop.run_in_executor(self.executor, self.run_batch, inputs)
             except Exception as error:  # the model failed: every waiting request gets the error
                 for request in batch:
                     if not request.future.done():
                         request.future.set_exception(error)
                 continue
             seconds = time.perf_counter() - started
-            per_instance = seconds / len(x)
+            per_instance = seconds / len(inputs)
             self.seconds_per_instance = per_instance if self.seconds_per_instance is None else 0.8 * self.seconds_per_instance + 0.2 * per_instance
             if self.observe is not None:
-                self.observe(result, seconds, [started - request.enqueued for request in batch])
-            if len(batch) == 1:
-                if not batch[0].future.done():
-                    batch[0].future.set_result(result)
-                continue
-            offsets = np.cumsum([len(request.x) for request in batch])[:-1]
-            parts = {key: np.split(value, offsets) for key, value in result.items()}
-            for index, request in enumerate(batch):
+                self.observe(prediction, seconds, [started - request.enqueued for request in batch])
+            parts = [prediction] if len(batch) == 1 else prediction.split([len(request.inputs) for request in batch])
+            for request, part in zip(batch, parts):
                 if not request.future.done():
-                    request.future.set_result({key: values[index] for key, values in parts.items()})
+                    request.future.set_result(part)

@@ -1,5 +1,5 @@
-"""Turning ``ModelRuntime.predict`` arrays into response bodies: v1 prediction records and v2 output
-tensors. Non-finite floats become null (JSON has no infinity): log p(x) outside the support, and
+"""Turning a ``inference.prediction.Prediction`` into response bodies: v1 prediction records and v2
+output tensors. Non-finite floats become null (JSON has no infinity): log p(x) outside the support, and
 its outlier score. ``output_table`` is the one list of v2 outputs that metadata and infer share."""
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from inference.prediction import ClassOutputs, Prediction
 from service.inputs import V2_DTYPES
 
 REGRESSION_HEAD = ("mean", "variance", "model_mean", "model_variance")
@@ -53,18 +54,20 @@ def _nullable(values: np.ndarray) -> list:
     return [value if keep else None for value, keep in zip(listed, finite.tolist())]
 
 
-def instance_records(result: dict[str, np.ndarray], gate_scores: list[str], threshold: float) -> list[dict]:
+def instance_records(prediction: Prediction, threshold: float) -> list[dict]:
     """One dict per instance with every prediction field, in request order."""
-    if "label" in result:
-        head_fields = zip(result["label"].tolist(), result["probabilities"].tolist(), result["model_probabilities"].tolist())
+    head = prediction.head
+    if isinstance(head, ClassOutputs):
+        head_fields = zip(head.label.tolist(), head.probabilities.tolist(), head.model_probabilities.tolist())
         head_records = [{"label": l, "probabilities": p, "model_probabilities": m} for l, p, m in head_fields]
     else:
-        head_records = [dict(zip(REGRESSION_HEAD, row)) for row in zip(*(result[c].tolist() for c in REGRESSION_HEAD))]
-    scores = [dict(zip(gate_scores, row)) for row in zip(*(_nullable(result[f"score_{n}"]) for n in gate_scores))]
-    p_values = [dict(zip(gate_scores, row)) for row in zip(*(result[f"p_value_{n}"].tolist() for n in gate_scores))]
+        head_records = [dict(zip(REGRESSION_HEAD, row)) for row in zip(*(getattr(head, c).tolist() for c in REGRESSION_HEAD))]
+    gate_scores = list(prediction.scores)
+    scores = [dict(zip(gate_scores, row)) for row in zip(*(_nullable(values) for values in prediction.scores.values()))]
+    p_values = [dict(zip(gate_scores, row)) for row in zip(*(values.tolist() for values in prediction.p_values.values()))]
     columns = zip(
-        head_records, _nullable(result["log_px"]), _nullable(result["bits_per_dim"]), result["accepted"].tolist(),
-        result["p_value"].tolist(), result["rejected_by"].tolist(), _nullable(result["instance_score"]), scores, p_values,
+        head_records, _nullable(prediction.log_px), _nullable(prediction.bits_per_dim), prediction.accepted.tolist(),
+        prediction.p_value.tolist(), prediction.rejected_by.tolist(), _nullable(prediction.instance_score), scores, p_values,
     )
     return [
         {
@@ -82,11 +85,11 @@ def instance_records(result: dict[str, np.ndarray], gate_scores: list[str], thre
     ]
 
 
-def output_tensors(result: dict[str, np.ndarray], threshold: float) -> dict[str, np.ndarray]:
+def output_tensors(prediction: Prediction, threshold: float) -> dict[str, np.ndarray]:
     """Named output arrays of the v2 protocol, by ``output_table`` name."""
-    tensors = dict(result)
-    tensors["threshold"] = np.full(len(result["log_px"]), threshold)
-    tensors["is_outlier"] = ~result["accepted"]
+    tensors = prediction.columns()
+    tensors["threshold"] = np.full(len(prediction), threshold)
+    tensors["is_outlier"] = ~prediction.accepted
     return tensors
 
 

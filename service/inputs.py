@@ -1,5 +1,6 @@
-"""Decoding request bodies into model inputs. Every problem is an ``InputError`` with the HTTP
-status to answer and a message that says what is wrong; nothing here raises anything else."""
+"""Decoding request bodies into model inputs (``inference.inputs.InferenceInput``). Every problem is
+an ``InputError`` with the HTTP status to answer, or (instances the model cannot take) an
+``InvalidInput``, a 400; each message says what is wrong; nothing here raises anything else."""
 from __future__ import annotations
 
 import json
@@ -8,6 +9,8 @@ from typing import Any
 
 import numpy as np
 import orjson
+
+from inference.inputs import InferenceInput
 
 
 class InputError(ValueError):
@@ -82,29 +85,6 @@ def to_array(values: Any, what: str, booleans: bool = True) -> np.ndarray:
     return array.astype(np.float64)
 
 
-def conform(array: np.ndarray, input_shape: tuple[int, ...], what: str, input_range: tuple[float, float] | None = None) -> np.ndarray:
-    """``(N, ...)`` to ``(N, *input_shape)`` float32, accepting the input shape itself, a leading
-    channel of 1, or a flat vector of the right length; values must be finite, and inside
-    ``input_range`` (the model's declared [low, high]) when there is one."""
-    size = math.prod(input_shape)
-    allowed = {tuple(input_shape), (1, *input_shape), (size,)}
-    if array.ndim < 2 or tuple(array.shape[1:]) not in allowed:
-        shown = list(array.shape[1:]) if array.ndim >= 1 else []
-        raise InputError(
-            f"{what}: each instance must have shape {list(input_shape)}, [1, {', '.join(map(str, input_shape))}] "
-            f"or [{size}], got {shown}"
-        )
-    if not np.isfinite(array).all():
-        raise InputError(f"{what}: values must be finite numbers (found NaN or infinity)")
-    if input_range is not None and array.size:
-        low, high = input_range
-        smallest, largest = float(array.min()), float(array.max())
-        if smallest < low or largest > high:
-            found = smallest if smallest < low else largest
-            raise InputError(f"{what}: values must lie in the model's input range [{low:g}, {high:g}]; found {found:.6g}")
-    return array.reshape(len(array), *input_shape).astype(np.float32)
-
-
 def check_count(count: int, limit: int) -> None:
     if count == 0:
         raise InputError("no instances in the request")
@@ -114,15 +94,15 @@ def check_count(count: int, limit: int) -> None:
 
 def decode_v1(
     body: Any, input_shape: tuple[int, ...], limit: int, input_range: tuple[float, float] | None = None, booleans: bool = True
-) -> np.ndarray:
-    """``{"instances": [x, ...]}`` to ``(N, *input_shape)`` float32; ``booleans`` as in ``to_array``."""
+) -> InferenceInput:
+    """``{"instances": [x, ...]}`` to the model's input (``InferenceInput.checked``); ``booleans`` as in ``to_array``."""
     if not isinstance(body, dict) or "instances" not in body:
         raise InputError('request body must be a JSON object {"instances": [...]}')
     instances = body["instances"]
     if not isinstance(instances, list):
         raise InputError('"instances" must be a list of inputs')
     check_count(len(instances), limit)
-    return conform(to_array(instances, "instances", booleans), input_shape, "instances", input_range)
+    return InferenceInput.checked(to_array(instances, "instances", booleans), input_shape, input_range, "instances")
 
 
 def optional_flag(value: Any, what: str) -> bool:
@@ -150,8 +130,8 @@ def split_binary_request(body: bytes, header_length: str) -> tuple[Any, bytes]:
 def decode_v2_tensor(
     tensor: dict, input_shape: tuple[int, ...], limit: int, binary: bytes = b"", input_range: tuple[float, float] | None = None,
     booleans: bool = True,
-) -> np.ndarray:
-    """An Open Inference Protocol input tensor to ``(N, *input_shape)``: ``{name, shape, datatype,
+) -> InferenceInput:
+    """An Open Inference Protocol input tensor to the model's input: ``{name, shape, datatype,
     data}`` with JSON data, or with ``parameters.binary_data_size`` and the raw little-endian bytes
     in ``binary`` (the binary tensor extension); ``booleans`` as in ``to_array``."""
     datatype = str(tensor.get("datatype", "")).upper()
@@ -176,4 +156,4 @@ def decode_v2_tensor(
         data = to_array(tensor.get("data"), "input data", booleans)
     if data.size != math.prod(shape):
         raise InputError(f"input data holds {data.size} values, shape {shape} needs {math.prod(shape)}")
-    return conform(data.reshape(shape), input_shape, "input", input_range)
+    return InferenceInput.checked(data.reshape(shape), input_shape, input_range, "input")

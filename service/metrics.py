@@ -10,6 +10,7 @@ import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 
+from inference.prediction import Prediction
 from models.manifest import GateSection
 from service.drift import TESTS, DriftMonitor
 
@@ -109,10 +110,10 @@ class ModelMetrics:
         for collector in self.collectors:
             yield from collector.collect()
 
-    def observe_predictions(self, result: dict[str, np.ndarray], seconds: float, queue_seconds: list[float]) -> None:
+    def observe_predictions(self, prediction: Prediction, seconds: float, queue_seconds: list[float]) -> None:
         """After one forward pass: its time, size, the gate's decisions, log p(x), and how long each
         of its requests waited in the queue."""
-        log_px, accepted = result["log_px"], result["accepted"]
+        log_px, accepted = prediction.log_px, prediction.accepted
         self.statistics.add(len(log_px), len(queue_seconds), seconds, sum(queue_seconds))
         self.inference_seconds.labels(**self.labels).observe(seconds)
         for waited in queue_seconds:
@@ -120,7 +121,7 @@ class ModelMetrics:
         self.batch_size.labels(**self.labels).observe(len(log_px))
         self.instances.labels(**self.labels).inc(len(log_px))
         if not accepted.all():
-            reasons, counts = np.unique(result["rejected_by"][~accepted].astype(str), return_counts=True)
+            reasons, counts = np.unique(prediction.rejected_by[~accepted].astype(str), return_counts=True)
             for reason, count in zip(reasons, counts):
                 self.rejected.labels(reason=reason, **self.labels).inc(int(count))
         histogram = self.log_px.labels(**self.labels)

@@ -16,11 +16,11 @@ import logging
 from concurrent.futures import Executor
 from dataclasses import dataclass
 
+from inference.runtime import ModelRuntime
 from models.checkpoint import CheckpointError
 from models.device import DeviceUnavailable
 from service.inputs import InputError
 from service.repository import ModelSource, VersionFolder, parse_policies
-from service.runtime import ModelRuntime
 from service.serving import READY, UNAVAILABLE, ServedVersion
 from service.settings import ServiceSettings
 

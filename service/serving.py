@@ -9,15 +9,17 @@ import time
 from concurrent.futures import Executor
 from contextlib import contextmanager
 
-import numpy as np
 import torch
 from starlette.requests import Request
 
+from inference.inputs import InferenceInput
+from inference.prediction import Prediction
+from inference.runtime import ModelRuntime
 from service.batching import DynamicBatcher
 from service.drift import DriftMonitor
+from service.encoding import output_table
 from service.inputs import InputError
 from service.metrics import ModelMetrics
-from service.runtime import ModelRuntime
 from service.settings import ServiceSettings
 
 log = logging.getLogger(__name__)
@@ -34,6 +36,8 @@ class ServedVersion:
         self.runtime, self.settings, self.executor = runtime, settings, executor
         self.name, self.version = runtime.name, runtime.version
         self.digest = digest or runtime.manifest.digest
+        classes = len(runtime.manifest.classes) if runtime.task == "classification" else None
+        self.outputs = output_table(runtime.task, classes, runtime.gate_scores)  # the v2 output tensors
         gate = runtime.gate
         self.drift = DriftMonitor(gate.calibration["log_px"], gate.alpha, settings.drift_window, settings.drift_threshold)
         self.metrics = ModelMetrics(self.name, self.version, runtime.manifest.gate, self.drift)
@@ -98,14 +102,14 @@ class ServedVersion:
             if self.in_flight == 0:
                 self.idle.set()
 
-    async def predict(self, x: np.ndarray, request: Request | None = None) -> dict[str, np.ndarray]:
+    async def predict(self, inputs: InferenceInput, request: Request | None = None) -> Prediction:
         """Run the model in the inference thread (through the batcher when batching is on) and
         record the metrics. Past ``request_timeout_s`` a 504 ``InputError``; a client that
         disconnects (``request`` given) a 499, noticed from ``DISCONNECT_WATCH_AFTER_S`` on (most
         answers come sooner, and watching costs a task per request). Either way its queued work is
         dropped."""
         timeout = self.settings.request_timeout_s
-        work = self.batcher.submit(x) if self.batcher is not None else asyncio.ensure_future(self._predict_unbatched(x))
+        work = self.batcher.submit(inputs) if self.batcher is not None else asyncio.ensure_future(self._predict_unbatched(inputs))
         watched = {work}
         try:
             done = await _first_done(watched, min(timeout, DISCONNECT_WATCH_AFTER_S))
@@ -122,16 +126,16 @@ class ServedVersion:
             raise InputError("the client closed the connection before the answer", status=499)
         raise InputError(f"no answer within the request timeout of {timeout:g} s; retry later", status=504)
 
-    async def _predict_unbatched(self, x: np.ndarray) -> dict[str, np.ndarray]:
+    async def _predict_unbatched(self, inputs: InferenceInput) -> Prediction:
         started = time.perf_counter()
-        result = await asyncio.get_running_loop().run_in_executor(self.executor, self.runtime.predict, x)
-        self.observe(result, time.perf_counter() - started, [0.0])
-        return result
+        prediction = await asyncio.get_running_loop().run_in_executor(self.executor, self.runtime.predict, inputs)
+        self.observe(prediction, time.perf_counter() - started, [0.0])
+        return prediction
 
-    def observe(self, result: dict[str, np.ndarray], seconds: float, queue_seconds: list[float]) -> None:
+    def observe(self, prediction: Prediction, seconds: float, queue_seconds: list[float]) -> None:
         """After one forward pass: the metrics, and the drift monitor's window."""
-        self.metrics.observe_predictions(result, seconds, queue_seconds)
-        self.drift.add(result["log_px"], result["p_value"], result["accepted"])
+        self.metrics.observe_predictions(prediction, seconds, queue_seconds)
+        self.drift.add(prediction.log_px, prediction.p_value, prediction.accepted)
 
 
 async def _first_done(futures: set[asyncio.Future], timeout: float) -> set[asyncio.Future]:

@@ -138,7 +138,7 @@ def assert_ranks_agree(expected: np.ndarray, actual: np.ndarray, calibration_siz
 
 
 def assert_answers_agree(expected: dict[str, np.ndarray], actual: dict[str, np.ndarray], gate: Gate, tolerance: Tolerance = ROUNDING) -> None:
-    """Two answers for the same inputs, as ``ModelRuntime.predict`` names them (``log_px``,
+    """Two answers for the same inputs, as ``Prediction.columns`` names them (``log_px``,
     ``score_<name>``, ``p_value_<name>``, ``p_value``, ``accepted``, ``rejected_by``; with a
     categorical head ``label``, ``model_probabilities``, ``probabilities``), agree as far as
     rounding within ``tolerance`` lets them."""
@@ -180,7 +180,7 @@ def assert_answers_agree(expected: dict[str, np.ndarray], actual: dict[str, np.n
 
 
 def v1_answer(predictions: list[dict], gate: Gate) -> dict[str, np.ndarray]:
-    """v1 predictions in ``ModelRuntime.predict``'s names."""
+    """v1 predictions in ``Prediction.columns``' names."""
     def column(key):
         return np.array([prediction[key] for prediction in predictions])
 

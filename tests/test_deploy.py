@@ -119,7 +119,7 @@ def test_the_service_imports_nothing_of_the_training_extras():
         "        if name.split('.')[0] in blocked:\n"
         "            raise ImportError(f'{name} is not part of the serve extra')\n"
         "sys.meta_path.insert(0, Block())\n"
-        "import service.__main__, service.app, service.runtime\n"
+        "import service.__main__, service.app, inference.runtime\n"
         "service.app.create_app()\n"
         "print('ok')\n"
     )

@@ -18,7 +18,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from service.runtime import ModelRuntime
+from inference.inputs import InferenceInput
+from inference.runtime import ModelRuntime
 from tests.agreement import near_ties
 from training.cli import main as training_main
 from training.config import DataConfig
@@ -64,7 +65,7 @@ def test_two_gloo_processes_train_and_resume_like_one(tmp_path):
     assert json.loads((resumed_two / "manifest.json").read_text())["training"]["epochs_completed"] == 3
 
     x = load_dataset(DataConfig(name="digits")).x[:16]
-    served = {path: ModelRuntime.load(path, "cpu", "torch").predict(x) for path in (resumed_one, resumed_two)}
+    served = {path: ModelRuntime.load(path, "cpu", "torch").predict(InferenceInput(x)).columns() for path in (resumed_one, resumed_two)}
     np.testing.assert_allclose(served[resumed_two]["log_px"], served[resumed_one]["log_px"], atol=1e-3)
     # weights a rounding apart (one process against two) can swap only a near-tie of the head
     clear = ~near_ties(served[resumed_one]["model_probabilities"], 1e-4)

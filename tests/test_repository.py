@@ -11,9 +11,10 @@ import httpx
 import numpy as np
 import pytest
 
+from inference.inputs import InferenceInput
+from inference.runtime import ModelRuntime
 from service.app import create_app
 from service.repository import ModelSource, VersionPolicy, parse_policies
-from service.runtime import ModelRuntime
 from service.settings import ServiceSettings, SettingsProblem, parse_settings
 from tests.conftest import wait_until
 from training.cli import main as training_main
@@ -40,7 +41,7 @@ def digits() -> np.ndarray:
 @pytest.fixture(scope="module")
 def expected(trained, digits) -> dict[int, np.ndarray]:
     """log p(x) of the digits under each checkpoint, from the runtime called directly."""
-    return {seed: ModelRuntime.load(path, "cpu", "torch").predict(digits)["log_px"] for seed, path in trained.items()}
+    return {seed: ModelRuntime.load(path, "cpu", "torch").predict(InferenceInput(digits)).log_px for seed, path in trained.items()}
 
 
 def add_version(root: Path, name: str, version: int, checkpoint: Path) -> Path:
@@ -252,12 +253,12 @@ def test_a_request_resolved_before_the_switch_is_answered_by_the_old_version(tra
             add_version(root, "a", 2, trained[1])
             assert (await client.post("/v2/repository/models/a/load")).status_code == 200
             assert models.lookup("a").version == "2" and old in models.releasing
-            answer = await old.predict(digits)
+            answer = await old.predict(InferenceInput(digits))
         await asyncio.sleep(0.1)
         return answer, old
 
     answer, old = serve(settings_for(root), scenario)
-    np.testing.assert_allclose(answer["log_px"], expected[0], atol=1e-4)
+    np.testing.assert_allclose(answer.log_px, expected[0], atol=1e-4)
     assert old.state == "UNAVAILABLE"
 
 

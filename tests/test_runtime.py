@@ -1,23 +1,26 @@
-"""The service runtime, the response encoding and the trainer's gate calibration against direct
+"""The inference runtime and its typed prediction, the response encoding and the trainer's gate calibration against direct
 computations: eq. 10 outputs (the training label frequencies or target moments for rejected inputs)
 for classification and regression, units, the outlier convention, null for non-finite values, and
 the calibration split's size rules. No HTTP here: ``test_service.py`` covers the routes."""
 import math
 import os
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from inference.inputs import InferenceInput
+from inference.prediction import ClassOutputs, Prediction, RegressionOutputs
+from inference.runtime import ModelRuntime
 from models.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from models.config import FlowConfig, HeadConfig, ModelConfig, PreprocessingConfig
 from models.gate import GATE_FILE
 from models.hybrid import HybridModel
 from models.scores import forward_scores
 from service.encoding import instance_records, output_table, output_tensors, v2_output
-from service.runtime import ModelRuntime
 from tests.agreement import ROUNDING, Movement, assert_answers_agree
 from training.calibration import differs_only_in_gate, fit_gate, recalibrate, refit_gate, score_names, subsample
 from training.cli import main as training_main
@@ -59,7 +62,7 @@ def test_classification_predict_is_the_gate_and_eq_10_with_the_training_label_fr
     np.testing.assert_allclose(runtime.manifest.label_prior, counts / counts.sum(), rtol=1e-6)
     blank, noise, beyond = np.zeros((1, 8, 8)), np.random.default_rng(0).integers(0, 17, (1, 8, 8)), np.full((1, 8, 8), 17.0)
     x = np.concatenate([splits.test.x[:6], blank, noise, beyond]).astype(np.float32)
-    result = runtime.predict(x)
+    result = runtime.predict(InferenceInput(x)).columns()
     with torch.no_grad():
         scores = {k: v.numpy() for k, v in forward_scores(runtime.model, torch.from_numpy(x), runtime.gate.fitted).items()}
     decision = runtime.gate.decide(scores)
@@ -79,7 +82,7 @@ def test_classification_predict_is_the_gate_and_eq_10_with_the_training_label_fr
     for name in runtime.gate.tails:
         np.testing.assert_allclose(result[f"score_{name}"], scores[name], rtol=1e-5)
         np.testing.assert_array_equal(result[f"p_value_{name}"], decision.p_values[name])
-    assert set(result) == {spec.name for spec in runtime.outputs} - {"is_outlier", "threshold"}
+    assert set(result) == {spec.name for spec in output_table("classification", 10, runtime.gate_scores)} - {"is_outlier", "threshold"}
 
 
 def test_runtime_describes_its_checkpoint_and_backend(tiny, runtime):
@@ -87,9 +90,8 @@ def test_runtime_describes_its_checkpoint_and_backend(tiny, runtime):
     assert (runtime.name, runtime.version, runtime.task) == (manifest.name, manifest.version, "classification")
     assert runtime.input_shape == (8, 8) and runtime.dims == 64 and runtime.gate_scores == list(runtime.gate.tails)
     assert runtime.backend.name == "torch" and runtime.platform == "pytorch_torch"
-    assert runtime.outputs == output_table("classification", 10, runtime.gate_scores)
     assert runtime.input_range == (0.0, 16.0)
-    midrange = runtime.midrange_inputs(3)
+    midrange = runtime.midrange_inputs(3).x
     assert midrange.shape == (3, 8, 8) and midrange.dtype == np.float32 and (midrange == 8.0).all()
     assert 0 < runtime.warm_up(2) < 60
     onnx = ModelRuntime.load(tiny, "cpu", "onnx", threads=3)
@@ -107,10 +109,10 @@ def test_answers_agree_across_batch_sizes_up_to_rounding_and_no_further(runtime)
     says; a p-value, score, decision, label or reason changed beyond rounding does not."""
     digits = load_dataset(ExperimentConfig.model_validate(runtime.manifest.training.config).data).x
     x = np.concatenate([digits, np.random.default_rng(0).integers(0, 17, (8, 8, 8)).astype(np.float32)])  # noise: clear rejections
-    whole = runtime.predict(x)
+    whole = runtime.predict(InferenceInput(x)).columns()
     for size in (1, 7):
-        parts = [runtime.predict(x[start : start + size]) for start in range(0, len(x), size)]
-        assert_answers_agree(whole, {key: np.concatenate([part[key] for part in parts]) for key in whole}, runtime.gate)
+        parts = [runtime.predict(InferenceInput(x[start : start + size])) for start in range(0, len(x), size)]
+        assert_answers_agree(whole, Prediction.concatenate(parts).columns(), runtime.gate)
     clear = ~Movement.of(whole, runtime.gate, ROUNDING).anything  # rows whose answers rounding cannot move
     row = int(np.flatnonzero(clear & (whole["p_value"] > 0.3) & (whole["p_value"] < 0.9))[0])
     rejected = int(np.flatnonzero(clear & ~whole["accepted"])[0])
@@ -135,7 +137,7 @@ def test_answers_agree_across_batch_sizes_up_to_rounding_and_no_further(runtime)
 def test_load_sets_threads_on_the_device_and_logs_what_it_loaded(tiny, caplog):
     threads = torch.get_num_threads()
     try:
-        with caplog.at_level("INFO", logger="service.runtime"):
+        with caplog.at_level("INFO", logger="inference.runtime"):
             runtime = ModelRuntime.load(tiny, "cpu", "torch", threads=3)
         assert torch.get_num_threads() == 3
     finally:
@@ -181,7 +183,7 @@ def test_regression_predict_falls_back_to_the_target_moments_when_rejected(tmp_p
     save_checkpoint(tmp_path / "sums", model, manifest, extra_files={GATE_FILE: tmp_path / GATE_FILE})
     runtime = ModelRuntime.load(tmp_path / "sums", "cpu")
     x = np.concatenate([splits.test.x[:5], np.full((2, 3), 40.0, dtype=np.float32)])
-    result = runtime.predict(x)
+    result = runtime.predict(InferenceInput(x)).columns()
     accepted = result["accepted"]
     assert accepted[:5].sum() >= 3 and not accepted[5:].any()
     with torch.no_grad():
@@ -192,8 +194,8 @@ def test_regression_predict_falls_back_to_the_target_moments_when_rejected(tmp_p
     np.testing.assert_array_equal(result["mean"][~accepted], 5.0)
     np.testing.assert_array_equal(result["variance"][~accepted], 9.0)
     np.testing.assert_allclose(result["variance"][accepted], head["variance"].numpy()[accepted], rtol=1e-5)
-    assert "label" not in result and [s.name for s in runtime.outputs][:4] == ["mean", "variance", "model_mean", "model_variance"]
-    assert runtime.midrange_inputs(1).tolist() == [[0.5, 0.5, 0.5]]  # no levels: the middle of [0, 1]
+    assert "label" not in result and [s.name for s in output_table("regression", None, runtime.gate_scores)][:4] == ["mean", "variance", "model_mean", "model_variance"]
+    assert runtime.midrange_inputs(1).x.tolist() == [[0.5, 0.5, 0.5]]  # no levels: the middle of [0, 1]
 
 
 def test_the_weighted_combination_needs_images_to_draw_its_outliers_from():
@@ -281,17 +283,29 @@ def test_recalibrate_changes_only_the_gate(tiny, tmp_path):
     assert set(after.manifest.metrics) == {"train", "validation", "calibration", "test"}
 
 
-def encoded_result() -> dict[str, np.ndarray]:
-    return {
-        "label": np.array([3, 1]), "probabilities": np.array([[0.2, 0.8], [0.5, 0.5]]), "model_probabilities": np.array([[0.2, 0.8], [0.9, 0.1]]),
-        "log_px": np.array([-10.0, -np.inf]), "bits_per_dim": np.array([1.5, np.inf]), "accepted": np.array([True, False]),
-        "p_value": np.array([0.4, 0.001]), "rejected_by": np.array([None, "support"], dtype=object), "instance_score": np.array([0.4, np.inf]),
-        "score_log_px": np.array([-10.0, -np.inf]), "p_value_log_px": np.array([0.4, 0.001]),
-    }
+def encoded_result() -> Prediction:
+    return Prediction(
+        head=ClassOutputs(np.array([3, 1]), np.array([[0.2, 0.8], [0.5, 0.5]]), np.array([[0.2, 0.8], [0.9, 0.1]])),
+        log_px=np.array([-10.0, -np.inf]), bits_per_dim=np.array([1.5, np.inf]), accepted=np.array([True, False]),
+        p_value=np.array([0.4, 0.001]), rejected_by=np.array([None, "support"], dtype=object), instance_score=np.array([0.4, np.inf]),
+        scores={"log_px": np.array([-10.0, -np.inf])}, p_values={"log_px": np.array([0.4, 0.001])},
+    )
+
+
+def test_a_prediction_splits_into_parts_that_concatenate_back():
+    whole = replace(encoded_result(), scores={"log_px": np.array([-10.0, -np.inf]), "other": np.array([1.0, 2.0])})
+    first, second = whole.split([1, 1])
+    assert len(first) == len(second) == 1 and first.head.label.tolist() == [3] and second.scores["other"].tolist() == [2.0]
+    assert second.head.probabilities.tolist() == [[0.5, 0.5]] and second.rejected_by.tolist() == ["support"]
+    again = Prediction.concatenate([first, second]).columns()
+    assert list(again) == list(whole.columns())
+    for name, values in whole.columns().items():
+        np.testing.assert_array_equal(again[name], values)
+    assert [len(part) for part in whole.split([0, 2])] == [0, 2]
 
 
 def test_v1_records_turn_non_finite_values_into_null_and_follow_the_outlier_convention():
-    first, second = instance_records(encoded_result(), ["log_px"], 2.0)
+    first, second = instance_records(encoded_result(), 2.0)
     assert first == {
         "label": 3, "probabilities": [0.2, 0.8], "model_probabilities": [0.2, 0.8], "log_px": -10.0, "bits_per_dim": 1.5, "accepted": True,
         "p_value": 0.4, "rejected_by": None, "scores": {"log_px": -10.0}, "p_values": {"log_px": 0.4},
@@ -299,9 +313,8 @@ def test_v1_records_turn_non_finite_values_into_null_and_follow_the_outlier_conv
     }
     assert second["log_px"] is None and second["bits_per_dim"] is None and second["scores"] == {"log_px": None}
     assert second["outlier"] == {"is_outlier": True, "instance_score": None, "threshold": 2.0} and second["rejected_by"] == "support"
-    regression = {k: v for k, v in encoded_result().items() if k not in ("label", "probabilities", "model_probabilities")}
-    regression |= {"mean": np.array([1.0, 5.0]), "variance": np.array([0.1, 9.0]), "model_mean": np.array([1.0, 2.0]), "model_variance": np.array([0.1, 0.2])}
-    records = instance_records(regression, ["log_px"], 2.0)
+    regression = replace(encoded_result(), head=RegressionOutputs(np.array([1.0, 5.0]), np.array([0.1, 9.0]), np.array([1.0, 2.0]), np.array([0.1, 0.2])))
+    records = instance_records(regression, 2.0)
     assert [(r["mean"], r["variance"], r["model_mean"], r["model_variance"]) for r in records] == [(1.0, 0.1, 1.0, 0.1), (5.0, 9.0, 2.0, 0.2)]
 
 

@@ -7,7 +7,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from service.runtime import ModelRuntime
+from inference.inputs import InferenceInput
+from inference.runtime import ModelRuntime
 from tests.agreement import assert_answers_agree, held_out_digits
 from training.cli import main as training_main
 
@@ -58,7 +59,7 @@ def test_every_input_kind_gets_the_service_answers(checkpoint, inputs, tmp_path)
     table = score(checkpoint, str(folder / "digits.*"), tmp_path / "out", "--engine", "local", "--batch-size", "16")
     assert len(table) == 120 and sorted(table["source"].map(lambda s: Path(s).suffix).unique()) == [".csv", ".npz", ".parquet"]
     runtime = ModelRuntime.load(checkpoint, "cpu", "torch")
-    expected = runtime.predict(x)
+    expected = runtime.predict(InferenceInput(x)).columns()
     for suffix in (".csv", ".npz", ".parquet"):
         part = table[table["source"].str.endswith(suffix)]
         order = np.argsort(part["row"].to_numpy()) if suffix == ".npz" else np.argsort(part["id"].str[1:].astype(int).to_numpy())
@@ -105,3 +106,28 @@ def test_bad_inputs_are_one_line_errors_and_leave_no_output(checkpoint, inputs, 
     existing.mkdir()
     assert training_main(["score", "--checkpoint", str(checkpoint), "--input", str(folder / "digits.npz"), "--output", str(existing), "--engine", "local"]) == 2
     assert "never overwrites" in capsys.readouterr().err
+
+
+def test_scoring_needs_nothing_of_the_web_service(checkpoint, inputs, tmp_path):
+    """The score extra is enough: a process where the service and its web stack cannot be imported
+    still scores a file with the local engine."""
+    import subprocess
+    import sys
+
+    blocked = ["service", "fastapi", "starlette", "uvicorn", "orjson", "prometheus_client", "pydantic_settings"]
+    script = (
+        "import sys\n"
+        f"blocked = {blocked!r}\n"
+        "class Block:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] in blocked:\n"
+        "            raise ImportError(f'{name} is not part of the score extra')\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "from training.cli import main\n"
+        f"sys.exit(main(['score', '--checkpoint', {str(checkpoint)!r}, '--input', {str(inputs[0] / 'digits.npz')!r}, "
+        f"'--output', {str(tmp_path / 'out')!r}, '--engine', 'local', '--quiet']))\n"
+    )
+    root = Path(__file__).resolve().parents[1]
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=root, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert len(pd.read_parquet(tmp_path / "out")) == 40

@@ -13,12 +13,13 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 
+from inference.inputs import InferenceInput
+from inference.runtime import ModelRuntime
 from models.checkpoint import CheckpointError, load_checkpoint, read_manifest
 from models.config import FlowConfig, HeadConfig, ModelConfig, PreprocessingConfig
 from models.hybrid import HybridModel
 from service.app import create_app
 from service.batching import DynamicBatcher, QueueFull
-from service.runtime import ModelRuntime
 from service.settings import ServiceSettings
 from tests.agreement import BACKENDS, assert_answers_agree, held_out_digits, v1_answer
 from tests.conftest import wait_ready, wait_until
@@ -55,7 +56,7 @@ def test_onnx_and_torch_backends_agree_on_real_and_random_inputs(exported, digit
     random = np.random.default_rng(1).integers(0, 17, size=(40, 8, 8)).astype(np.float32)
     blank = np.zeros((3, 8, 8), dtype=np.float32)
     for x in (digits, random, digits[:1], blank):
-        ours, theirs = torch_runtime.predict(x), onnx_runtime.predict(x)
+        ours, theirs = torch_runtime.predict(InferenceInput(x)).columns(), onnx_runtime.predict(InferenceInput(x)).columns()
         assert set(ours) == set(theirs)
         # every gate score and its p-value come from the ONNX graph too, within the export's parity
         assert_answers_agree(ours, theirs, torch_runtime.gate, BACKENDS)
@@ -92,12 +93,12 @@ def test_onnx_backend_without_an_export_is_a_clear_error(tmp_path, exported):
 
 
 def before_predict(runtime: ModelRuntime, hook) -> None:
-    """Make ``runtime.predict(x)`` call ``hook(x)`` first (in the inference thread): to hold or slow it."""
+    """Make ``runtime.predict(inputs)`` call ``hook(inputs)`` first (in the inference thread): to hold or slow it."""
     original = runtime.predict
 
-    def predict(x):
-        hook(x)
-        return original(x)
+    def predict(inputs):
+        hook(inputs)
+        return original(inputs)
 
     runtime.predict = predict
 
@@ -119,7 +120,7 @@ def run_app(settings: ServiceSettings, runtime: ModelRuntime, requests):
 def test_batched_requests_get_their_own_results_in_order(exported, digits, backend):
     settings = ServiceSettings(model_dir=exported, device="cpu", max_batch_size=16, max_delay_ms=2.0, backend=backend)
     runtime = ModelRuntime.load(exported, "cpu", backend)
-    expected = runtime.predict(digits)
+    expected = runtime.predict(InferenceInput(digits)).columns()
 
     async def requests(client):
         single = [client.post("/v1/models/tiny:predict", json={"instances": [digits[i].tolist()]}) for i in range(len(digits))]
@@ -165,20 +166,20 @@ def test_batcher_refuses_past_its_queue_limit():
         started = threading.Event()
         release = threading.Event()
 
-        def run_batch(x):
+        def run_batch(inputs):
             started.set()
             release.wait(5)
-            return {"value": x.sum(axis=1)}
+            return {"value": inputs.x.sum(axis=1)}
 
         with ThreadPoolExecutor(1) as executor:
             batcher = DynamicBatcher(run_batch, executor, max_batch_size=4, max_delay_s=0, max_queue=3)
             batcher.start()
-            first = asyncio.ensure_future(batcher.submit(np.ones((2, 2))))
+            first = asyncio.ensure_future(batcher.submit(InferenceInput(np.ones((2, 2)))))
             await wait_until(started.is_set, "the first batch to start")
-            second = asyncio.ensure_future(batcher.submit(np.full((3, 2), 2.0)))
+            second = asyncio.ensure_future(batcher.submit(InferenceInput(np.full((3, 2), 2.0))))
             await asyncio.sleep(0.01)
             with pytest.raises(QueueFull):
-                await batcher.submit(np.ones((1, 2)))
+                await batcher.submit(InferenceInput(np.ones((1, 2))))
             release.set()
             results = await asyncio.gather(first, second)
             await batcher.stop()
@@ -228,7 +229,7 @@ def test_batcher_refuses_when_the_expected_wait_is_past_the_deadline():
             batcher.queued_instances = 3
             assert batcher.expected_wait() == pytest.approx(0.6)
             with pytest.raises(QueueFull, match="expected wait of 0.6 s is over the 0.5 s deadline"):
-                await batcher.submit(np.ones((1, 2)))
+                await batcher.submit(InferenceInput(np.ones((1, 2))))
 
     asyncio.run(go())
 

@@ -264,7 +264,7 @@ def test_sign_cli_and_a_service_that_requires_the_signature(tiny_checkpoint, tmp
     import shutil
 
     from models.checkpoint import CheckpointError
-    from service.runtime import ModelRuntime
+    from inference.runtime import ModelRuntime
     from service.settings import ServiceSettings
 
     copy = tmp_path / "tiny"

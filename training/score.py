@@ -1,9 +1,9 @@
 """Offline batch scoring: every row of IDX / NPZ / CSV / Parquet files through a checkpoint, each
 row's prediction, log p(x), gate scores and decision written to Parquet.
 
-The model math is the service's (``service.runtime.ModelRuntime``: torch or ONNX Runtime, the
-gate's decision and eq. 10's gated probabilities included), so a file scored here gets exactly the
-answers the service would give. Two engines:
+The model math is the service's (``inference.runtime.ModelRuntime``: torch or ONNX Runtime, the
+gate's decision and eq. 10's gated probabilities included), so a file scored here gets the answers
+the service would give. Two engines:
 
 - ``ray`` (the default): Ray Data. CSV and Parquet are read by Ray's readers (in parallel, lazily);
   IDX and NPZ by ``training.data.files`` in the driver. ``map_batches`` runs a pool of actors, each
@@ -41,6 +41,8 @@ import pyarrow.csv
 import pyarrow.parquet
 from tqdm.auto import tqdm
 
+from inference.inputs import InferenceInput
+from inference.runtime import ModelRuntime
 from models.checkpoint import read_manifest
 from training.data.files import read_images
 from training.data.registry import DataError
@@ -141,8 +143,6 @@ class Scorer:
     """Loads the checkpoint once (one per Ray actor), then scores canonical batches (``canonical``)."""
 
     def __init__(self, checkpoint: str, backend: str = "auto", threads: int | None = None):
-        from service.runtime import ModelRuntime
-
         self.runtime = ModelRuntime.load(checkpoint, "cpu", backend, threads)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -150,9 +150,9 @@ class Scorer:
         x = batch["x"]
         if x.shape[1] != int(np.prod(shape)):
             raise DataError(f"input rows hold {x.shape[1]} values; the model takes {int(np.prod(shape))} (shape {list(shape)})")
-        result = self.runtime.predict(np.ascontiguousarray(x).reshape(len(x), *shape))
+        prediction = self.runtime.predict(InferenceInput(np.ascontiguousarray(x).reshape(len(x), *shape)))
         columns = {name: batch[name] for name in ("source", "row", *CARRIED)}
-        for name, values in result.items():
+        for name, values in prediction.columns().items():
             name = "prediction" if name == "label" else name
             if values.ndim == 2:  # per-class probabilities: one column each
                 columns.update({f"{PER_CLASS[name]}_{k}": values[:, k] for k in range(values.shape[1])})

@@ -11,6 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException
 
+from inference.inputs import InvalidInput
 from service.batching import QueueFull
 from service.inputs import InputError
 from service.schemas import ErrorResponse
@@ -79,12 +80,14 @@ class JSONBody(Response):
 
 def error_response(error: Exception, path: str) -> JSONBody:
     """The answer to an error raised while handling a request: ``{"error": message}`` with the
-    status of an ``InputError`` or ``HTTPException`` (and its headers, e.g. Allow on a 405), 503 with
-    Retry-After when a queue is full, 422 naming the first invalid field, and otherwise a 500 whose
-    cause goes to the log only."""
+    status of an ``InputError`` or ``HTTPException`` (and its headers, e.g. Allow on a 405), 400 for
+    an ``InvalidInput``, 503 with Retry-After when a queue is full, 422 naming the first invalid
+    field, and otherwise a 500 whose cause goes to the log only."""
     headers = {}
     if isinstance(error, InputError):
         status, message = error.status, str(error)
+    elif isinstance(error, InvalidInput):
+        status, message = 400, str(error)
     elif isinstance(error, QueueFull):
         status, message, headers = 503, str(error), {"Retry-After": "1"}
     elif isinstance(error, HTTPException):

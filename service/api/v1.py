@@ -20,17 +20,17 @@ async def predict(name: str, request: Request) -> JSONBody:
         runtime = served.runtime
         raw = await read_body(request)
         body = parse_json(raw)
-        x = decode_v1(body, runtime.input_shape, service_state(request).settings.max_instances, runtime.input_range, may_hold_booleans(raw))
+        inputs = decode_v1(body, runtime.input_shape, service_state(request).settings.max_instances, runtime.input_range, may_hold_booleans(raw))
         batch_test = optional_flag(body.get("batch_test"), '"batch_test"')
-        result = await served.predict(x, request)
+        prediction = await served.predict(inputs, request)
     response = {
-        "predictions": instance_records(result, runtime.gate_scores, runtime.gate.outlier_threshold),
+        "predictions": instance_records(prediction, runtime.gate.outlier_threshold),
         "model_name": runtime.name,
         "model_version": runtime.version,
     }
     if batch_test:
-        p_value, is_outlier = runtime.gate.batch_test(result["log_px"])
-        response["batch"] = {"is_outlier": is_outlier, "p_value": p_value, "size": len(x)}
+        p_value, is_outlier = runtime.gate.batch_test(prediction.log_px)
+        response["batch"] = {"is_outlier": is_outlier, "p_value": p_value, "size": len(inputs)}
     return JSONBody(response)
 
 

@@ -56,7 +56,7 @@ async def model_metadata(name: str, request: Request, version: str | None = None
         "digest": manifest.digest,
         "platform": runtime.platform,
         "inputs": [{"name": INPUT_NAME, "datatype": "FP32", "shape": [-1, *runtime.input_shape]}],
-        "outputs": [{"name": spec.name, "datatype": spec.datatype, "shape": list(spec.shape)} for spec in runtime.outputs],
+        "outputs": [{"name": spec.name, "datatype": spec.datatype, "shape": list(spec.shape)} for spec in served.outputs],
         "task": runtime.task,
         "classes": manifest.classes,
         "input_range": manifest.input_range,
@@ -76,13 +76,14 @@ TRITON_TYPES = {"FP32": "TYPE_FP32", "FP64": "TYPE_FP64", "INT64": "TYPE_INT64",
 async def model_config(name: str, request: Request, version: str | None = None) -> dict:
     """The model's configuration in Triton's layout (what tritonclient's get_model_config reads)."""
     state = service_state(request)
-    runtime = lookup(request, name, version).runtime
+    served = lookup(request, name, version)
+    runtime = served.runtime
     config = {
         "name": runtime.name,
         "platform": runtime.platform,
         "max_batch_size": state.settings.max_instances,
         "input": [{"name": INPUT_NAME, "data_type": "TYPE_FP32", "dims": list(runtime.input_shape)}],
-        "output": [{"name": spec.name, "data_type": TRITON_TYPES[spec.datatype], "dims": list(spec.shape[1:]) or [1]} for spec in runtime.outputs],
+        "output": [{"name": spec.name, "data_type": TRITON_TYPES[spec.datatype], "dims": list(spec.shape[1:]) or [1]} for spec in served.outputs],
     }
     if state.settings.batching:
         config["dynamic_batching"] = {"max_queue_delay_microseconds": int(state.settings.max_delay_ms * 1000)}
@@ -152,16 +153,16 @@ async def _infer(served, request: Request) -> Response:
     tensor = body["inputs"][0]
     if tensor.get("name") != INPUT_NAME:
         raise InputError(f"unknown input {tensor.get('name')!r}; the model's input is named {INPUT_NAME!r}")
-    x = decode_v2_tensor(tensor, runtime.input_shape, state.settings.max_instances, binary, runtime.input_range, booleans)
+    inputs = decode_v2_tensor(tensor, runtime.input_shape, state.settings.max_instances, binary, runtime.input_range, booleans)
     parameters = body.get("parameters")
     if parameters is not None and not isinstance(parameters, dict):
         raise InputError('"parameters" must be an object')
     batch_test = optional_flag((parameters or {}).get("batch_test"), 'parameters "batch_test"')
     all_binary = optional_flag((parameters or {}).get("binary_data_output"), 'parameters "binary_data_output"')
-    specs = {spec.name: spec for spec in runtime.outputs}
+    specs = {spec.name: spec for spec in served.outputs}
     requested = _requested_outputs(body.get("outputs"), list(specs), all_binary)
-    result = await served.predict(x, request)
-    tensors = output_tensors(result, runtime.gate.outlier_threshold)
+    prediction = await served.predict(inputs, request)
+    tensors = output_tensors(prediction, runtime.gate.outlier_threshold)
     outputs, chunks = [], []
     for name, binary in requested:
         if binary:
@@ -174,7 +175,7 @@ async def _infer(served, request: Request) -> Response:
     if body.get("id") is not None:
         response["id"] = str(body["id"])
     if batch_test:
-        p_value, is_outlier = runtime.gate.batch_test(result["log_px"])
+        p_value, is_outlier = runtime.gate.batch_test(prediction.log_px)
         response["parameters"] = {"batch_p_value": p_value, "batch_is_outlier": is_outlier}
     if not chunks:
         return JSONBody(response)

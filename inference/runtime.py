@@ -1,6 +1,7 @@
-"""The model runtime: a verified checkpoint on a device behind a backend (``service.backends``), and
-``predict`` that returns every per-instance field of a prediction as arrays, the gate's decision
-included (``models.gate.Gate.decide``)."""
+"""The model runtime: a verified checkpoint on a device behind a backend (``inference.backends``), and
+``predict``, the model's whole answer for a batch (``inference.prediction.Prediction``): the head,
+log p(x), the gate's decision and evidence (``models.gate.Gate.decide``), and eq. 10's gated
+outputs."""
 from __future__ import annotations
 
 import logging
@@ -12,8 +13,9 @@ import torch
 from models.checkpoint import CheckpointError, LoadedCheckpoint, load_checkpoint
 from models.device import resolve_device
 from models.gate import bits_per_dim, gated_probabilities, gated_regression
-from service.backends import OnnxBackend, TorchBackend, fastest
-from service.encoding import output_table
+from inference.backends import OnnxBackend, TorchBackend, fastest
+from inference.inputs import InferenceInput
+from inference.prediction import ClassOutputs, Prediction, RegressionOutputs
 
 log = logging.getLogger(__name__)
 
@@ -37,8 +39,6 @@ class ModelRuntime:
         self.input_range: tuple[float, float] | None = tuple(self.manifest.input_range) if self.manifest.input_range else None
         self.gate = checkpoint.gate
         self.gate_scores = list(self.gate.tails)
-        classes = len(self.manifest.classes) if self.task == "classification" else None
-        self.outputs = output_table(self.task, classes, self.gate_scores)
         self.backend = self._build_backend(backend, checkpoint, threads)
 
     def _build_backend(self, kind: str, checkpoint: LoadedCheckpoint, threads: int | None):
@@ -56,7 +56,7 @@ class ModelRuntime:
                 candidates.append(OnnxBackend(checkpoint.path / onnx.file, self.device, threads))
         if len(candidates) == 1:
             return candidates[0]
-        return fastest(candidates, [self.midrange_inputs(1), self.midrange_inputs(32)])
+        return fastest(candidates, [self.midrange_inputs(1).x, self.midrange_inputs(32).x])
 
     @property
     def platform(self) -> str:
@@ -71,46 +71,33 @@ class ModelRuntime:
         """Load and verify a checkpoint (``CheckpointError`` on any problem; with ``signing_key``
         also its signature) and start ``backend`` (``torch``, ``onnx`` or ``auto``: the faster on a
         warm-up measurement). ``threads``: CPU threads for model math (default per backend, see
-        ``service.backends``)."""
+        ``inference.backends``)."""
         resolved = resolve_device(device)
         runtime = cls(load_checkpoint(model_dir, resolved, signing_key), resolved, backend, threads, name, version)
         log.info("loaded %s version %s from %s: %s backend on %s", runtime.name, runtime.version, model_dir, runtime.backend.name, resolved)
         return runtime
 
-    def predict(self, x: np.ndarray) -> dict[str, np.ndarray]:
-        """Per-instance arrays: ``log_px`` (nats; -inf outside the support), ``bits_per_dim``, the
-        gate's ``accepted``, ``p_value`` (combined), ``rejected_by`` (None, a score name or
-        ``support``), ``instance_score`` (outlier convention, see ``models.gate.GateDecision``), and
-        per gate score ``score_<name>`` and ``p_value_<name>``; for classification ``label`` (the
-        head's argmax), ``probabilities`` (eq. 10: the label prior when rejected),
-        ``model_probabilities``; for regression ``mean``, ``variance`` (training target moments when
-        rejected), ``model_mean``, ``model_variance``."""
-        raw = self.backend.forward(x)
+    def predict(self, inputs: InferenceInput) -> Prediction:
+        """The model's answer for every instance, in order."""
+        raw = self.backend.forward(inputs.x)
         decision = self.gate.decide(raw)
         accepted = decision.accepted
-        result = {
-            "log_px": raw["log_px"],
-            "bits_per_dim": bits_per_dim(raw["log_px"], self.dims),
-            "accepted": accepted,
-            "p_value": decision.p_value,
-            "rejected_by": decision.rejected_by,
-            "instance_score": decision.instance_score,
-            **{f"score_{name}": raw[name] for name in self.gate.tails},
-            **{f"p_value_{name}": values for name, values in decision.p_values.items()},
-        }
         if self.task == "classification":
-            result["label"] = raw["probabilities"].argmax(axis=1)
-            result["model_probabilities"] = raw["probabilities"]
-            result["probabilities"] = gated_probabilities(raw["probabilities"], accepted, self.model.label_prior.cpu().numpy())
+            model = raw["probabilities"]
+            head = ClassOutputs(model.argmax(axis=1), gated_probabilities(model, accepted, self.model.label_prior.cpu().numpy()), model)
         else:
             mean, variance = gated_regression(raw["mean"], raw["variance"], accepted, self.model.target_moments.cpu().numpy())
-            result.update(model_mean=raw["mean"], model_variance=raw["variance"], mean=mean, variance=variance)
-        return result
+            head = RegressionOutputs(mean, variance, raw["mean"], raw["variance"])
+        return Prediction(
+            head=head, log_px=raw["log_px"], bits_per_dim=bits_per_dim(raw["log_px"], self.dims), accepted=accepted,
+            p_value=decision.p_value, rejected_by=decision.rejected_by, instance_score=decision.instance_score,
+            scores={name: raw[name] for name in self.gate.tails}, p_values=decision.p_values,
+        )
 
-    def midrange_inputs(self, batch: int) -> np.ndarray:
+    def midrange_inputs(self, batch: int) -> InferenceInput:
         """``batch`` inputs in the middle of the input range (warm-up and backend probes)."""
         levels = self.manifest.preprocessing.levels or 2
-        return np.full((batch, *self.input_shape), (levels - 1) / 2, dtype=np.float32)
+        return InferenceInput(np.full((batch, *self.input_shape), (levels - 1) / 2, dtype=np.float32))
 
     def warm_up(self, batch: int) -> float:
         """Run one batch of mid-range inputs; returns its seconds."""
