@@ -13,6 +13,7 @@ import torch
 from models.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from models.gate import CLASSIFIER_MIN_REFERENCE, GATE_FILE
 from models.hybrid import HybridModel
+from models.manifest import DataSummary, ManifestDraft
 from training.calibration import fit_gate
 from training.config import GateSettings, load_config
 from training.data.registry import Dataset, Split, Splits
@@ -56,12 +57,11 @@ def build_benchmark_checkpoint(out: Path, gate: GateSettings | None = None) -> P
     halves = [Split(part, labels[: len(part)]) for part in np.array_split(images, 2)]
     train = Split(random_images(TRAIN_ROWS, seed=3), labels)
     fitted = fit_gate(model, Splits(train=train, validation=halves[0], test=halves[1], calibration=halves[1]), gate or GateSettings())
-    manifest = {
-        "name": "mnist-bench", "task": "classification", "input_shape": [28, 28], "input_range": [0, 255],
-        "classes": dataset.classes, "preprocessing": model.config.preprocessing.model_dump(mode="json"),
-        "gate": fitted.summary.model_dump(mode="json"), "label_prior": model.label_prior.tolist(),
-        "data": {"name": "random", "description": "random digit-like images: weights for serving benchmarks only", "sizes": SIZES, "labeled_train": 0},
-    }
+    manifest = ManifestDraft(
+        name="mnist-bench", task="classification", input_shape=[28, 28], input_range=[0, 255], classes=dataset.classes,
+        preprocessing=model.config.preprocessing, gate=fitted.summary, label_prior=model.label_prior.tolist(),
+        data=DataSummary(name="random", description="random digit-like images: weights for serving benchmarks only", sizes=SIZES, labeled_train=0),
+    )
     gate_path = out.parent / f".{out.name}-{GATE_FILE}"
     out.parent.mkdir(parents=True, exist_ok=True)
     fitted.save(gate_path)

@@ -27,7 +27,7 @@ from safetensors.torch import load_file, save_file
 
 from models.gate import GATE_FILE, Gate
 from models.hybrid import HybridModel
-from models.manifest import FORMAT_VERSION, Manifest
+from models.manifest import FORMAT_VERSION, Manifest, ManifestDraft
 
 MANIFEST_FILE = "manifest.json"
 WEIGHTS_FILE = "weights.safetensors"
@@ -69,13 +69,13 @@ def _write_manifest(path: Path, manifest: Manifest) -> None:
 
 
 def save_checkpoint(
-    directory: str | Path, model: HybridModel, manifest: dict, extra_files: dict[str, Path] | None = None
+    directory: str | Path, model: HybridModel, manifest: ManifestDraft, extra_files: dict[str, Path] | None = None
 ) -> Manifest:
-    """Write model weights, ``extra_files`` (name -> source path, copied) and the manifest (the
-    fields of ``Manifest`` as a dict; validated before anything is replaced) into ``directory``,
-    replacing an existing checkpoint there only once the new one is complete. Fills in
-    ``format_version``, ``model``, ``files``, ``digest`` and ``version`` (any given are replaced; a
-    signature is dropped, as it no longer matches). Returns the manifest written."""
+    """Write model weights, ``extra_files`` (name -> source path, copied) and the manifest (sealed:
+    ``format_version``, ``model``, ``files``, ``digest`` and ``version`` added, and validated before
+    anything is replaced) into ``directory``, replacing an existing checkpoint there only once the
+    new one is complete. A signature is not carried over (it would no longer match). Returns the
+    manifest written."""
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
@@ -85,7 +85,7 @@ def save_checkpoint(
         for name, source in (extra_files or {}).items():
             shutil.copyfile(source, staging / name)
         files = {path.name: sha256_of(path) for path in sorted(staging.iterdir())}
-        fields = {key: value for key, value in manifest.items() if key not in UNSEALED_FIELDS}
+        fields = manifest.model_dump(mode="json", include=set(ManifestDraft.model_fields))  # a Manifest's seal is replaced
         fields.update(format_version=FORMAT_VERSION, model=model.config.model_dump(mode="json"), files=files)
         validated = Manifest.model_validate({**fields, "version": "", "digest": ""})
         digest = manifest_digest(validated.model_dump(mode="json"))  # as written, defaults filled in

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
+from typing_extensions import Self
+
 from pydantic import BaseModel, ConfigDict
 
 from models.config import ModelConfig, PreprocessingConfig
@@ -16,6 +18,10 @@ FORMAT_VERSION = 3  # 2: the conformal gate (gate.safetensors, gate.scores / alp
 
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    def revised(self, **changes: Any) -> Self:
+        """A copy with ``changes``, validated (pydantic's ``model_copy`` does not validate)."""
+        return self.model_validate({**dict(self), **changes})
 
 
 class LogPxSummary(Section):
@@ -110,22 +116,16 @@ class TrainingRecord(Section):
     optimizer: OptimizerRecord | None = None
 
 
-class Manifest(Section):
-    """``digest``: sha256 of the canonical JSON of every other field but ``version`` and
-    ``signature`` (file hashes included, so it covers the whole checkpoint); ``version`` is its first
-    12 hex digits; ``signature``: an optional HMAC-SHA256 of the digest (``python -m training sign``)."""
+class ManifestDraft(Section):
+    """What the writer of a checkpoint states; ``models.checkpoint.save_checkpoint`` seals it into a
+    ``Manifest`` (format version, model config, file hashes, digest and version)."""
 
-    format_version: int
     name: str
-    version: str
-    digest: str
-    signature: str | None = None
     task: Literal["classification", "regression"]
     input_shape: list[int]
     input_range: list[float] | None = None
     classes: list[str] | None = None
     preprocessing: PreprocessingConfig
-    model: ModelConfig
     gate: GateSection
     label_prior: list[float] | None = None
     target_moments: list[float] | None = None
@@ -133,5 +133,22 @@ class Manifest(Section):
     data: DataSummary | None = None
     training: TrainingRecord = TrainingRecord()
     created: str | None = None
-    files: dict[str, str]
     onnx: OnnxSection | None = None
+
+
+class Manifest(ManifestDraft):
+    """A sealed draft. ``digest``: sha256 of the canonical JSON of every other field but ``version``
+    and ``signature`` (file hashes included, so it covers the whole checkpoint); ``version`` is its
+    first 12 hex digits; ``signature``: an optional HMAC-SHA256 of the digest (``python -m training
+    sign``)."""
+
+    format_version: int
+    version: str
+    digest: str
+    signature: str | None = None
+    model: ModelConfig
+    files: dict[str, str]
+
+    def draft(self) -> ManifestDraft:
+        """Its stated fields, to change and write again with ``save_checkpoint``."""
+        return ManifestDraft(**{name: getattr(self, name) for name in ManifestDraft.model_fields})

@@ -8,16 +8,17 @@ import torch
 
 from models.checkpoint import FORMAT_VERSION, CheckpointError, load_checkpoint, manifest_digest, save_checkpoint, sign_checkpoint
 from models.gate import GATE_FILE, calibrate_gate
+from models.manifest import Manifest, ManifestDraft
 from tests.test_heads import classifier
 from training.evaluate import model_outputs
 
 
-def gated_manifest(model, folder) -> tuple[dict, dict]:
+def gated_manifest(model, folder) -> tuple[ManifestDraft, dict]:
     """A manifest with a gate calibrated on random digits, and the gate file to save beside it."""
     outputs = model_outputs(model, torch.randint(0, 17, (60, 8, 8)).float().numpy())
     gate = calibrate_gate(outputs["log_px"], outputs, outputs, {"log_px": "both"}, "conformal", 0.05)
     gate.save(folder / "gate-source.safetensors")
-    manifest = {"name": "digits", "task": "classification", "input_shape": [8, 8], "preprocessing": model.config.preprocessing.model_dump(), "gate": gate.summary.model_dump()}
+    manifest = ManifestDraft(name="digits", task="classification", input_shape=[8, 8], preprocessing=model.config.preprocessing, gate=gate.summary)
     return manifest, {GATE_FILE: folder / "gate-source.safetensors"}
 
 
@@ -96,7 +97,7 @@ def test_failed_write_keeps_the_old_checkpoint(saved, monkeypatch):
     path, model, manifest = saved
     monkeypatch.setattr("models.checkpoint.save_file", lambda *a, **k: (_ for _ in ()).throw(OSError("disk full")))
     with pytest.raises(OSError):
-        save_checkpoint(path, model, {"name": "digits"})
+        save_checkpoint(path, model, manifest)
     assert load_checkpoint(path).manifest.version == manifest.version
     assert sorted(p.name for p in path.parent.iterdir()) == ["ckpt", "source"]
 
@@ -140,5 +141,5 @@ def test_signed_checkpoints_load_only_with_their_key(saved):
     assert load_checkpoint(path).manifest.gate.tau == -1e9
     with pytest.raises(CheckpointError, match="not signed with the configured key"):
         load_checkpoint(path, signing_key=b"site key")
-    resaved = save_checkpoint(path, model, json.loads((path / "manifest.json").read_text()), extra_files={GATE_FILE: path / GATE_FILE})
+    resaved = save_checkpoint(path, model, Manifest.model_validate_json((path / "manifest.json").read_text()), extra_files={GATE_FILE: path / GATE_FILE})
     assert resaved.signature is None and resaved.digest != written.digest  # rewriting drops a signature

@@ -18,6 +18,7 @@ from inference.runtime import ModelRuntime
 from models.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from models.config import FlowConfig, HeadConfig, ModelConfig, PreprocessingConfig
 from models.gate import GATE_FILE
+from models.manifest import ManifestDraft
 from models.hybrid import HybridModel
 from models.scores import forward_scores
 from service.encoding import instance_records, output_table, output_tensors, v2_output
@@ -149,8 +150,7 @@ def test_load_sets_threads_on_the_device_and_logs_what_it_loaded(tiny, caplog):
 def test_onnx_backend_needs_an_export(tiny, tmp_path):
     loaded = load_checkpoint(tiny)
     plain = tmp_path / "plain"
-    manifest = loaded.manifest.model_dump(mode="json", exclude={"onnx"})
-    save_checkpoint(plain, loaded.model, manifest, extra_files={GATE_FILE: tiny / GATE_FILE})
+    save_checkpoint(plain, loaded.model, loaded.manifest.draft().revised(onnx=None), extra_files={GATE_FILE: tiny / GATE_FILE})
     assert ModelRuntime.load(plain, "cpu", "auto").backend.name == "torch"
     with pytest.raises(CheckpointError, match=f"python -m training export --checkpoint {plain}"):
         ModelRuntime.load(plain, "cpu", "onnx")
@@ -178,8 +178,7 @@ def test_regression_predict_falls_back_to_the_target_moments_when_rejected(tmp_p
     assert gate.summary.fitted.latent_space == "all" and gate.summary.fitted.latent_dims == 3 and gate.summary.fitted.latent_classes == 1
     assert gate.combine == "min" and gate.weights is None  # no images to draw synthetic outliers like
     gate.save(tmp_path / GATE_FILE)
-    manifest = {"name": "sums", "task": "regression", "input_shape": [3], "preprocessing": model.config.preprocessing.model_dump(mode="json"),
-                "gate": gate.summary.model_dump(mode="json"), "target_moments": [5.0, 9.0]}
+    manifest = ManifestDraft(name="sums", task="regression", input_shape=[3], preprocessing=model.config.preprocessing, gate=gate.summary, target_moments=[5.0, 9.0])
     save_checkpoint(tmp_path / "sums", model, manifest, extra_files={GATE_FILE: tmp_path / GATE_FILE})
     runtime = ModelRuntime.load(tmp_path / "sums", "cpu")
     x = np.concatenate([splits.test.x[:5], np.full((2, 3), 40.0, dtype=np.float32)])

@@ -83,11 +83,10 @@ def test_bayesian_regression_head_exports(tmp_path):
 def test_onnx_backend_without_an_export_is_a_clear_error(tmp_path, exported):
     plain = tmp_path / "plain"
     shutil.copytree(exported, plain)
-    manifest = json.loads((plain / "manifest.json").read_text())
     loaded = load_checkpoint(exported)
     from models.checkpoint import save_checkpoint
 
-    save_checkpoint(plain, loaded.model, {k: v for k, v in manifest.items() if k != "onnx"}, extra_files={"gate.safetensors": exported / "gate.safetensors"})
+    save_checkpoint(plain, loaded.model, loaded.manifest.draft().revised(onnx=None), extra_files={"gate.safetensors": exported / "gate.safetensors"})
     with pytest.raises(CheckpointError, match="training export"):
         ModelRuntime.load(plain, "cpu", "onnx")
 

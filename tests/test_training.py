@@ -214,7 +214,7 @@ def test_export_parity_counts_equal_infinities_as_equal(tmp_path):
     outside = np.full((2, 8, 8), 40.0, dtype=np.float32)  # beyond the 17 levels: log p(x) = -inf in both runtimes
     differences = parity(loaded.model, loaded.gate.fitted, out / "model.onnx", outside)
     assert differences["log_px"] == 0.0 and differences["log_px_magnitude"] == 0.0
-    assert export_checkpoint(loaded)["parity_max_abs_difference"]["log_px"] < 1e-2
+    assert export_checkpoint(loaded).parity_max_abs_difference["log_px"] < 1e-2
 
 
 def test_a_glow_with_split_priors_trains_and_exports(tmp_path):
@@ -239,7 +239,7 @@ def test_the_trainer_fits_the_model_it_is_given():
     model = HybridModel(complete_model_config(config.model, dataset))
     before = {k: v.clone() for k, v in model.state_dict().items()}
     record = Trainer(config, progress=False).fit(model, splits)
-    assert record["epochs_completed"] == 1 and record["bad_steps"] == 0
+    assert record.epochs_completed == 1 and record.bad_steps == 0
     assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 

@@ -15,7 +15,7 @@ from models.checkpoint import LoadedCheckpoint, load_checkpoint, save_checkpoint
 from models.conformal import LEARNED_COMBINATIONS
 from models.gate import GATE_FILE, Gate, calibrate_gate, gate_tails
 from models.hybrid import HybridModel
-from models.manifest import FittedScores, Manifest
+from models.manifest import FittedScores, Manifest, ManifestDraft
 from models.scores import LatentNeighbours, ScoreFit
 from training.config import ConfigError, ExperimentConfig, GateSettings, apply_override, validation_message
 from training.data import DataError, Split, Splits, load_dataset, split_dataset
@@ -107,11 +107,11 @@ def split_metrics(model: HybridModel, gate: Gate, splits: Splits, config: Experi
 
 
 def write_gated_checkpoint(
-    out_dir: str | Path, model: HybridModel, gate: Gate, splits: Splits, config: ExperimentConfig, manifest: dict, extra_files: dict[str, Path]
+    out_dir: str | Path, model: HybridModel, gate: Gate, splits: Splits, config: ExperimentConfig, manifest: ManifestDraft, extra_files: dict[str, Path]
 ) -> Manifest:
     """Evaluate every split under ``gate`` and write the checkpoint with the gate file (atomically);
-    ``manifest``: the other sections, as a dict."""
-    manifest = {**manifest, "gate": gate.summary.model_dump(mode="json"), "metrics": split_metrics(model, gate, splits, config)}
+    ``manifest``'s gate and metrics sections become ``gate``'s."""
+    manifest = manifest.revised(gate=gate.summary, metrics=split_metrics(model, gate, splits, config))
     with tempfile.TemporaryDirectory() as scratch:
         gate_path = Path(scratch) / GATE_FILE
         gate.save(gate_path)
@@ -159,8 +159,8 @@ def refit_gate(loaded: LoadedCheckpoint, config: ExperimentConfig) -> Manifest:
         raise ConfigError(f"checkpoint {loaded.path} was trained with another data or model config; only gate.* and evaluation.* may change")
     splits = split_dataset(load_dataset(config.data, config.seed), config.data, config.seed)
     gate = fit_gate(loaded.model, splits, config.gate, config.evaluation.batch_size)
-    manifest = loaded.manifest.model_dump(mode="json", exclude={"onnx"})
-    manifest["training"]["config"] = config.model_dump(mode="json")
+    training = loaded.manifest.training.revised(config=config.model_dump(mode="json"))
+    manifest = loaded.manifest.draft().revised(onnx=None, training=training)
     keep = {name: loaded.path / name for name in loaded.manifest.files if name not in ("weights.safetensors", GATE_FILE, ONNX_FILE)}
     written = write_gated_checkpoint(loaded.path, loaded.model, gate, splits, config, manifest, keep)
     if loaded.manifest.onnx is not None:

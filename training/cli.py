@@ -104,8 +104,8 @@ def _export(args: argparse.Namespace) -> None:
     from training.export import export_checkpoint
 
     section = export_checkpoint(load_checkpoint(args.checkpoint))
-    differences = ", ".join(f"{k} {v:.2g}" for k, v in section["parity_max_abs_difference"].items())
-    print(f"wrote {Path(args.checkpoint) / section['file']} (ONNX Runtime vs torch, largest difference: {differences})")
+    differences = ", ".join(f"{k} {v:.2g}" for k, v in section.parity_max_abs_difference.items())
+    print(f"wrote {Path(args.checkpoint) / section.file} (ONNX Runtime vs torch, largest difference: {differences})")
 
 
 def _calibrate(args: argparse.Namespace) -> None:

@@ -18,7 +18,7 @@ import torch
 from models.checkpoint import LoadedCheckpoint, save_checkpoint
 from models.heads import BayesianLinearHead, with_bias_column
 from models.hybrid import HybridModel
-from models.manifest import Manifest
+from models.manifest import Manifest, OnnxSection
 from models.scores import ScoreFit, forward_scores
 
 ONNX_FILE = "model.onnx"
@@ -127,7 +127,7 @@ def parity_inputs(model: HybridModel, manifest: Manifest, count: int = 16, seed:
     return np.concatenate([middle, samples]).astype(np.float32)
 
 
-def export_checkpoint(loaded: LoadedCheckpoint, tolerance_log_px: float = 1e-3, tolerance_head: float = 1e-5) -> dict:
+def export_checkpoint(loaded: LoadedCheckpoint, tolerance_log_px: float = 1e-3, tolerance_head: float = 1e-5) -> OnnxSection:
     """Export ``loaded`` to ONNX, check parity, and rewrite its checkpoint with the file added and an
     ``onnx`` manifest section. Returns that section."""
     model, manifest, fitted = loaded.model, loaded.manifest, loaded.gate.fitted
@@ -146,8 +146,8 @@ def export_checkpoint(loaded: LoadedCheckpoint, tolerance_log_px: float = 1e-3, 
             limit = tolerance_log_px + 1e-5 * magnitude if name.startswith(NATS_OUTPUTS) else tolerance_head
             if not difference <= limit:
                 raise ExportError(f"ONNX Runtime and torch disagree on {name} by {difference:.3g} (limit {limit:.3g})")
-        section = {"file": ONNX_FILE, "input": INPUT_NAME, "outputs": names, "dynamic_batch": True, "parity_max_abs_difference": differences}
+        section = OnnxSection(file=ONNX_FILE, input=INPUT_NAME, outputs=names, dynamic_batch=True, parity_max_abs_difference=differences)
         others = {name: loaded.path / name for name in manifest.files if name not in ("weights.safetensors", ONNX_FILE)}
-        save_checkpoint(loaded.path, model, {**manifest.model_dump(mode="json"), "onnx": section}, extra_files={**others, ONNX_FILE: path})
+        save_checkpoint(loaded.path, model, manifest.draft().revised(onnx=section), extra_files={**others, ONNX_FILE: path})
     log.info("exported %s (parity %s)", loaded.path / ONNX_FILE, differences)
     return section

@@ -21,7 +21,7 @@ from models.device import resolve_device
 from models.gate import bits_per_dim
 from models.heads import BayesianLinearHead, SufficientStatistics
 from models.hybrid import HybridModel
-from models.manifest import Manifest
+from models.manifest import DataSummary, Manifest, ManifestDraft, TrainingRecord
 from models.preprocessing import Standardize
 from training.config import ExperimentConfig
 from training.calibration import fit_gate, write_gated_checkpoint
@@ -148,7 +148,7 @@ class Trainer:
             result["accuracy"] = correct / count
         return result
 
-    def fit(self, model: HybridModel, splits: Splits, start_epoch: int = 0, resume_from: LoadedCheckpoint | None = None) -> dict:
+    def fit(self, model: HybridModel, splits: Splits, start_epoch: int = 0, resume_from: LoadedCheckpoint | None = None) -> TrainingRecord:
         """Train with warm-up, clipping, a NaN guard and early stopping; keep the best state by
         validation loss. ``resume_from``: continue its optimizer state and schedule. Returns the
         training record for the manifest; the optimizer and schedule stay in ``self``."""
@@ -162,7 +162,7 @@ class Trainer:
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, partial(learning_rate_factor, train.warmup_steps, total_steps, train.schedule))
         saved = resume_from.manifest.training.optimizer if resume_from is not None else None
         if saved is not None:
-            load_optimizer_state(optimizer, scheduler, resume_from.path / saved.file, saved.model_dump())
+            load_optimizer_state(optimizer, scheduler, resume_from.path / saved.file, saved)
         self.optimizer, self.scheduler = optimizer, scheduler
         generator = torch.Generator().manual_seed(self.config.seed)
         cluster = self.cluster
@@ -218,14 +218,10 @@ class Trainer:
                 break
         bar.close()
         model.load_state_dict(best["state"])
-        return {
-            "epochs_completed": history[-1]["epoch"] if history else start_epoch,
-            "best_epoch": best["epoch"],
-            "best_validation_loss": best["loss"],
-            "bad_steps": bad_steps,
-            "seconds": time.perf_counter() - started,
-            "history": history,
-        }
+        return TrainingRecord(
+            epochs_completed=history[-1]["epoch"] if history else start_epoch, best_epoch=best["epoch"], best_validation_loss=best["loss"],
+            bad_steps=bad_steps, seconds=time.perf_counter() - started, history=history,
+        )
 
     @torch.no_grad()
     def fit_bayesian_head(self, model: HybridModel, split: Split) -> dict | None:
@@ -278,26 +274,23 @@ class Trainer:
             return None
         bayesian = self.fit_bayesian_head(model, splits.train)
         gate = fit_gate(model, splits, config.gate, config.evaluation.batch_size)
-        manifest = {
-            "name": config.name,
-            "task": dataset.task,
-            "input_shape": dataset.input_shape,
-            "input_range": [0, dataset.levels - 1] if dataset.levels else None,
-            "classes": dataset.classes,
-            "preprocessing": model_config.preprocessing.model_dump(mode="json"),
-            "label_prior": model.label_prior.tolist() if dataset.task == "classification" else None,
-            "target_moments": model.target_moments.tolist() if dataset.task == "regression" else None,
-            "data": {
-                "name": config.data.name,
-                "description": dataset.description,
-                "sizes": {name: len(split) for name, split in vars(splits).items()},
-                "labeled_train": int(splits.train.labeled.sum()),
-            },
-            "training": {**record, "bayesian_head": bayesian, "device": str(self.device), "config": config.model_dump(mode="json")},
-            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        }
         with tempfile.TemporaryDirectory() as scratch:
             optimizer_path = Path(scratch) / OPTIMIZER_FILE
-            manifest["training"]["optimizer"] = save_optimizer_state(self.optimizer, self.scheduler, optimizer_path)
+            training = record.revised(
+                bayesian_head=bayesian, device=str(self.device), config=config.model_dump(mode="json"),
+                optimizer=save_optimizer_state(self.optimizer, self.scheduler, optimizer_path),
+            )
+            manifest = ManifestDraft(
+                name=config.name, task=dataset.task, input_shape=dataset.input_shape,
+                input_range=[0, dataset.levels - 1] if dataset.levels else None, classes=dataset.classes,
+                preprocessing=model_config.preprocessing, gate=gate.summary,
+                label_prior=model.label_prior.tolist() if dataset.task == "classification" else None,
+                target_moments=model.target_moments.tolist() if dataset.task == "regression" else None,
+                data=DataSummary(
+                    name=config.data.name, description=dataset.description,
+                    sizes={name: len(split) for name, split in vars(splits).items()}, labeled_train=int(splits.train.labeled.sum()),
+                ),
+                training=training, created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            )
             return write_gated_checkpoint(out_dir, model, gate, splits, config, manifest, {OPTIMIZER_FILE: optimizer_path})
 
