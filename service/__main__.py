@@ -15,7 +15,7 @@ from models.device import DeviceUnavailable
 from service.app import create_app
 from service.auth import warn_if_open
 from service.http import with_header_timeout
-from service.registry import RepositoryError
+from service.loader import RepositoryError
 from service.settings import SettingsProblem, parse_settings
 from service.state import ServiceState
 

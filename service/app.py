@@ -1,5 +1,6 @@
 """The app factory: routers, error handlers, the metrics middleware, and the lifespan that loads the
-models (``service.registry``: each version verified and warmed up) and only then reports ready."""
+models (``service.loader``: each version verified and warmed up) and only then reports ready, then
+polls the model repository (``service.poller``) when asked to."""
 from __future__ import annotations
 
 import asyncio
@@ -22,6 +23,7 @@ from service.batching import QueueFull
 from service.fast_path import PredictionFastPath, hot_routes
 from service.inputs import InputError
 from service.metrics import ServiceMetrics
+from service.poller import RepositoryPoller
 from service.settings import ServiceSettings
 from service.state import ServiceState
 
@@ -69,7 +71,7 @@ def create_app(settings: ServiceSettings | None = None, runtimes: list[ModelRunt
     async def start() -> None:
         await state.models.start()
         if state.ready and settings.repository_poll_s:
-            await state.models.poll(settings.repository_poll_s)
+            await RepositoryPoller(state.models).run(settings.repository_poll_s)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):

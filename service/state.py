@@ -1,4 +1,4 @@
-"""What the app holds while it runs: settings, the loaded models (``service.registry``), the app's
+"""What the app holds while it runs: settings, the loaded models (``service.loader``), the app's
 metrics, readiness, and the single inference thread that keeps model math off the event loop (every
 model version's batcher runs its forward passes there, one at a time)."""
 from __future__ import annotations
@@ -7,7 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from service.metrics import ServiceMetrics
-from service.registry import ModelRegistry
+from service.loader import ModelLoader
 from service.settings import ServiceSettings
 
 
@@ -18,8 +18,8 @@ class ServiceState:
     draining: bool = False  # after SIGTERM: readiness is 503, requests are still served
 
     def __post_init__(self):
-        self.models = ModelRegistry(self.settings.model_source(), self.settings, self.executor)
-        self.metrics = ServiceMetrics(lambda: [served.metrics for served in self.models.loaded()])
+        self.models = ModelLoader(self.settings.model_source(), self.settings, self.executor)
+        self.metrics = ServiceMetrics(lambda: [served.metrics for served in self.models.table.loaded()])
 
     @property
     def ready(self) -> bool:
@@ -29,7 +29,7 @@ class ServiceState:
     def begin_drain(self) -> None:
         """Readiness (route and gauges) turns 503 / 0 so load balancers stop sending; predictions go on."""
         self.draining = True
-        for served in self.models.loaded():
+        for served in self.models.table.loaded():
             served.stop_accepting()
 
     @property

@@ -228,10 +228,10 @@ def test_hot_swap_in_flight_request_keeps_the_old_answer_and_the_next_gets_the_n
         load, first = await loading, await in_flight
         after = await v1(client, "a", digits)
         for _ in range(100):
-            if not models.releasing:
+            if not models.table.releasing:
                 break
             await asyncio.sleep(0.02)
-        return load, first, after, old, models.loaded()
+        return load, first, after, old, models.table.loaded()
 
     load, first, after, old, loaded = serve(settings_for(root), scenario)
     assert load.status_code == 200
@@ -252,7 +252,7 @@ def test_a_request_resolved_before_the_switch_is_answered_by_the_old_version(tra
         with old.use():  # a request that has looked up version 1 and not yet submitted its input
             add_version(root, "a", 2, trained[1])
             assert (await client.post("/v2/repository/models/a/load")).status_code == 200
-            assert models.lookup("a").version == "2" and old in models.releasing
+            assert models.lookup("a").version == "2" and old in models.table.releasing
             answer = await old.predict(InferenceInput(digits))
         await asyncio.sleep(0.1)
         return answer, old
@@ -312,7 +312,7 @@ def test_the_poller_swaps_in_a_new_folder_and_retries_a_failed_one_only_once_it_
         shutil.rmtree(incomplete)  # rolled back by deleting the folder
         rolled_back = await until(lambda: models.lookup("a").version == "1")
         shutil.rmtree(root / "a")
-        gone = await until(lambda: "a" not in models.routes)
+        gone = await until(lambda: "a" not in models.table.routes)
         return still, swapped, answer, rolled_back, gone
 
     still, swapped, answer, rolled_back, gone = serve(settings_for(root, repository_poll_s=0.1), scenario)
@@ -328,7 +328,7 @@ def test_the_poller_leaves_a_model_unloaded_through_the_api_until_it_is_loaded_a
         models = app.state.service.models
         assert (await client.post("/v2/repository/models/a/unload")).status_code == 200
         await asyncio.sleep(0.5)  # five polls
-        after_polls = "a" in models.routes
+        after_polls = "a" in models.table.routes
         assert (await client.post("/v2/repository/models/a/load")).status_code == 200
         add_version(root, "a", 2, trained[1])
         for _ in range(100):

@@ -30,7 +30,7 @@ async def ready(request: Request) -> JSONBody:
 
 @router.get("")
 async def server_metadata(request: Request) -> dict:
-    models = sorted(service_state(request).models.routes)
+    models = sorted(service_state(request).models.table.routes)
     return {"name": "diglm", "version": "0.1.0", "extensions": ["binary_tensor_data", "statistics", "model_repository"], "models": models}
 
 
@@ -51,7 +51,7 @@ async def model_metadata(name: str, request: Request, version: str | None = None
     manifest = runtime.manifest
     return {
         "name": runtime.name,
-        "versions": list(service_state(request).models.routes[name]),
+        "versions": list(service_state(request).models.table.routes[name]),
         "version": runtime.version,
         "digest": manifest.digest,
         "platform": runtime.platform,

@@ -1,0 +1,215 @@
+"""Loading, unloading and hot-swapping model versions at run time (the model repository extension of
+the Open Inference Protocol), into the routing table (``service.routing``).
+
+A load verifies each new version (``ModelRuntime.load``: hashes, manifest schema, signature), warms
+it up in the shared inference thread, and only then switches the model's routing to the versions its
+policy selects (``RoutingTable.switch``). Versions no longer selected are released once the requests
+using them are done. A version that fails to load or warm up never receives traffic and the versions
+serving keep serving. ``service.poller`` loads and unloads whenever the folders change.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from concurrent.futures import Executor
+from dataclasses import dataclass
+
+from inference.runtime import ModelRuntime
+from models.checkpoint import CheckpointError
+from models.device import DeviceUnavailable
+from service.inputs import InputError
+from service.repository import ModelSource, VersionFolder, parse_policies
+from service.routing import RoutingTable, shown
+from service.serving import READY, UNAVAILABLE, ServedVersion
+from service.settings import ServiceSettings
+
+log = logging.getLogger(__name__)
+
+
+class RepositoryError(InputError):
+    """A load or unload that could not be done; the message says why and what still serves."""
+
+
+@dataclass(frozen=True)
+class IndexEntry:
+    """One row of the repository index: a version on disk or loaded, its state and why (if not ready)."""
+
+    name: str
+    version: str
+    state: str
+    reason: str = ""
+
+    def as_dict(self) -> dict:
+        return {"name": self.name, "version": self.version, "state": self.state, **({"reason": self.reason} if self.reason else {})}
+
+
+class ModelLoader:
+    def __init__(self, source: ModelSource, settings: ServiceSettings, executor: Executor):
+        self.source, self.settings, self.executor = source, settings, executor
+        self.default_policy, self.policies = parse_policies(settings.version_policy)
+        self.table = RoutingTable()
+        self.failures: dict[tuple[str, str], str] = {}  # (name, version) -> why it did not load
+        self.lock = asyncio.Lock()  # one load or unload at a time (the limit on loaded versions holds)
+        self.unloaded: set[str] = set()  # unloaded through the API: the poller leaves them until a load
+        self.preloaded: dict[tuple[str, str], ModelRuntime] = {}  # see preload
+        self.started = False  # the start-up load is done and every model serves
+        self.load_error: str | None = None  # why the start-up load failed
+
+    def lookup(self, name: str, version: str | None = None) -> ServedVersion:
+        """``RoutingTable.lookup``, and a 503 ``InputError`` for a model not yet routed while the
+        start-up load is not done."""
+        if name not in self.table.routes and not self.started:
+            raise InputError("models are not ready yet" + (f": {self.load_error}" if self.load_error else ""), status=503)
+        return self.table.lookup(name, version)
+
+    def policy(self, name: str):
+        return self.policies.get(name, self.default_policy)
+
+    def scan(self) -> dict[str, list[VersionFolder]]:
+        """``source.scan``, its failures as a 503 ``RepositoryError``."""
+        try:
+            return self.source.scan()
+        except (OSError, CheckpointError) as error:
+            raise RepositoryError(f"cannot read the {self.source.describe()}: {error}", status=503) from None
+
+    def _scan_for_start(self) -> dict[str, list[VersionFolder]]:
+        found = self.scan()
+        if not found:
+            raise RepositoryError(f"the {self.source.describe()} holds no model folders with versions", status=503)
+        return found
+
+    def selected(self, name: str, folders: list[VersionFolder]) -> list[VersionFolder]:
+        """The version folders the model's policy serves, oldest to newest."""
+        by_version = {folder.version: folder for folder in folders}
+        return [by_version[version] for version in self.policy(name).select(list(by_version))]
+
+    def preload(self) -> None:
+        """Load (verify) what the start-up will serve before the server starts, so that ``python -m
+        service`` stops with the loader's one-line error (``CheckpointError``, ``DeviceUnavailable``,
+        ``RepositoryError``) instead of serving nothing; ``start`` then uses these."""
+        for name, folders in self._scan_for_start().items():
+            for folder in self.selected(name, folders):
+                self.preloaded[name, folder.version] = self._load_runtime(folder)
+
+    def _load_runtime(self, folder: VersionFolder) -> ModelRuntime:
+        settings = self.settings
+        return ModelRuntime.load(
+            folder.path, settings.device, settings.backend, settings.inference_threads, settings.signing_key(),
+            name=folder.name if self.source.is_repository else None, version=folder.version,
+        )
+
+    async def start(self) -> None:
+        """Start-up: load every model of the source; on the first failure ``load_error`` says why and
+        the server never reports ready."""
+        try:
+            for name in await asyncio.to_thread(self._scan_for_start):
+                await self.load(name)
+        except RepositoryError as error:
+            self.load_error = str(error)
+            log.error("not ready: %s", error)
+            return
+        finally:
+            self.preloaded.clear()
+        self.started = True
+
+    async def load(self, name: str) -> None:
+        """Load (or reload) ``name`` from the source by its version policy and switch its routing to
+        the result; ``RepositoryError`` (the versions serving keep serving) when a version does not
+        verify or warm up, the policy selects nothing, or the limit on loaded versions is reached."""
+        async with self.lock:
+            self.unloaded.discard(name)
+            found = await asyncio.to_thread(self.scan)
+            if name not in found:
+                raise RepositoryError(f"model {shown(name)} is not in the {self.source.describe()}", status=404)
+            if not found[name]:
+                raise RepositoryError(f"model {shown(name)} has no version folders with a manifest in the {self.source.describe()}", status=404)
+            folders = {folder.version: folder for folder in self.selected(name, found[name])}
+            wanted = list(folders)
+            if not wanted:
+                available = [folder.version for folder in found[name]]
+                raise RepositoryError(f"the version policy of {shown(name)} selects none of its versions {available}", status=400)
+            current = self.table.routes.get(name, {})
+            changed = [version for version in wanted if version not in current or current[version].digest != folders[version].digest()]
+            if not changed and set(current) == set(wanted):
+                return
+            others = sum(len(versions) for model, versions in self.table.routes.items() if model != name)
+            if others + len(wanted) > self.settings.max_loaded_versions:
+                raise RepositoryError(
+                    f"loading {len(wanted)} version(s) of {shown(name)} would make {others + len(wanted)} loaded versions, over the limit of "
+                    f"{self.settings.max_loaded_versions} (DIGLM_MAX_LOADED_VERSIONS); unload a model first",
+                    status=409,
+                )
+            fresh: dict[str, ServedVersion] = {}
+            for version in changed:
+                try:
+                    fresh[version] = await self._start(folders[version])
+                except RepositoryError:
+                    for served in fresh.values():
+                        await served.release(0)
+                    raise
+            self.table.switch(name, {version: fresh.get(version) or current[version] for version in wanted}, self.settings.drain_timeout_s)
+            log.info("%s now serves versions %s (default %s)", name, wanted, wanted[-1])
+
+    async def _start(self, folder: VersionFolder) -> ServedVersion:
+        """Verify, load and warm up one version folder; ``RepositoryError`` if any step fails."""
+        settings = self.settings
+        key = (folder.name, folder.version)
+        try:
+            runtime = self.preloaded.pop(key, None) or await asyncio.to_thread(self._load_runtime, folder)
+            served = ServedVersion(runtime, settings, self.executor, folder.digest())
+            seconds = await served.warm_up()
+        except (CheckpointError, DeviceUnavailable) as error:
+            return self._refuse(folder, str(error))
+        except Exception as error:  # a model that loads but fails on its warm-up batch
+            log.exception("warm-up of %s version %s failed", *key)
+            return self._refuse(folder, f"warm-up failed: {type(error).__name__}: {error}")
+        served.start()
+        self.failures.pop(key, None)
+        log.info("warmed up %s version %s (batch of %d in %.3f s)", folder.name, folder.version, settings.warmup_batch, seconds)
+        return served
+
+    def _refuse(self, folder: VersionFolder, reason: str):
+        self.failures[(folder.name, folder.version)] = reason
+        serving = list(self.table.routes.get(folder.name, {}))
+        still = f"versions {serving} keep serving" if serving else "no version of it is serving"
+        raise RepositoryError(f"version {folder.version} of {shown(folder.name)} was not loaded ({still}): {reason}", status=400)
+
+    async def unload(self, name: str, by_request: bool = True) -> None:
+        """Stop routing to every version of ``name`` and release them once their requests are done
+        (returns then). Unloading a model that is not loaded does nothing; one the server has never
+        heard of is a 404. ``by_request``: the poller leaves the model unloaded until the next load."""
+        async with self.lock:
+            if name not in self.table.routes and name not in await asyncio.to_thread(self._known_names):
+                raise RepositoryError(f"model {shown(name)} is not in the {self.source.describe()}", status=404)
+            if by_request:
+                self.unloaded.add(name)
+            removed = await self.table.remove(name, self.settings.drain_timeout_s)
+            if removed:
+                log.info("unloaded %s (versions %s)", name, removed)
+
+    def _known_names(self) -> set[str]:
+        try:
+            return set(self.scan())
+        except RepositoryError:
+            return set()
+
+    def index(self, found: dict[str, list[VersionFolder]], ready_only: bool = False) -> list[IndexEntry]:
+        """Every version on disk (``found``, from ``source.scan``) or loaded, with its state."""
+        entries = {}
+        for name, folders in found.items():
+            for folder in folders:
+                reason = self.failures.get((name, folder.version)) or "not loaded"
+                entries[name, folder.version] = IndexEntry(name, folder.version, UNAVAILABLE, reason)
+        for served in self.table.releasing:
+            entries[served.name, served.version] = IndexEntry(served.name, served.version, served.state)
+        for name, versions in self.table.routes.items():
+            for version in versions:
+                entries[name, version] = IndexEntry(name, version, READY)
+        rows = sorted(entries.values(), key=lambda entry: (entry.name, int(entry.version) if entry.version.isdigit() else 0, entry.version))
+        return [entry for entry in rows if entry.state == READY] if ready_only else rows
+
+    async def close(self) -> None:
+        """Stop every batcher (shutdown; no drain: the server drained before this)."""
+        for served in self.table.loaded():
+            if served.batcher is not None:
+                await served.batcher.stop()
