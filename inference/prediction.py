@@ -4,8 +4,7 @@ concatenates back (dynamic batching), and flattens to named columns (``columns``
 v2 output tensors and of the offline score table)."""
 from __future__ import annotations
 
-from dataclasses import dataclass, fields, replace
-from typing import Callable
+from dataclasses import dataclass, fields
 
 import numpy as np
 
@@ -29,6 +28,9 @@ class RegressionOutputs:
     variance: np.ndarray
     model_mean: np.ndarray
     model_variance: np.ndarray
+
+
+_INSTANCE_FIELDS = ("log_px", "bits_per_dim", "accepted", "p_value", "rejected_by", "instance_score")  # Prediction's, in order
 
 
 @dataclass(frozen=True)
@@ -56,40 +58,34 @@ class Prediction:
         """Every field as one named array: ``log_px``, ``bits_per_dim``, ``accepted``, ``p_value``,
         ``rejected_by``, ``instance_score``, ``score_<name>`` and ``p_value_<name>`` per gate score,
         then the head's fields."""
-        named = {
-            "log_px": self.log_px, "bits_per_dim": self.bits_per_dim, "accepted": self.accepted, "p_value": self.p_value,
-            "rejected_by": self.rejected_by, "instance_score": self.instance_score,
-        }
+        named = {name: getattr(self, name) for name in _INSTANCE_FIELDS}
         named.update({f"score_{name}": values for name, values in self.scores.items()})
         named.update({f"p_value_{name}": values for name, values in self.p_values.items()})
         named.update({field.name: getattr(self.head, field.name) for field in fields(self.head)})
         return named
 
     def split(self, sizes: list[int]) -> list["Prediction"]:
-        """Consecutive parts of ``sizes`` instances each (which sum to ``len(self)``)."""
+        """Consecutive parts of ``sizes`` instances each (which sum to ``len(self)``); views, no copies."""
         stops = np.cumsum(sizes).tolist()
-        return [_map_arrays(self, lambda array, part=slice(stop - size, stop): array[part]) for size, stop in zip(sizes, stops)]
+        return [self._rows(slice(stop - size, stop)) for size, stop in zip(sizes, stops)]
+
+    def _rows(self, rows: slice) -> "Prediction":
+        head = self.head
+        return Prediction(
+            type(head)(*(values[rows] for values in vars(head).values())),
+            *(getattr(self, name)[rows] for name in _INSTANCE_FIELDS),
+            {name: values[rows] for name, values in self.scores.items()},
+            {name: values[rows] for name, values in self.p_values.items()},
+        )
 
     @classmethod
     def concatenate(cls, parts: list["Prediction"]) -> "Prediction":
         """The parts' instances in order, as one prediction."""
-        return _zip_arrays(parts, np.concatenate)
-
-
-def _map_arrays(record, function: Callable):
-    """``record`` with ``function`` applied to each of its arrays (in nested records and dicts too)."""
-    if isinstance(record, dict):
-        return {key: _map_arrays(value, function) for key, value in record.items()}
-    if hasattr(record, "__dataclass_fields__"):
-        return replace(record, **{field.name: _map_arrays(getattr(record, field.name), function) for field in fields(record)})
-    return function(record)
-
-
-def _zip_arrays(records: list, function: Callable):
-    """One record whose every array is ``function`` of the list of the records' arrays at that place."""
-    first = records[0]
-    if isinstance(first, dict):
-        return {key: _zip_arrays([record[key] for record in records], function) for key in first}
-    if hasattr(first, "__dataclass_fields__"):
-        return replace(first, **{field.name: _zip_arrays([getattr(record, field.name) for record in records], function) for field in fields(first)})
-    return function(records)
+        first = parts[0]
+        heads = [vars(part.head).values() for part in parts]
+        return cls(
+            type(first.head)(*(np.concatenate(column) for column in zip(*heads))),
+            *(np.concatenate([getattr(part, name) for part in parts]) for name in _INSTANCE_FIELDS),
+            {name: np.concatenate([part.scores[name] for part in parts]) for name in first.scores},
+            {name: np.concatenate([part.p_values[name] for part in parts]) for name in first.p_values},
+        )

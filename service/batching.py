@@ -36,22 +36,19 @@ class _Request:
 class DynamicBatcher:
     def __init__(
         self,
-        run_batch: Callable[[InferenceInput], Prediction],
+        run_batch: Callable[[InferenceInput, list[float]], Prediction],
         executor: Executor,
         max_batch_size: int,
         max_delay_s: float,
         max_queue: int,
-        observe: Callable[[Prediction, float, list[float]], None] | None = None,
         max_wait_s: float | None = None,
     ):
-        """``run_batch``: N instances -> their prediction, run in ``executor``;
-        ``observe(prediction, forward_seconds, queue_seconds_per_request)`` after each batch."""
+        """``run_batch(instances, queue_seconds_per_request)``: their prediction, run in ``executor``."""
         self.run_batch = run_batch
         self.executor = executor
         self.max_batch_size = max_batch_size
         self.max_delay_s = max_delay_s
         self.max_queue = max_queue
-        self.observe = observe
         self.pending: deque[_Request] = deque()
         self.queued_instances = 0
         self.wakeup = asyncio.Event()
@@ -114,7 +111,7 @@ class DynamicBatcher:
             started = time.perf_counter()
             inputs = InferenceInput.concatenate([request.inputs for request in batch])
             try:
-                prediction = await loop.run_in_executor(self.executor, self.run_batch, inputs)
+                prediction = await loop.run_in_executor(self.executor, self.run_batch, inputs, [started - request.enqueued for request in batch])
             except Exception as error:  # the model failed: every waiting request gets the error
                 for request in batch:
                     if not request.future.done():
@@ -123,8 +120,6 @@ class DynamicBatcher:
             seconds = time.perf_counter() - started
             per_instance = seconds / len(inputs)
             self.seconds_per_instance = per_instance if self.seconds_per_instance is None else 0.8 * self.seconds_per_instance + 0.2 * per_instance
-            if self.observe is not None:
-                self.observe(prediction, seconds, [started - request.enqueued for request in batch])
             parts = [prediction] if len(batch) == 1 else prediction.split([len(request.inputs) for request in batch])
             for request, part in zip(batch, parts):
                 if not request.future.done():

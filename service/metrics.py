@@ -1,7 +1,9 @@
 """Prometheus metrics in base units (seconds, nats), one registry per app (no process globals): the
-app's request metrics, and per loaded model version its own labelled set (``ModelMetrics``)."""
+app's request metrics (observed on the event loop), and per loaded model version its own labelled
+set (``ModelMetrics``, observed a batch at a time in the inference thread)."""
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass
 from typing import Callable, Iterable
@@ -9,6 +11,7 @@ from typing import Callable, Iterable
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.utils import floatToGoString
 
 from inference.prediction import Prediction
 from models.manifest import GateSection
@@ -27,6 +30,41 @@ def log_px_buckets(gate: GateSection) -> list[float]:
     for statistics in gate.statistics.values():
         edges |= {statistics.min, statistics.max, *statistics.quantiles.values()}
     return sorted(round(edge, 3) for edge in edges if np.isfinite(edge))
+
+
+class BatchHistogram:
+    """A Prometheus histogram with fixed labels, observed a whole array at a time: one
+    ``searchsorted`` and ``bincount`` per batch instead of a Python call per value (prometheus_client
+    observes one value per call). Thread-safe: observed in the inference thread, collected at scrapes."""
+
+    def __init__(self, name: str, documentation: str, labels: dict[str, str], buckets):
+        self.name, self.documentation, self.labels = name, documentation, labels
+        self.edges = np.asarray(sorted(buckets), dtype=np.float64)  # upper bounds (le), +Inf implied
+        self.counts = np.zeros(len(self.edges) + 1, dtype=np.int64)  # per bucket, not cumulative
+        self.total = 0.0
+        self._lock = threading.Lock()
+
+    def observe(self, values: np.ndarray) -> None:
+        """Count each value in the first bucket whose bound it does not exceed (Prometheus' le)."""
+        values = np.asarray(values, dtype=np.float64)
+        counts = np.bincount(np.searchsorted(self.edges, values, side="left"), minlength=len(self.counts))
+        with self._lock:
+            self.counts += counts
+            self.total += float(values.sum())
+
+    def collect(self):
+        """Buckets, count and sum, as prometheus_client's Histogram writes them: no sum where a bound
+        is negative, as log p(x)'s are (OpenMetrics), but the count always."""
+        with self._lock:
+            cumulative, total = np.cumsum(self.counts).tolist(), self.total
+        family = Metric(self.name, self.documentation, "histogram")
+        bounds = [floatToGoString(edge) for edge in self.edges] + ["+Inf"]
+        for bound, count in zip(bounds, cumulative):
+            family.add_sample(f"{self.name}_bucket", {**self.labels, "le": bound}, count)
+        family.add_sample(f"{self.name}_count", self.labels, cumulative[-1])
+        if self.edges[0] >= 0:
+            family.add_sample(f"{self.name}_sum", self.labels, total)
+        yield family
 
 
 @dataclass
@@ -83,7 +121,8 @@ class DriftCollector:
 class ModelMetrics:
     """The metrics of one served model version, labelled with its name and version. Its metric
     objects belong to no registry: ``ServiceMetrics`` exposes every loaded version's, so a version's
-    series go when it is unloaded and each keeps its own log p(x) buckets around its own tau."""
+    series go when it is unloaded and each keeps its own log p(x) buckets around its own tau.
+    ``observe_predictions`` runs in the inference thread; scrapes read them on the event loop."""
 
     def __init__(self, model_name: str, model_version: str, gate: GateSection, drift: DriftMonitor):
         self.labels = {"model": model_name, "version": model_version}
@@ -91,9 +130,9 @@ class ModelMetrics:
         self.inference_seconds = Histogram("diglm_inference_duration_seconds", "Model forward time per batch", names, buckets=LATENCY_BUCKETS, registry=None)
         self.instances = Counter("diglm_instances", "Instances predicted", names, registry=None)
         self.rejected = Counter("diglm_instances_rejected", "Instances the gate rejected, by reason (the score with the smallest p-value, log_px for a tau gate, or support)", ["reason", *names], registry=None)
-        self.log_px = Histogram("diglm_log_px_nats", "log p(x) of served instances (nats; non-finite ones are not observed)", names, buckets=log_px_buckets(gate), registry=None)
+        self.log_px = BatchHistogram("diglm_log_px_nats", "log p(x) of served instances (nats; non-finite ones are not observed)", self.labels, log_px_buckets(gate))
         self.batch_size = Histogram("diglm_batch_size", "Instances per model forward pass", names, buckets=BATCH_BUCKETS, registry=None)
-        self.queue_seconds = Histogram("diglm_queue_duration_seconds", "Time a request waited for its batch to start", names, buckets=LATENCY_BUCKETS, registry=None)
+        self.queue_seconds = BatchHistogram("diglm_queue_duration_seconds", "Time a request waited for its batch to start", self.labels, LATENCY_BUCKETS)
         self.statistics = InferenceStatistics()
         self.info = Gauge("diglm_model_info", "A loaded model version (value 1)", [*names, "task", "gate_method", "backend", "device"], registry=None)
         self.ready = Gauge("diglm_ready", "1 while the model version is loaded, warmed up and serving", names, registry=None)
@@ -101,6 +140,9 @@ class ModelMetrics:
         self.gate_alpha.labels(**self.labels).set(gate.alpha)
         self.gate_tau = Gauge("diglm_gate_tau_nats", "The gate's tau on log p(x) (nats; the validation tau for the conformal gate)", names, registry=None)
         self.gate_tau.labels(**self.labels).set(gate.tau)
+        # this version's series of the per-batch metrics, looked up once
+        self._inference_seconds, self._batch_size = self.inference_seconds.labels(**self.labels), self.batch_size.labels(**self.labels)
+        self._instances = self.instances.labels(**self.labels)
         self.collectors = [
             self.inference_seconds, self.instances, self.rejected, self.log_px, self.batch_size, self.queue_seconds,
             self.info, self.ready, self.gate_alpha, self.gate_tau, DriftCollector(drift, self.labels),
@@ -111,22 +153,19 @@ class ModelMetrics:
             yield from collector.collect()
 
     def observe_predictions(self, prediction: Prediction, seconds: float, queue_seconds: list[float]) -> None:
-        """After one forward pass: its time, size, the gate's decisions, log p(x), and how long each
-        of its requests waited in the queue."""
+        """After one forward pass, in the inference thread: its time, size, the gate's decisions,
+        log p(x), and how long each of its requests waited in the queue."""
         log_px, accepted = prediction.log_px, prediction.accepted
         self.statistics.add(len(log_px), len(queue_seconds), seconds, sum(queue_seconds))
-        self.inference_seconds.labels(**self.labels).observe(seconds)
-        for waited in queue_seconds:
-            self.queue_seconds.labels(**self.labels).observe(waited)
-        self.batch_size.labels(**self.labels).observe(len(log_px))
-        self.instances.labels(**self.labels).inc(len(log_px))
+        self._inference_seconds.observe(seconds)
+        self.queue_seconds.observe(queue_seconds)
+        self._batch_size.observe(len(log_px))
+        self._instances.inc(len(log_px))
         if not accepted.all():
             reasons, counts = np.unique(prediction.rejected_by[~accepted].astype(str), return_counts=True)
             for reason, count in zip(reasons, counts):
                 self.rejected.labels(reason=reason, **self.labels).inc(int(count))
-        histogram = self.log_px.labels(**self.labels)
-        for value in log_px[np.isfinite(log_px)]:
-            histogram.observe(float(value))
+        self.log_px.observe(log_px[np.isfinite(log_px)])
 
 
 class LoadedVersionsCollector:

@@ -59,8 +59,8 @@ class ServedVersion:
         settings = self.settings
         if settings.batching:
             self.batcher = DynamicBatcher(
-                self.runtime.predict, self.executor, settings.max_batch_size, settings.max_delay_ms / 1000,
-                settings.max_queue, self.observe, max_wait_s=settings.request_timeout_s,
+                self.infer, self.executor, settings.max_batch_size, settings.max_delay_ms / 1000, settings.max_queue,
+                max_wait_s=settings.request_timeout_s,
             )
             self.batcher.start()
         self.state = READY
@@ -109,7 +109,10 @@ class ServedVersion:
         answers come sooner, and watching costs a task per request). Either way its queued work is
         dropped."""
         timeout = self.settings.request_timeout_s
-        work = self.batcher.submit(inputs) if self.batcher is not None else asyncio.ensure_future(self._predict_unbatched(inputs))
+        if self.batcher is not None:
+            work = self.batcher.submit(inputs)
+        else:
+            work = asyncio.get_running_loop().run_in_executor(self.executor, self.infer, inputs, [0.0])
         watched = {work}
         try:
             done = await _first_done(watched, min(timeout, DISCONNECT_WATCH_AFTER_S))
@@ -126,16 +129,15 @@ class ServedVersion:
             raise InputError("the client closed the connection before the answer", status=499)
         raise InputError(f"no answer within the request timeout of {timeout:g} s; retry later", status=504)
 
-    async def _predict_unbatched(self, inputs: InferenceInput) -> Prediction:
+    def infer(self, inputs: InferenceInput, queue_seconds: list[float]) -> Prediction:
+        """One forward pass and what is observed of it, the one place both happen: in the inference
+        thread (``executor``), never on the event loop. The metrics (``ModelMetrics``; a batch's
+        ``queue_seconds`` per request) and the drift monitor's window take whole arrays."""
         started = time.perf_counter()
-        prediction = await asyncio.get_running_loop().run_in_executor(self.executor, self.runtime.predict, inputs)
-        self.observe(prediction, time.perf_counter() - started, [0.0])
-        return prediction
-
-    def observe(self, prediction: Prediction, seconds: float, queue_seconds: list[float]) -> None:
-        """After one forward pass: the metrics, and the drift monitor's window."""
-        self.metrics.observe_predictions(prediction, seconds, queue_seconds)
+        prediction = self.runtime.predict(inputs)
+        self.metrics.observe_predictions(prediction, time.perf_counter() - started, queue_seconds)
         self.drift.add(prediction.log_px, prediction.p_value, prediction.accepted)
+        return prediction
 
 
 async def _first_done(futures: set[asyncio.Future], timeout: float) -> set[asyncio.Future]:

@@ -211,9 +211,9 @@ def test_hot_swap_in_flight_request_keeps_the_old_answer_and_the_next_gets_the_n
         old = models.lookup("a")
         hold, original = threading.Event(), old.batcher.run_batch
 
-        def held(x):
+        def held(inputs, queue_seconds):
             hold.wait(10)
-            return original(x)
+            return original(inputs, queue_seconds)
 
         old.batcher.run_batch = held
         in_flight = asyncio.ensure_future(v1(client, "a", digits))

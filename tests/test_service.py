@@ -320,6 +320,37 @@ def test_metrics_move_after_requests(client, digits):
         assert name in text
 
 
+def test_batch_histogram_exposes_what_prometheus_clients_histogram_does():
+    """Values observed a batch at a time against prometheus_client's Histogram observing them one by
+    one: the same buckets (bounds included: a value on a bound counts in it), count and sum (none
+    with a negative bound)."""
+    from prometheus_client import CollectorRegistry, Histogram
+    from prometheus_client.exposition import generate_latest
+
+    from service.metrics import BatchHistogram
+
+    def samples(text: bytes) -> dict[str, float]:
+        lines = [line.rsplit(" ", 1) for line in text.decode().splitlines() if line.startswith("h_") and "_created" not in line]
+        return {name: float(value) for name, value in lines}
+
+    for edges in ([-10.0, -1.0, 0.0, 0.5, 2.0], [0.001, 0.01, 0.1, 1.0]):
+        values = np.concatenate([np.random.default_rng(0).normal(0, 5, 200), edges, [-1e9, 1e9]])
+        registry = CollectorRegistry()
+        reference = Histogram("h", "doc", ["model"], buckets=edges, registry=registry).labels(model="m")
+        for value in values:
+            reference.observe(float(value))
+        ours = BatchHistogram("h", "doc", {"model": "m"}, edges[::-1])  # any order of the bounds
+        for part in np.array_split(values, 7):
+            ours.observe(part)
+        ours.observe(np.array([]))
+        mine = CollectorRegistry()
+        mine.register(ours)
+        expected, got = samples(generate_latest(registry)), samples(generate_latest(mine))
+        assert set(got) == set(expected) and len(got) == len(edges) + 2 + (edges[0] >= 0)  # buckets, +Inf, count (and sum)
+        for name, value in expected.items():
+            assert got[name] == pytest.approx(value, rel=1e-12, abs=1e-5), name  # the sum: +-1e9 summed in another order
+
+
 def test_drift_endpoint_and_gauges_follow_the_served_window(client, checkpoint, digits):
     predict(client, digits.tolist())
     predict(client, [[[0] * 8] * 8] * 4)  # blank images: rejected, the lowest or highest log p(x)

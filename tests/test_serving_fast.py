@@ -165,7 +165,7 @@ def test_batcher_refuses_past_its_queue_limit():
         started = threading.Event()
         release = threading.Event()
 
-        def run_batch(inputs):
+        def run_batch(inputs, queue_seconds):
             started.set()
             release.wait(5)
             return {"value": inputs.x.sum(axis=1)}
@@ -220,7 +220,7 @@ def test_a_request_past_its_deadline_is_504_and_its_queued_work_is_dropped(expor
 def test_batcher_refuses_when_the_expected_wait_is_past_the_deadline():
     async def go():
         with ThreadPoolExecutor(1) as executor:
-            batcher = DynamicBatcher(lambda x: {"value": x.sum(axis=1)}, executor, max_batch_size=4, max_delay_s=0, max_queue=1000, max_wait_s=0.5)
+            batcher = DynamicBatcher(lambda inputs, queue_seconds: {"value": inputs.x.sum(axis=1)}, executor, max_batch_size=4, max_delay_s=0, max_queue=1000, max_wait_s=0.5)
             batcher.queued_instances = 100
             assert batcher.expected_wait() == 0.0  # nothing measured yet: only the count limit applies
             batcher.seconds_per_instance, batcher.queued_instances = 0.2, 0
