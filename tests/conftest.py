@@ -2,12 +2,16 @@
 that never gets ready fails its test within the timeout instead of hanging the suite; pytest-timeout,
 set in pyproject.toml, is the backstop)."""
 import asyncio
+import subprocess
+import sys
 import time
+from pathlib import Path
 from typing import Callable
 
 import pytest
 import torch
 
+ROOT = Path(__file__).resolve().parents[1]
 READY_TIMEOUT_S = 60.0  # a tiny model loads and warms up in about a second
 
 
@@ -42,3 +46,18 @@ async def wait_until(condition: Callable[[], bool], what: str, timeout: float = 
         if time.monotonic() > deadline:
             pytest.fail(f"waited {timeout:g} s for {what}")
         await asyncio.sleep(0.01)
+
+
+def run_without(packages: list[str], code: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run ``code`` in a fresh Python in the repository root where importing any of ``packages`` (top
+    level names) fails: what an environment without those extras can do."""
+    guard = (
+        "import sys\n"
+        f"blocked = {packages!r}\n"
+        "class Block:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] in blocked:\n"
+        "            raise ImportError(f'{name} is not installed here')\n"
+        "sys.meta_path.insert(0, Block())\n"
+    )
+    return subprocess.run([sys.executable, "-c", guard + code], capture_output=True, text=True, cwd=ROOT, timeout=timeout)

@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from service.app import create_app
+from tests.conftest import run_without
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -107,21 +108,6 @@ def test_dockerfiles_pass_hadolint():
 def test_the_service_imports_nothing_of_the_training_extras():
     """The serve extra is enough: a process where the training-only packages cannot be imported
     still builds the app and loads its modules."""
-    import subprocess
-    import sys
-
     blocked = ["sklearn", "matplotlib", "onnxscript", "yaml", "tqdm", "training"]  # scipy serves the drift tests
-    script = (
-        "import sys\n"
-        f"blocked = {blocked!r}\n"
-        "class Block:\n"
-        "    def find_spec(self, name, path=None, target=None):\n"
-        "        if name.split('.')[0] in blocked:\n"
-        "            raise ImportError(f'{name} is not part of the serve extra')\n"
-        "sys.meta_path.insert(0, Block())\n"
-        "import service.__main__, service.app, inference.runtime\n"
-        "service.app.create_app()\n"
-        "print('ok')\n"
-    )
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    result = run_without(blocked, "import service.__main__, service.app, inference.runtime\nservice.app.create_app()\nprint('ok')\n", timeout=120)
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-2000:]

@@ -10,6 +10,7 @@ import pytest
 from inference.inputs import InferenceInput
 from inference.runtime import ModelRuntime
 from tests.agreement import assert_answers_agree, held_out_digits
+from tests.conftest import run_without
 from training.cli import main as training_main
 
 TINY = str(Path(__file__).resolve().parents[1] / "training" / "configs" / "tiny.yaml")
@@ -111,23 +112,8 @@ def test_bad_inputs_are_one_line_errors_and_leave_no_output(checkpoint, inputs, 
 def test_scoring_needs_nothing_of_the_web_service(checkpoint, inputs, tmp_path):
     """The score extra is enough: a process where the service and its web stack cannot be imported
     still scores a file with the local engine."""
-    import subprocess
-    import sys
-
     blocked = ["service", "fastapi", "starlette", "uvicorn", "orjson", "prometheus_client", "pydantic_settings"]
-    script = (
-        "import sys\n"
-        f"blocked = {blocked!r}\n"
-        "class Block:\n"
-        "    def find_spec(self, name, path=None, target=None):\n"
-        "        if name.split('.')[0] in blocked:\n"
-        "            raise ImportError(f'{name} is not part of the score extra')\n"
-        "sys.meta_path.insert(0, Block())\n"
-        "from training.cli import main\n"
-        f"sys.exit(main(['score', '--checkpoint', {str(checkpoint)!r}, '--input', {str(inputs[0] / 'digits.npz')!r}, "
-        f"'--output', {str(tmp_path / 'out')!r}, '--engine', 'local', '--quiet']))\n"
-    )
-    root = Path(__file__).resolve().parents[1]
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=root, timeout=300)
+    arguments = ["score", "--checkpoint", str(checkpoint), "--input", str(inputs[0] / "digits.npz"), "--output", str(tmp_path / "out"), "--engine", "local", "--quiet"]
+    result = run_without(blocked, f"from training.cli import main\nsys.exit(main({arguments!r}))\n")
     assert result.returncode == 0, result.stderr[-2000:]
     assert len(pd.read_parquet(tmp_path / "out")) == 40
