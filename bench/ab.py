@@ -12,15 +12,13 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
-from bench.model import ROOT, build_benchmark_checkpoint
-from bench.serve import ONE_REQUEST_KIND, request_bodies, wait_until_up, wrk
+from bench.model import ROOT
+from bench.serve import ONE_REQUEST_KIND, prepare, stop, wait_until_up, wrk
 from bench.serve_load import free_port
 
 PATHS = {"v1": "/v1/models/mnist-bench:predict", "v2": "/v2/models/mnist-bench/infer"}
@@ -34,14 +32,6 @@ def start(source: Path, checkpoint: Path, backend: str, port: int) -> subprocess
     return subprocess.Popen(command, cwd=source, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
 
 
-def stop(process: subprocess.Popen) -> None:
-    os.killpg(process.pid, signal.SIGTERM)
-    try:
-        process.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--before", required=True, help="git revision to compare the working tree with (e.g. main~1)")
@@ -53,11 +43,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=5.0, help="wrk time per measurement")
     parser.add_argument("--write", action="store_true", help="rewrite the ab section of docs/benchmarks.md")
     args = parser.parse_args()
-    if shutil.which("wrk") is None:
-        raise SystemExit("wrk not found: apt-get install wrk")
-    checkpoint = build_benchmark_checkpoint(Path(args.checkpoint))
-    scratch = Path(tempfile.mkdtemp())
-    bodies = request_bodies(scratch)
+    checkpoint, scratch, bodies = prepare(args.checkpoint)
     worktree = scratch / "before"
     subprocess.run(["git", "worktree", "add", "--detach", str(worktree), args.before], cwd=ROOT, check=True, capture_output=True)
     sides = {"before": worktree, "after": ROOT}

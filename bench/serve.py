@@ -276,6 +276,25 @@ def gate_cost(rows: list) -> str:
     return " ".join(lines)
 
 
+def prepare(checkpoint: str) -> tuple[Path, Path, dict[str, RequestBody]]:
+    """Before any measurement: wrk present, the benchmark checkpoint built (``bench/model.py``), and
+    every request kind's body written to a new scratch folder; (checkpoint, scratch, bodies)."""
+    if shutil.which("wrk") is None:
+        raise SystemExit("wrk not found: apt-get install wrk")
+    scratch = Path(tempfile.mkdtemp())
+    return build_benchmark_checkpoint(Path(checkpoint)), scratch, request_bodies(scratch)
+
+
+def stop(process: subprocess.Popen) -> None:
+    """End a server started in its own session: SIGTERM to its process group (the server and any
+    workers it started), SIGKILL after 15 s."""
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=8.0, help="measuring time per row")
@@ -284,11 +303,7 @@ def main() -> None:
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="our service's device (cuda: the GPU variant; pair it with bench/gpu.py)")
     parser.add_argument("--write", action="store_true", help="rewrite the serve section of docs/benchmarks.md")
     args = parser.parse_args()
-    if shutil.which("wrk") is None:
-        raise SystemExit("wrk not found: apt-get install wrk")
-    checkpoint = build_benchmark_checkpoint(Path(args.checkpoint))
-    scratch = Path(tempfile.mkdtemp())
-    bodies = request_bodies(scratch)
+    checkpoint, scratch, bodies = prepare(args.checkpoint)
     ceiling = in_process(checkpoint)  # CPU ceiling; on a GPU see bench/gpu.py
     if not MLSERVER.exists():
         print(f"{MLSERVER} not found: MLServer is left out (make bench-env builds its environment)")
@@ -309,11 +324,7 @@ def main() -> None:
                 result = wrk(f"http://127.0.0.1:{port}{path}", body.body, concurrency, args.seconds, body.content_type, body.header_length)
                 rows.append((name, kind, concurrency, body.instances, result))
         finally:
-            os.killpg(process.pid, signal.SIGTERM)  # the server and any worker processes it started
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
+            stop(process)
         time.sleep(1)
 
     best_ceiling = max(ceiling["instances_per_s"].values())

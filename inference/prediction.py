@@ -4,7 +4,7 @@ concatenates back (dynamic batching), and flattens to named columns (``columns``
 v2 output tensors and of the offline score table)."""
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -61,7 +61,7 @@ class Prediction:
         named = {name: getattr(self, name) for name in _INSTANCE_FIELDS}
         named.update({f"score_{name}": values for name, values in self.scores.items()})
         named.update({f"p_value_{name}": values for name, values in self.p_values.items()})
-        named.update({field.name: getattr(self.head, field.name) for field in fields(self.head)})
+        named.update(vars(self.head))
         return named
 
     def split(self, sizes: list[int]) -> list["Prediction"]:
