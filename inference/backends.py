@@ -3,16 +3,23 @@
 for classification, ``mean`` and ``variance`` for regression) and every score of ``models.scores``
 (``log_px`` float64 ``(N,)`` nats, the level terms, head evidence, ``latent_distance``, ``neighbour_distance``, ``complexity``, ``likelihood_ratio``).
 
+On the CPU both give each row the same bits whatever the batch it comes in and whatever the thread
+count (docs/gate.md, "Same input, same answer"; ``bench/batch_invariance.py`` measures it):
+
 - ``TorchBackend``: the checkpoint's model in eager mode under ``torch.inference_mode`` (CUDA when
-  the device says so).
+  the device says so). On the CPU a batch of fewer than ``TORCH_CPU_MIN_ROWS`` rows is padded to
+  that many: below it torch takes other kernels (native 1x1 convolutions instead of oneDNN's,
+  small-matrix BLAS paths) that round differently.
 - ``OnnxBackend``: ONNX Runtime on the checkpoint's ``model.onnx``: the CUDA provider first where
-  ONNX Runtime has it and the device allows, else the CPU; threads from the CPUs this process may
-  use, spinning off so idle workers do not steal the event loop's core.
+  ONNX Runtime has it and the device allows, else the CPU. There each ``session.run`` has one
+  thread, and a batch's rows are shared out in ranges run at once: with intra-op threads, ONNX
+  Runtime's blocked-layout (NCHWc) convolutions share out their work by the batch's size and round
+  a rare row differently (1 of 1,797 digits at 2 threads); one thread computes each row alike.
 """
 from __future__ import annotations
 
 import logging
-import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +30,9 @@ from models.hybrid import HybridModel
 from models.scores import ScoreFit, forward_scores
 
 log = logging.getLogger(__name__)
+# torch on the CPU takes its large-batch kernels from this many rows on (its own threshold for oneDNN's
+# 1x1 convolutions; measured batch-invariant from here: bench/batch_invariance.py)
+TORCH_CPU_MIN_ROWS = 16
 
 
 class TorchBackend:
@@ -34,27 +44,31 @@ class TorchBackend:
         self.model = model.to(device).eval()
         self.fitted = None if fitted is None else fitted.to(device)
         self.device = device
+        self.min_rows = TORCH_CPU_MIN_ROWS if device.type == "cpu" else 1
         if device.type == "cpu":
             torch.set_num_threads(threads or max(1, usable_cpus() - 1))
 
     def forward(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        rows = len(x)
+        if rows < self.min_rows:  # copies of the first row: any valid input does
+            x = np.concatenate([x, np.repeat(x[:1], self.min_rows - rows, axis=0)])
         with torch.inference_mode():
             results = forward_scores(self.model, torch.from_numpy(x).to(self.device), self.fitted)
             results.pop("z")
             results["log_px"] = results["log_px"].double()
-            return {key: value.cpu().numpy() for key, value in results.items()}
+            return {key: value[:rows].cpu().numpy() for key, value in results.items()}
 
 
 class OnnxBackend:
     name = "onnx"
 
     def __init__(self, path: Path, device: torch.device, threads: int | None = None):
-        """``threads``: ONNX Runtime's intra-op threads; default all usable CPUs (with spinning off,
-        idle threads sleep)."""
+        """``threads``: on the CPU, how many of a batch's row ranges run at once, each a one-thread
+        ``session.run`` (default all usable CPUs); see the module's note for why not intra-op threads."""
         import onnxruntime
 
         options = onnxruntime.SessionOptions()
-        options.intra_op_num_threads = threads or usable_cpus()
+        options.intra_op_num_threads = 1
         options.inter_op_num_threads = 1
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.log_severity_level = 3
@@ -67,29 +81,21 @@ class OnnxBackend:
         if device.type == "cuda" and "CUDAExecutionProvider" not in self.session.get_providers():
             raise DeviceUnavailable("ONNX Runtime fell back to the CPU although CUDA was required; check the CUDA and cuDNN libraries")
         self.device = device
+        self.workers = 1 if device.type == "cuda" else threads or usable_cpus()
+        self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="onnx-rows") if self.workers > 1 else None
         self.input_name = self.session.get_inputs()[0].name
         self.output_names = [output.name for output in self.session.get_outputs()]
 
+    def _run(self, x: np.ndarray) -> list[np.ndarray]:
+        return self.session.run(None, {self.input_name: x})
+
     def forward(self, x: np.ndarray) -> dict[str, np.ndarray]:
-        outputs = dict(zip(self.output_names, self.session.run(None, {self.input_name: x})))
+        ranges = min(self.workers, len(x))
+        if ranges > 1:  # the session is thread-safe and releases the GIL while it runs
+            parts = list(self._pool.map(self._run, np.array_split(x, ranges)))
+            results = [np.concatenate(columns) for columns in zip(*parts)]
+        else:
+            results = self._run(x)
+        outputs = dict(zip(self.output_names, results))
         outputs["log_px"] = outputs["log_px"].astype(np.float64)
         return outputs
-
-
-def seconds_per_call(backend, x: np.ndarray, repeats: int = 5) -> float:
-    """Median wall time of ``backend.forward(x)`` after one untimed call."""
-    backend.forward(x)
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        backend.forward(x)
-        times.append(time.perf_counter() - started)
-    return float(np.median(times))
-
-
-def fastest(candidates: list, probes: list[np.ndarray]):
-    """The backend with the least total time over the probe batches (logged)."""
-    timings = {backend.name: sum(seconds_per_call(backend, x) for x in probes) for backend in candidates}
-    choice = min(candidates, key=lambda backend: timings[backend.name])
-    log.info("backend auto: %s (probe seconds %s)", choice.name, {k: round(v, 5) for k, v in timings.items()})
-    return choice

@@ -13,7 +13,7 @@ import torch
 from models.checkpoint import CheckpointError, LoadedCheckpoint, load_checkpoint
 from models.device import resolve_device
 from models.gate import bits_per_dim, gated_probabilities, gated_regression
-from inference.backends import OnnxBackend, TorchBackend, fastest
+from inference.backends import OnnxBackend, TorchBackend
 from inference.inputs import InferenceInput
 from inference.prediction import ClassOutputs, Prediction, RegressionOutputs
 
@@ -42,21 +42,14 @@ class ModelRuntime:
         self.backend = self._build_backend(backend, checkpoint, threads)
 
     def _build_backend(self, kind: str, checkpoint: LoadedCheckpoint, threads: int | None):
-        candidates = []
-        if kind in ("torch", "auto"):
-            candidates.append(TorchBackend(checkpoint.model, checkpoint.gate.fitted, self.device, threads))
-        if kind in ("onnx", "auto"):
-            onnx = self.manifest.onnx
-            if onnx is None:
-                if kind == "onnx":
-                    raise CheckpointError(
-                        f"checkpoint {checkpoint.path} has no ONNX model; run: python -m training export --checkpoint {checkpoint.path}"
-                    )
-            else:
-                candidates.append(OnnxBackend(checkpoint.path / onnx.file, self.device, threads))
-        if len(candidates) == 1:
-            return candidates[0]
-        return fastest(candidates, [self.midrange_inputs(1).x, self.midrange_inputs(32).x])
+        """``auto``: ONNX Runtime where the checkpoint has its export, else torch. A rule, not a timing
+        probe, so every replica of a deployment serves the same backend and gives the same answers."""
+        onnx = self.manifest.onnx
+        if kind == "onnx" and onnx is None:
+            raise CheckpointError(f"checkpoint {checkpoint.path} has no ONNX model; run: python -m training export --checkpoint {checkpoint.path}")
+        if kind == "torch" or onnx is None:
+            return TorchBackend(checkpoint.model, checkpoint.gate.fitted, self.device, threads)
+        return OnnxBackend(checkpoint.path / onnx.file, self.device, threads)
 
     @property
     def platform(self) -> str:
@@ -69,8 +62,8 @@ class ModelRuntime:
         name: str | None = None, version: str | None = None,
     ) -> "ModelRuntime":
         """Load and verify a checkpoint (``CheckpointError`` on any problem; with ``signing_key``
-        also its signature) and start ``backend`` (``torch``, ``onnx`` or ``auto``: the faster on a
-        warm-up measurement). ``threads``: CPU threads for model math (default per backend, see
+        also its signature) and start ``backend`` (``torch``, ``onnx`` or ``auto``: ONNX Runtime where the
+        checkpoint has its export). ``threads``: CPU threads for model math (default per backend, see
         ``inference.backends``)."""
         resolved = resolve_device(device)
         runtime = cls(load_checkpoint(model_dir, resolved, signing_key), resolved, backend, threads, name, version)
@@ -95,7 +88,7 @@ class ModelRuntime:
         )
 
     def midrange_inputs(self, batch: int) -> InferenceInput:
-        """``batch`` inputs in the middle of the input range (warm-up and backend probes)."""
+        """``batch`` inputs in the middle of the input range (warm-up)."""
         levels = self.manifest.preprocessing.levels or 2
         return InferenceInput(np.full((batch, *self.input_shape), (levels - 1) / 2, dtype=np.float32))
 

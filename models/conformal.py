@@ -28,6 +28,8 @@ from typing import Literal
 
 import numpy as np
 
+from models.rowwise import row_products
+
 Tail = Literal["lower", "upper", "both"]
 Combine = Literal["fisher", "min", "weighted", "max_sum", "bonferroni"]
 TAIL_QUANTILE = 0.1  # the exponential tail starts beyond the reference's 10% / 90% quantile
@@ -124,7 +126,7 @@ def combined_statistic(surprises: np.ndarray, combine: Combine, weights: np.ndar
     if sum_only:
         if combine != "max_sum":
             raise ValueError(f"only max_sum takes surprises that enter the sum alone, not {combine!r}")
-        return surprises[:, :-sum_only].max(axis=1) + surprises @ weights
+        return surprises[:, :-sum_only].max(axis=1) + row_products(surprises, weights)
     if combine == "fisher":
         return surprises.sum(axis=1)
     if combine == "min":
@@ -132,7 +134,7 @@ def combined_statistic(surprises: np.ndarray, combine: Combine, weights: np.ndar
     if combine == "weighted":
         return (surprises * weights).max(axis=1)
     if combine == "max_sum":
-        return surprises.max(axis=1) + surprises @ weights
+        return surprises.max(axis=1) + row_products(surprises, weights)
     raise ValueError(f"combine {combine!r} has no calibrated statistic")
 
 

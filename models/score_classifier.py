@@ -17,6 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from models.rowwise import row_products
+
 CLIP = 50.0  # standardised scores beyond this many reference deviations (and non-finite ones) are clipped
 HIDDEN = 32  # hidden units per member
 MEMBERS = 5  # networks averaged (docs/gate.md: one network's seed moved unseen families by up to 4 points)
@@ -38,7 +40,8 @@ class ScoreClassifier:
     comes from a synthetic outlier: ``relu(z @ hidden_weight + hidden_bias) @ output_weight +
     output_bias`` on ``z``, the scores standardised by the inliers' ``mean`` and ``scale`` ``(m,)``
     (an ensemble's mean is this form too: its members side by side, output weights divided by their
-    number). float64 numpy, so both serving backends give the same answer."""
+    number). float64 numpy, so both serving backends give the same answer, row by row
+    (``models.rowwise``) whatever the batch."""
 
     mean: np.ndarray
     scale: np.ndarray
@@ -48,8 +51,8 @@ class ScoreClassifier:
     output_bias: np.ndarray  # (1,)
 
     def __call__(self, scores: np.ndarray) -> np.ndarray:
-        hidden = np.maximum(0.0, _standardised(scores, self.mean, self.scale) @ self.hidden_weight + self.hidden_bias)
-        return hidden @ self.output_weight + self.output_bias[0]
+        hidden = np.maximum(0.0, row_products(_standardised(scores, self.mean, self.scale), self.hidden_weight) + self.hidden_bias)
+        return row_products(hidden, self.output_weight) + self.output_bias[0]
 
     def bounds(self, low: np.ndarray, high: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Lower and upper bounds ``(N,)`` of the log-odds over every score vector between ``low`` and

@@ -84,9 +84,10 @@ class LatentGaussian(nn.Module):
         return cls(torch.from_numpy(projection @ whitening), torch.from_numpy(means @ whitening))
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
+        # each row's differences to the means, not |u|^2 - 2 u.m + |m|^2: that product's small matmul
+        # rounds by the batch size (docs/gate.md, "Same input, same answer"), and cancels besides
         u = z @ self.weight
-        distances = (u * u).sum(dim=1, keepdim=True) - 2 * u @ self.means.T + (self.means * self.means).sum(dim=1)
-        return distances.min(dim=1).values
+        return (u[:, None, :] - self.means[None]).pow(2).sum(dim=2).min(dim=1).values
 
 
 class LatentNeighbours(nn.Module):

@@ -40,11 +40,11 @@ class ServiceSettings(BaseSettings):
     host: str = Field("127.0.0.1", description="address to listen on")
     port: int = Field(8000, ge=1, le=65535, description="port to listen on")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA when present")
-    backend: Literal["torch", "onnx", "auto"] = Field("auto", description="inference runtime; auto: the faster on a warm-up measurement (torch when the checkpoint has no model.onnx)")
+    backend: Literal["torch", "onnx", "auto"] = Field("auto", description="inference runtime; auto: onnx where the checkpoint has model.onnx, else torch (a rule, so replicas agree)")
     max_instances: int = Field(1024, ge=1, description="most instances in one request")
     max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024, description="largest request body (413 above)")
     inference_threads: int | None = Field(
-        None, ge=1, description="CPU threads for model math; default: torch the usable CPUs minus one (its idle threads spin), ONNX Runtime all of them (spinning off)"
+        None, ge=1, description="CPU threads for model math; default: torch the usable CPUs minus one (its idle threads spin), ONNX Runtime all (row ranges of a batch run at once, one thread each: docs/gate.md)"
     )
     batching: bool = Field(True, description="gather concurrent requests into one forward pass")
     max_batch_size: int = Field(64, ge=1, description="most instances in one batched forward pass")

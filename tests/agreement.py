@@ -1,8 +1,11 @@
-"""What a test may assert when one input is answered twice under different conditions: another batch
-size, thread count, process or backend. The float32 kernels round differently under each (about
-1e-5 nats in log p(x) between batch sizes of the test models; up to the export's parity bound, 1e-3
-nats, between torch and ONNX Runtime); the code promises no more than that today. The rest follows
-from it, and ``assert_answers_agree`` asserts exactly that:
+"""What a test may assert when one input is answered twice under different conditions.
+
+Within one backend on the CPU, the same input gets the same answer bit for bit whatever its batch,
+thread count or process (docs/gate.md, "Same input, same answer"): ``assert_same_answers``.
+
+Between torch and ONNX Runtime, or against the model called outside a backend (other kernels), the
+float32 arithmetic rounds differently: up to the export's parity bound, 1e-3 nats in log p(x). The
+rest follows from it, and ``assert_answers_agree`` asserts exactly that:
 - scores and log p(x) agree within the tolerance (``EXACT_SCORES`` exactly); the head's
   probabilities within its own;
 - a conformal p-value is a rank: it moves only by the calibration scores that lie within the
@@ -18,7 +21,7 @@ from it, and ``assert_answers_agree`` asserts exactly that:
   reach it;
 - the head's label flips only where its two largest probabilities are within the tolerance.
 Inputs that are rows of the calibration or validation split sit exactly on such scores, so tests
-take ``held_out_digits``: digits in no split of the ``tiny`` data set."""
+that compare across backends take ``held_out_digits``: digits in no split of the ``tiny`` data set."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -55,7 +58,7 @@ class Tolerance:
         assert bad.size == 0, f"{name}: rows {bad.tolist()} differ by {difference[bad].tolist()} (beyond rounding)"
 
 
-ROUNDING = Tolerance(rtol=1e-5, atol=1e-4, probability=1e-6)  # one backend: batch sizes, threads, processes
+ROUNDING = Tolerance(rtol=1e-5, atol=1e-4, probability=1e-6)  # torch's kernels for other batch sizes (outside a backend)
 BACKENDS = Tolerance(rtol=1e-5, atol=1e-3, probability=1e-5)  # torch against ONNX Runtime (the export's parity check)
 # Scores of the pixels alone, the same under every condition: complexity is a sum of integer
 # differences (exact in float32) over a constant. Integer-valued, they tie often with calibration scores.
@@ -177,6 +180,15 @@ def assert_answers_agree(expected: dict[str, np.ndarray], actual: dict[str, np.n
         assert not (relabelled & ~tied).any(), f"labels differ where the head is not tied: rows {np.flatnonzero(relabelled & ~tied).tolist()}"
         same = ~flipped
         np.testing.assert_allclose(np.asarray(actual["probabilities"])[same], np.asarray(expected["probabilities"])[same], atol=tolerance.probability, err_msg="probabilities")
+
+
+def assert_same_answers(expected: dict[str, np.ndarray], actual: dict[str, np.ndarray], what: str = "") -> None:
+    """Every answer column of ``actual`` (``Prediction.columns``' names; at least log p(x), the
+    p-value and the decision) equal to ``expected``'s, value for value: one backend's promise across
+    batch sizes, thread counts and processes."""
+    assert {"log_px", "p_value", "accepted"} <= set(actual) <= set(expected), what
+    for name, values in actual.items():
+        np.testing.assert_array_equal(values, expected[name], err_msg=f"{name} {what}")
 
 
 def v1_answer(predictions: list[dict], gate: Gate) -> dict[str, np.ndarray]:

@@ -9,6 +9,7 @@ from scipy import stats
 
 from models.conformal import LEARNED_COMBINATIONS, WEIGHT_FLOOR, batch_typicality_p_value, combined_statistic, fit_sum_weights, fit_weights, p_values, surprise
 from models.gate import GATE_METHODS, Gate, calibrate_gate, gate_tails, score_matrix
+from models.rowwise import row_products
 from models.score_classifier import ScoreClassifier
 
 
@@ -191,6 +192,18 @@ def test_score_classifier_ensemble_is_the_mean_of_its_members_fitted_alone():
     scores = rng.standard_normal((100, 3)) * 2
     np.testing.assert_allclose(ensemble(scores), np.mean([member(scores) for member in alone], axis=0), rtol=1e-9, atol=1e-9)
     assert ensemble.hidden_weight.shape == (3, 12) and not np.allclose(alone[0](scores), alone[1](scores))
+
+
+def test_row_products_are_the_matrix_product_and_the_same_for_a_row_alone_or_in_a_batch():
+    """numpy's ``@`` rounds a row by how many rows come with it (a matrix-vector kernel alone):
+    ``row_products`` is the same product with one fixed order of sums per row."""
+    rng = np.random.default_rng(3)
+    a, matrix, vector = rng.standard_normal((300, 9)), rng.standard_normal((9, 40)), rng.standard_normal(9)
+    for b in (matrix, vector):
+        whole = row_products(a, b)
+        np.testing.assert_allclose(whole, a @ b, rtol=1e-12, atol=1e-12)
+        for size in (1, 3, 64):
+            np.testing.assert_array_equal(np.concatenate([row_products(a[i : i + size], b) for i in range(0, len(a), size)]), whole)
 
 
 def test_p_value_counts_ties_and_tails_against_a_direct_count():

@@ -22,11 +22,12 @@ from models.manifest import ManifestDraft
 from models.hybrid import HybridModel
 from models.scores import forward_scores
 from service.encoding import instance_records, output_table, output_tensors, v2_output
-from tests.agreement import ROUNDING, Movement, assert_answers_agree
+from tests.agreement import ROUNDING, Movement, assert_answers_agree, assert_same_answers
 from training.calibration import differs_only_in_gate, fit_gate, recalibrate, refit_gate, score_names, subsample
 from training.cli import main as training_main
 from training.config import ConfigError, ExperimentConfig, GateSettings
 from training.data import DataError, Split, Splits, load_dataset, split_dataset
+from training.ood_sets import builtin_ood_sets
 
 CONFIGS = Path(__file__).resolve().parents[1] / "training" / "configs"
 
@@ -97,23 +98,49 @@ def test_runtime_describes_its_checkpoint_and_backend(tiny, runtime):
     assert 0 < runtime.warm_up(2) < 60
     onnx = ModelRuntime.load(tiny, "cpu", "onnx", threads=3)
     assert onnx.backend.name == "onnx" and onnx.platform == "onnxruntime_onnx"
-    assert onnx.backend.session.get_session_options().intra_op_num_threads == 3
-    assert ModelRuntime.load(tiny, "cpu", "auto").backend.name in ("torch", "onnx")
+    # threads are row ranges run at once, each session.run on one thread (batch-invariant)
+    assert onnx.backend.session.get_session_options().intra_op_num_threads == 1 and onnx.backend.workers == 3
+    assert runtime.backend.min_rows == 16  # torch on the CPU: small batches padded onto the large-batch kernels
+    assert ModelRuntime.load(tiny, "cpu", "auto").backend.name == "onnx"  # a rule, the same on every replica
     assert runtime.checkpoint_path == tiny
     renamed = ModelRuntime.load(tiny, "cpu", name="digits", version="7")  # served from a repository's folders
     assert (renamed.name, renamed.version, renamed.manifest.version) == ("digits", "7", manifest.version)
 
 
-def test_answers_agree_across_batch_sizes_up_to_rounding_and_no_further(runtime):
-    """``tests.agreement`` against the real thing: the tiny data set's own rows (scores on
-    calibration and reference scores) and noise, one at a time, by 7 and all at once, agree as it
-    says; a p-value, score, decision, label or reason changed beyond rounding does not."""
+@pytest.mark.parametrize("backend", ["torch", "onnx"])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_the_same_input_gets_the_same_answer_in_any_batch(tiny, backend, threads):
+    """docs/gate.md, "Same input, same answer": bit for bit alone, in batches of 3 and 64 and all at
+    once, on the tiny data set's own rows (training, reference and calibration rows: scores that
+    sit on reference and calibration scores, the hardest case), OOD families and noise. ONNX
+    Runtime also across thread counts (one-thread runs over row ranges); torch at each thread
+    count (across them its BLAS may split sums differently: not promised)."""
+    previous = torch.get_num_threads()
+    try:
+        runtime = ModelRuntime.load(tiny, "cpu", backend, threads=threads)  # torch's threads are the process's: set here
+        digits = load_dataset(ExperimentConfig.model_validate(runtime.manifest.training.config).data).x
+        families = builtin_ood_sets(digits[:8], levels=17)
+        noise = np.random.default_rng(0).integers(0, 17, (8, 8, 8)).astype(np.float32)
+        x = np.concatenate([digits, *families.values(), noise]).astype(np.float32)
+        whole = runtime.predict(InferenceInput(x)).columns()
+        assert not whole["accepted"][len(digits) :].all()  # the OOD rows include rejections
+        for size in (1, 3, 64):
+            parts = [runtime.predict(InferenceInput(x[start : start + size])) for start in range(0, len(x), size)]
+            assert_same_answers(whole, Prediction.concatenate(parts).columns(), f"in batches of {size}")
+        if backend == "onnx":
+            other = ModelRuntime.load(tiny, "cpu", "onnx", threads=3 - threads)
+            assert_same_answers(whole, other.predict(InferenceInput(x)).columns(), f"on {3 - threads} threads")
+    finally:
+        torch.set_num_threads(previous)
+
+
+def test_answers_agree_checks_rounding_and_no_further(runtime):
+    """``tests.agreement`` (torch against ONNX Runtime) against the real thing: a p-value, score,
+    decision, label or reason changed beyond rounding does not agree."""
     digits = load_dataset(ExperimentConfig.model_validate(runtime.manifest.training.config).data).x
     x = np.concatenate([digits, np.random.default_rng(0).integers(0, 17, (8, 8, 8)).astype(np.float32)])  # noise: clear rejections
     whole = runtime.predict(InferenceInput(x)).columns()
-    for size in (1, 7):
-        parts = [runtime.predict(InferenceInput(x[start : start + size])) for start in range(0, len(x), size)]
-        assert_answers_agree(whole, Prediction.concatenate(parts).columns(), runtime.gate)
+    assert_answers_agree(whole, whole, runtime.gate)
     clear = ~Movement.of(whole, runtime.gate, ROUNDING).anything  # rows whose answers rounding cannot move
     row = int(np.flatnonzero(clear & (whole["p_value"] > 0.3) & (whole["p_value"] < 0.9))[0])
     rejected = int(np.flatnonzero(clear & ~whole["accepted"])[0])

@@ -243,7 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--input", required=True, metavar="FILE_OR_GLOB", help="input file(s), e.g. 'data/*.parquet' (quote globs)")
     score.add_argument("--output", required=True, help="Parquet folder to create (never overwritten)")
     score.add_argument("--engine", choices=["ray", "local"], default="ray", help="ray: Ray Data actor pool (default); local: a loop in this process")
-    score.add_argument("--backend", choices=["torch", "onnx", "auto"], default="auto", help="inference runtime (auto: the faster on a probe)")
+    score.add_argument("--backend", choices=["torch", "onnx", "auto"], default="auto", help="inference runtime (auto: ONNX Runtime where the checkpoint has model.onnx, else torch)")
     score.add_argument("--batch-size", type=positive_int, default=256, help="rows per model call (default 256)")
     score.add_argument("--actors", type=positive_int, help="Ray actors, one model and one CPU each (default on a local Ray: the usable CPUs minus one)")
     score.add_argument("--address", help="an existing Ray cluster (ray://HOST:10001 or auto); default: start a local one")
