@@ -82,7 +82,7 @@ class OnnxBackend:
             raise DeviceUnavailable("ONNX Runtime fell back to the CPU although CUDA was required; check the CUDA and cuDNN libraries")
         self.device = device
         self.workers = 1 if device.type == "cuda" else threads or usable_cpus()
-        self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="onnx-rows") if self.workers > 1 else None
+        self._pool = ThreadPoolExecutor(self.workers - 1, thread_name_prefix="onnx-rows") if self.workers > 1 else None
         self.input_name = self.session.get_inputs()[0].name
         self.output_names = [output.name for output in self.session.get_outputs()]
 
@@ -92,7 +92,9 @@ class OnnxBackend:
     def forward(self, x: np.ndarray) -> dict[str, np.ndarray]:
         ranges = min(self.workers, len(x))
         if ranges > 1:  # the session is thread-safe and releases the GIL while it runs
-            parts = list(self._pool.map(self._run, np.array_split(x, ranges)))
+            first, *rest = np.array_split(x, ranges)
+            others = [self._pool.submit(self._run, part) for part in rest]
+            parts = [self._run(first), *(future.result() for future in others)]
             results = [np.concatenate(columns) for columns in zip(*parts)]
         else:
             results = self._run(x)
