@@ -5,7 +5,7 @@ the machine falls on both alike. Prints requests/s per side (median over the rou
 ratio, per request kind and concurrency. For refactors that must not cost throughput; ``--write``
 puts the table in docs/benchmarks.md.
 
-    .venv-bench/bin/python -m bench.ab --before main~1 --rounds 3 --seconds 5
+    .venv/bin/python -m bench.ab --before main~1 --rounds 3 --seconds 5   (after make install; needs wrk)
 """
 from __future__ import annotations
 
@@ -58,7 +58,8 @@ def main() -> None:
             wait_until_up(ports[side], process, PATHS["v1"], body.read_bytes())
             wrk(f"http://127.0.0.1:{ports[side]}{PATHS['v1']}", body, 8, 3)  # warm-up
         rows = [(protocol, ONE_REQUEST_KIND[protocol], concurrency) for protocol in args.protocols for concurrency in args.concurrency]
-        rows += [(protocol, kind, 8) for protocol in args.protocols for kind in MANY_REQUEST_KINDS[protocol] if args.many]
+        if args.many:
+            rows += [(protocol, kind, 8) for protocol in args.protocols for kind in MANY_REQUEST_KINDS[protocol]]
         rates: dict[tuple, list[float]] = {}
         for round_index in range(args.rounds):
             order = list(sides) if round_index % 2 == 0 else list(sides)[::-1]
@@ -89,7 +90,7 @@ def main() -> None:
     if args.write:
         from training.docs import update_section
 
-        command = (f".venv-bench/bin/python -m bench.ab --before {args.before} --backend {args.backend} --rounds {args.rounds} --seconds {args.seconds:.0f} "
+        command = (f".venv/bin/python -m bench.ab --before {args.before} --backend {args.backend} --rounds {args.rounds} --seconds {args.seconds:.0f} "
                    f"--protocols {' '.join(args.protocols)}{' --many' if args.many else ''} --write")
         update_section(ROOT / "docs" / "benchmarks.md", f"ab-{args.backend}", f"## Our service at two commits, {args.backend} backend (`bench/ab.py`)\n\nCommand: `{command}`\n\n" + "\n".join(lines))
 

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from inference.backends import TORCH_CPU_MIN_ROWS
 from inference.inputs import InferenceInput
 from inference.prediction import ClassOutputs, Prediction, RegressionOutputs
 from inference.runtime import ModelRuntime
@@ -100,7 +101,7 @@ def test_runtime_describes_its_checkpoint_and_backend(tiny, runtime):
     assert onnx.backend.name == "onnx" and onnx.platform == "onnxruntime_onnx"
     # threads are row ranges run at once, each session.run on one thread (batch-invariant)
     assert onnx.backend.session.get_session_options().intra_op_num_threads == 1 and onnx.backend.workers == 3
-    assert runtime.backend.min_rows == 16  # torch on the CPU: small batches padded onto the large-batch kernels
+    assert runtime.backend.min_rows == TORCH_CPU_MIN_ROWS  # torch on the CPU: small batches padded onto the large-batch kernels
     assert ModelRuntime.load(tiny, "cpu", "auto").backend.name == "onnx"  # a rule, the same on every replica
     assert runtime.checkpoint_path == tiny
     renamed = ModelRuntime.load(tiny, "cpu", name="digits", version="7")  # served from a repository's folders
