@@ -1,32 +1,48 @@
-"""Drift of the served inputs: a sliding window of the last ``window`` instances' log p(x) (nats) and
-combined gate p-values, compared with the gate's calibration split (inputs the model never trained
-on, exchangeable with in-distribution traffic):
+"""Drift of the served inputs: a sliding window of the last ``window`` instances' log p(x) (nats),
+combined gate p-values and decisions, compared with the gate's calibration split (inputs the model
+never trained on, exchangeable with in-distribution traffic).
+
+Every test is two-sample: under no drift the window and the calibration split are draws from one
+distribution, and the split's own randomness is part of each test's null. (Given one split, the
+gate's p-values are not uniform and its rejection rate is not alpha; a test that assumes they are
+alarms forever on a deployment whose split happened to be off: issue 34, docs/operations.md.)
 
 - ``log_px``: two-sample Kolmogorov-Smirnov test of the window's log p(x) against the calibration
   split's (non-finite log p(x), outside the support, counts as the lowest value);
-- ``p_value``: one-sample KS test of the window's combined conformal p-values against Uniform(0, 1),
-  their distribution on exchangeable inputs;
-- ``rejection_rate``: the window's rejections against the gate's alpha, an exact one-sided binomial
-  test (more rejections than alpha predicts).
+- ``p_value``: two-sample KS test of the window's combined statistic T against the calibration
+  split's. A served conformal p-value is (1 + c) / (n + 1), with c the number of the n calibration
+  statistics at least as large as the instance's T, so the window's positions among the calibration
+  statistics, and with them the exact KS statistic, follow from its p-values; gates with a
+  calibrated statistic only (not ``bonferroni``);
+- ``rejection_rate``: the window's rejections, more than no drift predicts. Conformal gates: the
+  K cells of p-values below alpha hold a probability mass that is Beta(K, n + 1 - K) over draws of
+  the split (the n + 1 cells between sorted continuous calibration statistics are Dirichlet(1, ...,
+  1); Bates et al. 2023), so the count is beta-binomial. Tau gates (fixed tau): one-sided Fisher
+  exact test of the window's count below tau against the calibration split's.
 
-The drift p-value is the Bonferroni combination of the three (the smallest times three, at most 1);
-drift is declared when it is below ``threshold``. Field names follow Alibi Detect's drift detectors
-(``is_drift``, ``distance``, ``p_val``, ``threshold``). Nothing is declared until the window is full.
+The drift p-value is the Bonferroni combination of the tests (the smallest times their number, at
+most 1), so the false-alarm rate per full window is at most ``threshold``; drift is declared when
+it is below ``threshold``. Field names follow Alibi Detect's drift detectors (``is_drift``,
+``distance``, ``p_val``, ``threshold``). Nothing is declared until the window is full.
 """
 from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 from scipy import stats
+
+if TYPE_CHECKING:
+    from models.gate import Gate
 
 TESTS = ("log_px", "p_value", "rejection_rate")
 
 
 @dataclass(frozen=True)
 class DriftTest:
-    distance: float  # KS statistic, or the window's rejection rate minus alpha
+    distance: float  # KS statistic, or the window's rejection rate minus the rate expected without drift
     p_val: float
 
 
@@ -47,21 +63,54 @@ class DriftReport:
         return {**self.__dict__, "is_drift": int(self.is_drift), "tests": {name: test.__dict__ for name, test in self.tests.items()}}
 
 
-def _finite_floor(values: np.ndarray) -> np.ndarray:
+@dataclass(frozen=True)
+class CalibrationReference:
+    """What a window is compared with: the calibration split's log p(x) ``(n_log_px,)`` (nats), the
+    number of calibration statistics behind the served p-values (None: the gate has no calibrated
+    statistic), the gate's alpha and, for a tau gate, its tau (rejected iff log p(x) < tau; None:
+    a conformal gate, rejected iff p < alpha)."""
+
+    log_px: np.ndarray
+    statistic_size: int | None
+    alpha: float
+    tau: float | None = None
+
+    @classmethod
+    def of_gate(cls, gate: Gate) -> CalibrationReference:
+        size = None if gate.statistic is None else len(gate.statistic)
+        return cls(gate.calibration["log_px"], size, gate.alpha, None if gate.method == "conformal" else gate.tau)
+
+    def rejection_cells(self) -> int:
+        """K: how many of the n + 1 conformal p-values (1 + c) / (n + 1) are below alpha (the gate's
+        own arithmetic)."""
+        n = self.statistic_size
+        return int(np.count_nonzero((1 + np.arange(n + 1)) / (n + 1) < self.alpha))
+
+
+def finite_floor(values: np.ndarray) -> np.ndarray:
     """Non-finite log p(x) (outside the support) as the lowest float, so KS counts it as extreme."""
     return np.where(np.isfinite(values), values, np.finfo(np.float64).min)
+
+
+def statistic_positions(p_value: np.ndarray, n: int) -> np.ndarray:
+    """Each instance's place among n sorted calibration statistics ``(N,)``, from its conformal
+    p-value (1 + c) / (n + 1): n - c, the number of them below its T (n for p = 0, outside the
+    support). The calibration statistics themselves sit at 0.5, 1.5, ..., n - 0.5."""
+    at_least_as_large = np.rint(np.asarray(p_value, dtype=np.float64) * (n + 1)) - 1
+    return np.clip(n - at_least_as_large, 0, n)
 
 
 class DriftMonitor:
     """Thread-safe: ``add`` runs in the inference thread, ``report`` in request handlers and scrapes."""
 
-    def __init__(self, calibration_log_px: np.ndarray, alpha: float, window: int, threshold: float):
+    def __init__(self, reference: CalibrationReference, window: int, threshold: float):
         if window < 1:
             raise ValueError(f"drift window must be at least 1, got {window}")
-        self.reference = np.sort(_finite_floor(np.asarray(calibration_log_px, dtype=np.float64)))
-        finite = calibration_log_px[np.isfinite(calibration_log_px)]
-        self.reference_mean = float(finite.mean())
-        self.alpha, self.window, self.threshold = alpha, window, threshold
+        log_px = np.asarray(reference.log_px, dtype=np.float64)
+        self.reference = reference
+        self.reference_log_px = np.sort(finite_floor(log_px))
+        self.reference_mean = float(log_px[np.isfinite(log_px)].mean())
+        self.window, self.threshold = window, threshold
         self._log_px = np.zeros(window)
         self._p_value = np.zeros(window)
         self._rejected = np.zeros(window, dtype=bool)
@@ -82,21 +131,38 @@ class DriftMonitor:
             count = min(self._seen, self.window)
             return self._log_px[:count].copy(), self._p_value[:count].copy(), self._rejected[:count].copy(), self._seen
 
+    def _rejection_test(self, rejections: int, count: int) -> DriftTest | None:
+        """More rejections in the window than no drift predicts, the calibration split's randomness
+        included; None for a conformal gate without a calibrated statistic."""
+        reference, rate = self.reference, rejections / count
+        if reference.tau is not None:
+            below = int(np.count_nonzero(self.reference_log_px < reference.tau))
+            table = [[rejections, count - rejections], [below, len(self.reference_log_px) - below]]
+            return DriftTest(rate - below / len(self.reference_log_px), float(stats.fisher_exact(table, alternative="greater").pvalue))
+        if reference.statistic_size is None:
+            return None
+        cells, n = reference.rejection_cells(), reference.statistic_size
+        if cells == 0:  # alpha below 1 / (n + 1): only inputs outside the support are rejected
+            return DriftTest(rate, 1.0 if rejections == 0 else 0.0)
+        return DriftTest(rate - cells / (n + 1), float(stats.betabinom.sf(rejections - 1, count, cells, n + 1 - cells)))
+
     def report(self) -> DriftReport:
         log_px, p_value, rejected, seen = self._window()
         count = len(log_px)
         finite = log_px[np.isfinite(log_px)]
         mean_shift = float(finite.mean() - self.reference_mean) if len(finite) else None
         rate = float(rejected.mean()) if count else None
+        alpha = self.reference.alpha
         if count < self.window:
-            return DriftReport(self.window, count, seen, False, None, self.threshold, mean_shift, rate, self.alpha, {})
-        ks_log_px = stats.ks_2samp(_finite_floor(log_px), self.reference)
-        ks_p_value = stats.ks_1samp(p_value, stats.uniform.cdf)
-        rejections = int(rejected.sum())
-        tests = {
-            "log_px": DriftTest(float(ks_log_px.statistic), float(ks_log_px.pvalue)),
-            "p_value": DriftTest(float(ks_p_value.statistic), float(ks_p_value.pvalue)),
-            "rejection_rate": DriftTest(rate - self.alpha, float(stats.binom.sf(rejections - 1, count, self.alpha))),
-        }
+            return DriftReport(self.window, count, seen, False, None, self.threshold, mean_shift, rate, alpha, {})
+        ks_log_px = stats.ks_2samp(finite_floor(log_px), self.reference_log_px)
+        tests = {"log_px": DriftTest(float(ks_log_px.statistic), float(ks_log_px.pvalue))}
+        n = self.reference.statistic_size
+        if n is not None:
+            ks_statistic = stats.ks_2samp(statistic_positions(p_value, n), np.arange(n) + 0.5)
+            tests["p_value"] = DriftTest(float(ks_statistic.statistic), float(ks_statistic.pvalue))
+        rejection = self._rejection_test(int(rejected.sum()), count)
+        if rejection is not None:
+            tests["rejection_rate"] = rejection
         combined = min(1.0, len(tests) * min(test.p_val for test in tests.values()))
-        return DriftReport(self.window, count, seen, combined < self.threshold, combined, self.threshold, mean_shift, rate, self.alpha, tests)
+        return DriftReport(self.window, count, seen, combined < self.threshold, combined, self.threshold, mean_shift, rate, alpha, tests)

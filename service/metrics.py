@@ -110,7 +110,7 @@ class DriftCollector:
         yield gauge("mean_shift_nats", "Mean finite log p(x) of the window minus the calibration split's (nats)", report.mean_shift_nats)
         yield gauge("rejection_rate", "Share of the window the gate rejected", report.rejection_rate)
         per_test = GaugeMetricFamily(
-            "diglm_drift_test_p_value", "Per-test drift p-value (log_px: KS, p_value: KS against uniform, rejection_rate: binomial)", labels=[*names, "test"]
+            "diglm_drift_test_p_value", "Per-test drift p-value against the calibration split (log_px and p_value: two-sample KS, rejection_rate: beta-binomial or Fisher exact)", labels=[*names, "test"]
         )
         for test in TESTS:
             found = report.tests.get(test)

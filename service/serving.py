@@ -16,7 +16,7 @@ from inference.inputs import InferenceInput
 from inference.prediction import Prediction
 from inference.runtime import ModelRuntime
 from service.batching import DynamicBatcher
-from service.drift import DriftMonitor
+from service.drift import CalibrationReference, DriftMonitor
 from service.encoding import output_table
 from service.inputs import InputError
 from service.metrics import ModelMetrics
@@ -38,8 +38,7 @@ class ServedVersion:
         self.digest = digest or runtime.manifest.digest
         classes = len(runtime.manifest.classes) if runtime.task == "classification" else None
         self.outputs = output_table(runtime.task, classes, runtime.gate_scores)  # the v2 output tensors
-        gate = runtime.gate
-        self.drift = DriftMonitor(gate.calibration["log_px"], gate.alpha, settings.drift_window, settings.drift_threshold)
+        self.drift = DriftMonitor(CalibrationReference.of_gate(runtime.gate), settings.drift_window, settings.drift_threshold)
         self.metrics = ModelMetrics(self.name, self.version, runtime.manifest.gate, self.drift)
         self.metrics.info.labels(
             **self.metrics.labels, task=runtime.task, gate_method=runtime.manifest.gate.method, backend=runtime.backend.name, device=str(runtime.device)

@@ -51,7 +51,7 @@ class ServiceSettings(BaseSettings):
     max_delay_ms: float = Field(0.0, ge=0, description="hold a batch open this long while requests arrive concurrently")
     max_queue: int = Field(4096, ge=1, description="most queued instances before answering 503")
     drift_window: int = Field(1000, ge=10, description="served instances in the drift monitor's sliding window (see service.drift)")
-    drift_threshold: float = Field(1e-4, gt=0, lt=1, description="drift is declared when the window's combined drift p-value is below this")
+    drift_threshold: float = Field(1e-4, gt=0, lt=1, description="drift is declared when the window's combined drift p-value is below this (it bounds the false-alarm rate per clean full window)")
     request_timeout_s: float = Field(
         5.0, gt=0, description="a prediction not answered in this many seconds is a 504 and its queued work is dropped; the batcher also answers 503 when the expected wait is longer"
     )
