@@ -9,7 +9,9 @@ instances and the drift report is read after each. Scenarios:
 - ``flights``: 2,000 held-out rows of the training months (January-October), then the test months
   (November-December): the same delay.
 
-Writes docs/results/drift.json, docs/results/drift.png and the drift section of docs/operations.md.
+Beside the service's report, each request's row carries the drift p-value of the rule before issue 34
+on the same window (``bench.drift_false_alarms.before_issue_34``, from the served answers), so the
+false alarms and delays of both rules come from one replay. Writes docs/results/drift.json, docs/results/drift.png and the drift section of docs/operations.md.
 
     .venv/bin/python -m bench.drift_replay --data-dir ../shared/data --write
 """
@@ -25,7 +27,9 @@ import httpx
 import numpy as np
 
 from inference.runtime import ModelRuntime
+from bench.drift_false_alarms import before_issue_34
 from service.app import create_app
+from service.drift import finite_floor
 from service.settings import ServiceSettings
 from training.config import ExperimentConfig
 from training.data import load_dataset, split_dataset
@@ -40,8 +44,12 @@ EVIDENCE_CAP = 20  # the plot's -log10 p axis ends here
 
 def replay(runtime: ModelRuntime, stream: np.ndarray, batch: int, settings: ServiceSettings) -> list[dict]:
     """Send ``stream`` in requests of ``batch`` instances to the service serving ``runtime``'s
-    checkpoint; the drift report after each request."""
+    checkpoint; after each request the service's drift report and, side by side, the drift p-value
+    of the rule before issue 34 on the same window (from the served instances' answers)."""
     app = create_app(settings.model_copy(update={"model_dir": runtime.checkpoint_path}))
+    window, threshold, alpha = settings.drift_window, settings.drift_threshold, runtime.gate.alpha
+    reference_log_px = np.sort(finite_floor(runtime.gate.calibration["log_px"]))
+    served = {"log_px": [], "p_value": [], "rejected": []}
 
     async def go() -> list[dict]:
         reports = []
@@ -54,8 +62,17 @@ def replay(runtime: ModelRuntime, stream: np.ndarray, batch: int, settings: Serv
                     chunk = stream[start : start + batch]
                     response = await client.post(f"/v1/models/{runtime.name}:predict", json={"instances": chunk.tolist()})
                     response.raise_for_status()
+                    for answer in response.json()["predictions"]:
+                        served["log_px"].append(-math.inf if answer["log_px"] is None else answer["log_px"])
+                        served["p_value"].append(answer["p_value"])
+                        served["rejected"].append(not answer["accepted"])
+                    before = None
+                    if len(served["log_px"]) >= window:
+                        last = {key: np.array(values[-window:]) for key, values in served.items()}
+                        before = before_issue_34(last["log_px"], last["p_value"], last["rejected"], reference_log_px, alpha)
                     report = (await client.get(f"/v2/models/{runtime.name}/drift")).json()
                     reports.append({"instances": start + len(chunk), "p_val": report["p_val"], "is_drift": report["is_drift"],
+                                    "p_val_before": before, "is_drift_before": int(before is not None and before < threshold),
                                     "rejection_rate": report["rejection_rate"], "mean_shift_nats": report["mean_shift_nats"]})
         return reports
 
@@ -68,17 +85,19 @@ def compact(reports: list[dict]) -> list[dict]:
 
 
 def summarize(reports: list[dict], switch: int | None) -> dict:
-    """Alarms before the switch (false) and the instances from the switch to the first alarm."""
+    """Per rule (``after``: the service's, ``before``: before issue 34): alarms before the switch
+    (false), the smallest p-value before it and the instances from the switch to the first alarm."""
     before = [r for r in reports if switch is None or r["instances"] <= switch]
     after = [r for r in reports if switch is not None and r["instances"] > switch]
-    first = next((r["instances"] - switch for r in after if r["is_drift"]), None)
-    return {
-        "instances": reports[-1]["instances"],
-        "checks_before_shift": len(before),
-        "false_alarms": sum(r["is_drift"] for r in before),
-        "detection_delay_instances": first,
-        "smallest_p_before_shift": min((r["p_val"] for r in before if r["p_val"] is not None), default=None),
-    }
+    summary = {"instances": reports[-1]["instances"], "checks_before_shift": len(before)}
+    for rule, suffix in (("after", ""), ("before", "_before")):
+        first = next((r["instances"] - switch for r in after if r["is_drift" + suffix]), None)
+        summary[rule] = {
+            "false_alarms": sum(r["is_drift" + suffix] for r in before),
+            "detection_delay_instances": first,
+            "smallest_p_before_shift": min((r["p_val" + suffix] for r in before if r["p_val" + suffix] is not None), default=None),
+        }
+    return summary
 
 
 def mnist_scenarios(model_dir: Path, data_dir: Path, rng: np.random.Generator) -> dict:
@@ -116,9 +135,10 @@ def plot(traces: dict[str, tuple[list[dict], int | None]], threshold: float, pat
 
     figure, axes = plt.subplots(1, len(traces), figsize=(3.4 * len(traces), 3.2), sharey=True, squeeze=False)
     for axis, (name, (reports, switch)) in zip(axes[0], traces.items()):
-        x = [r["instances"] for r in reports if r["p_val"] is not None]
-        evidence = [min(-math.log10(max(r["p_val"], 1e-300)), EVIDENCE_CAP) for r in reports if r["p_val"] is not None]
-        axis.plot(x, evidence, linewidth=0.8)
+        for key, label, style in (("p_val_before", "before issue 34", {"color": "0.6", "linestyle": "--"}), ("p_val", "calibration-aware", {"color": "C0"})):
+            x = [r["instances"] for r in reports if r[key] is not None]
+            evidence = [min(-math.log10(max(r[key], 1e-300)), EVIDENCE_CAP) for r in reports if r[key] is not None]
+            axis.plot(x, evidence, linewidth=0.8, label=label, **style)
         axis.axhline(-math.log10(threshold), color="C3", linestyle="--", linewidth=0.8, label="threshold")
         if switch is not None:
             axis.axvline(switch, color="black", linestyle=":", linewidth=0.8, label="shift starts")
@@ -132,26 +152,39 @@ def plot(traces: dict[str, tuple[list[dict], int | None]], threshold: float, pat
 
 
 def section(results: dict, command: str) -> str:
+    def delay(rule: dict, switch: int | None) -> str:
+        if switch is None:
+            return "-"
+        return "not detected" if rule["detection_delay_instances"] is None else f"{rule['detection_delay_instances']:,}"
+
+    def smallest(rule: dict) -> str:
+        return "-" if rule["smallest_p_before_shift"] is None else f"{rule['smallest_p_before_shift']:.1e}"
+
     rows = []
     for name, r in results["scenarios"].items():
-        delay = "-" if r["switch"] is None else ("not detected" if r["detection_delay_instances"] is None else f"{r['detection_delay_instances']:,}")
-        smallest = "-" if r["smallest_p_before_shift"] is None else f"{r['smallest_p_before_shift']:.1e}"
-        rows.append(f"| {name} | {r['instances']:,} | {r['checks_before_shift']} | {r['false_alarms']} | {smallest} | {delay} |")
+        old, new = r["before"], r["after"]
+        rows.append(
+            f"| {name} | {r['instances']:,} | {r['checks_before_shift']} | {old['false_alarms']} / {new['false_alarms']} "
+            f"| {smallest(old)} / {smallest(new)} | {delay(old, r['switch'])} | {delay(new, r['switch'])} |"
+        )
     settings = results["settings"]
     return f"""## Drift: replays through the service
 
 Command: `{command}`. The app runs in-process; requests of {results['batch']} instances; the drift report
 (`GET /v2/models/{{name}}/drift`) is read after every request. Window {settings['drift_window']} instances,
-threshold {settings['drift_threshold']} on the Bonferroni p-value of three tests (KS of log p(x) against the calibration
-split, KS of the combined gate p-values against uniform, binomial test of the rejection rate against alpha).
-Shift scenarios serve {WARM:,} in-distribution instances first, then the shifted stream; the delay counts instances
-from the switch to the first report with `is_drift`. Checkpoints: {', '.join(f'`{m}`' for m in results['models'])}.
+threshold {settings['drift_threshold']} on the Bonferroni p-value of the monitor's tests (`service/drift.py`: two-sample
+KS tests of log p(x) and of the gate's statistic against the calibration split, beta-binomial test of the
+rejections). Side by side, on the same windows: the rule before issue 34 (KS of the combined p-values against
+uniform and a binomial test of the rejection rate against alpha, which ignore the calibration split's own
+randomness), computed from the served answers. Shift scenarios serve {WARM:,} in-distribution instances first,
+then the shifted stream; the delay counts instances from the switch to the first alarm.
+Checkpoints: {', '.join(f'`{m}`' for m in results['models'])}.
 
-| scenario | instances | checks before the shift | false alarms | smallest p before the shift | detection delay (instances) |
-|---|---:|---:|---:|---:|---:|
+| scenario | instances | checks before the shift | false alarms (before / after) | smallest p before the shift (before / after) | delay before issue 34 (instances) | delay now (instances) |
+|---|---:|---:|---:|---:|---:|---:|
 {chr(10).join(rows)}
 
-![drift p-value over the replays](results/drift.png)
+![drift p-value over the replays, before issue 34 and now](results/drift.png)
 """
 
 
