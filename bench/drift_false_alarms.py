@@ -1,6 +1,8 @@
-"""False drift alarms on clean traffic: how often the drift monitor (``service/drift.py``) declares
-drift on a full window of in-distribution instances, over draws of the calibration split and of the
-stream, side by side with the rule before issue 34 (``before_issue_34``). Two sources:
+"""False drift alarms per full window of clean traffic, the drift monitor's rule against the old one.
+
+How often the drift monitor (``service/drift.py``) declares drift on a full window of
+in-distribution instances, over draws of the calibration split and of the stream, side by side with
+the rule before issue 34 (``before_issue_34``). Two sources:
 
 - ``simulation``: continuous scores, a calibration split and a stream drawn afresh from one
   distribution for every deployment (the gate's statistic T and log p(x) correlated, as T's
