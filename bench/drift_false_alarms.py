@@ -64,7 +64,7 @@ def deployment(statistic: np.ndarray, log_px: np.ndarray, n: int, alpha: float) 
     accepted = p_value >= alpha
     monitor = DriftMonitor(CalibrationReference(log_px[:n], n, alpha), len(served), LEVELS[-1])
     monitor.add(log_px[n:], p_value, accepted)
-    return before_issue_34(log_px[n:], p_value, ~accepted, np.sort(log_px[:n]), alpha), monitor.report().p_val
+    return before_issue_34(log_px[n:], p_value, ~accepted, monitor.reference_log_px, alpha), monitor.report().p_val
 
 
 def simulated(n: int, window: int, deployments: int, alpha: float, rng: np.random.Generator) -> np.ndarray:

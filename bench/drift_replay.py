@@ -11,7 +11,8 @@ instances and the drift report is read after each. Scenarios:
 
 Beside the service's report, each request's row carries the drift p-value of the rule before issue 34
 on the same window (``bench.drift_false_alarms.before_issue_34``, from the served answers), so the
-false alarms and delays of both rules come from one replay. Writes docs/results/drift.json, docs/results/drift.png and the drift section of docs/operations.md.
+false alarms and delays of both rules come from one replay. Writes docs/results/drift.json,
+docs/results/drift.png and the drift section of docs/operations.md.
 
     .venv/bin/python -m bench.drift_replay --data-dir ../shared/data --write
 """
@@ -26,8 +27,8 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from inference.runtime import ModelRuntime
 from bench.drift_false_alarms import before_issue_34
+from inference.runtime import ModelRuntime
 from service.app import create_app
 from service.drift import finite_floor
 from service.settings import ServiceSettings
@@ -197,6 +198,8 @@ def main() -> None:
     parser.add_argument("--window", type=int, default=None, help="drift window (default: the service's default)")
     parser.add_argument("--write", action="store_true", help="write docs/results/drift.{json,png} and the drift section of docs/operations.md")
     args = parser.parse_args()
+    if not Path(args.mnist, "manifest.json").is_file():
+        parser.error(f"no MNIST checkpoint at {args.mnist}: train it with python -m training experiment gate, or pass --mnist")
     settings = ServiceSettings(device="cpu", log_level="warning", batching=False, **({"drift_window": args.window} if args.window else {}))
     rng = np.random.default_rng(0)
     scenarios = mnist_scenarios(Path(args.mnist), Path(args.data_dir), rng)
