@@ -1,6 +1,6 @@
 """What the model takes: ``InferenceInput``, a batch of instances checked against the model's input
 shape and range. Protocol decoders (``service.inputs``) build one with ``InferenceInput.checked``; a
-problem is an ``InvalidInput`` whose message says what is wrong."""
+problem is a ``BadInput`` whose message says what is wrong."""
 from __future__ import annotations
 
 import math
@@ -8,9 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-
-class InvalidInput(ValueError):
-    """Instances the model cannot take (shape, non-finite values, outside the input range)."""
+from inference.errors import BadInput
 
 
 @dataclass(frozen=True)
@@ -34,18 +32,18 @@ class InferenceInput:
         allowed = {tuple(input_shape), (1, *input_shape), (size,)}
         if array.ndim < 2 or tuple(array.shape[1:]) not in allowed:
             shown = list(array.shape[1:]) if array.ndim >= 1 else []
-            raise InvalidInput(
+            raise BadInput(
                 f"{what}: each instance must have shape {list(input_shape)}, [1, {', '.join(map(str, input_shape))}] "
                 f"or [{size}], got {shown}"
             )
         if not np.isfinite(array).all():
-            raise InvalidInput(f"{what}: values must be finite numbers (found NaN or infinity)")
+            raise BadInput(f"{what}: values must be finite numbers (found NaN or infinity)")
         if input_range is not None and array.size:
             low, high = input_range
             smallest, largest = float(array.min()), float(array.max())
             if smallest < low or largest > high:
                 found = smallest if smallest < low else largest
-                raise InvalidInput(f"{what}: values must lie in the model's input range [{low:g}, {high:g}]; found {found:.6g}")
+                raise BadInput(f"{what}: values must lie in the model's input range [{low:g}, {high:g}]; found {found:.6g}")
         return cls(array.reshape(len(array), *input_shape).astype(np.float32))
 
     @classmethod

@@ -28,6 +28,7 @@ from safetensors.torch import load_file, save_file
 from models.gate import GATE_FILE, Gate
 from models.hybrid import HybridModel
 from models.manifest import FORMAT_VERSION, Manifest, ManifestDraft
+from models.validation import validation_message
 
 MANIFEST_FILE = "manifest.json"
 WEIGHTS_FILE = "weights.safetensors"
@@ -136,9 +137,7 @@ def read_manifest(directory: str | Path, signing_key: bytes | None = None) -> Ma
     try:
         validated = Manifest.model_validate(manifest)
     except ValidationError as error:
-        first = error.errors()[0]
-        where = ".".join(str(part) for part in first["loc"])
-        raise CheckpointError(f"{manifest_path}: {where}: {first['msg']}") from None
+        raise CheckpointError(f"{manifest_path}: {validation_message(error.errors(), 'manifest')}") from None
     digest = manifest_digest(manifest)
     if manifest.get("digest") != digest or manifest.get("version") != digest[:12]:
         raise CheckpointError(

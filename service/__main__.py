@@ -10,12 +10,12 @@ import threading
 
 import uvicorn
 
+from inference.errors import ServiceError
 from models.checkpoint import CheckpointError
 from models.device import DeviceUnavailable
 from service.app import create_app
 from service.auth import warn_if_open
 from service.http import with_header_timeout
-from service.loader import RepositoryError
 from service.settings import SettingsProblem, parse_settings
 from service.state import ServiceState
 
@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     app = create_app(settings)
     try:
         app.state.service.models.preload()
-    except (CheckpointError, DeviceUnavailable, RepositoryError, OSError) as error:
+    except (CheckpointError, DeviceUnavailable, ServiceError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         if settings.model_repository is None:
             print(f"to retrain: move {settings.model_dir} away, then run `make train` (or python -m training train ...)", file=sys.stderr)

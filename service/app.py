@@ -14,14 +14,13 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
-from inference.inputs import InvalidInput
+from inference.errors import ServiceError
 from inference.runtime import ModelRuntime
 from service.api import repository, v1, v2
 from service.api.common import SERVED_BY, JSONBody, error_response
 from service.auth import ApiKeyMiddleware
-from service.batching import QueueFull
-from service.fast_path import PredictionFastPath, hot_routes
-from service.inputs import InputError
+from service.dispatch import ServedBy
+from service.fast_path import PredictionFastPath
 from service.metrics import ServiceMetrics
 from service.poller import RepositoryPoller
 from service.settings import ServiceSettings
@@ -42,6 +41,7 @@ class MetricsMiddleware:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         status = {"code": 500}
+        served_by = scope[SERVED_BY] = ServedBy()  # filled by the lookup of the model version that answers
 
         async def send_with_status(message):
             if message["type"] == "http.response.start":
@@ -55,9 +55,8 @@ class MetricsMiddleware:
         finally:
             metrics.in_flight.dec()
             endpoint = getattr(scope.get("route"), "path", "unmatched")
-            model, version = scope.get("state", {}).get(SERVED_BY, ("", ""))
-            metrics.requests.labels(endpoint=endpoint, status=str(status["code"]), model=model, version=version).inc()
-            metrics.request_seconds.labels(endpoint=endpoint, model=model, version=version).observe(time.perf_counter() - started)
+            metrics.requests.labels(endpoint=endpoint, status=str(status["code"]), model=served_by.model, version=served_by.version).inc()
+            metrics.request_seconds.labels(endpoint=endpoint, model=served_by.model, version=served_by.version).observe(time.perf_counter() - started)
 
 
 def create_app(settings: ServiceSettings | None = None, runtimes: list[ModelRuntime] = ()) -> FastAPI:
@@ -89,10 +88,11 @@ def create_app(settings: ServiceSettings | None = None, runtimes: list[ModelRunt
         lifespan=lifespan,
     )
     app.state.service = state
+    app.include_router(v1.liveness)
     app.include_router(v1.router)
     app.include_router(v2.router)
     app.include_router(repository.router)
-    app.add_middleware(PredictionFastPath, routes=hot_routes([*v1.router.routes, *v2.router.routes], (v1.predict, v2.infer)))  # innermost: after the key check
+    app.add_middleware(PredictionFastPath, routes=[*v1.router.routes, *v2.router.routes])  # innermost: after the key check
     app.add_middleware(
         ApiKeyMiddleware, keys=settings.all_api_keys(), admin_keys=settings.all_admin_api_keys(), metrics_require_key=settings.metrics_require_key
     )
@@ -105,7 +105,7 @@ def create_app(settings: ServiceSettings | None = None, runtimes: list[ModelRunt
     async def handle_error(request: Request, error: Exception) -> JSONBody:
         return error_response(error, request.url.path)
 
-    for kind in (InputError, InvalidInput, QueueFull, StarletteHTTPException, RequestValidationError, Exception):
+    for kind in (ServiceError, StarletteHTTPException, RequestValidationError, Exception):
         app.add_exception_handler(kind, handle_error)
 
     return app

@@ -3,18 +3,20 @@ one, sent as ``Authorization: Bearer KEY`` or ``X-API-Key: KEY``, except livenes
 (probes carry no secrets) and ``/metrics`` unless ``metrics_require_key``. The model repository
 routes (``/v2/repository/...``: load, unload, index) need an admin key (``admin_api_keys``) once any
 keys are configured; an admin key also opens every other route. Keys are compared in constant time;
-a missing or wrong key is a 401 with ``WWW-Authenticate``, a valid key without the admin right a 403."""
+a missing or wrong key is ``Unauthenticated`` (401 with ``WWW-Authenticate``), a valid key without
+the admin right ``Forbidden`` (403): ``KeyCheck`` decides, for any protocol."""
 from __future__ import annotations
 
 import hmac
 import ipaddress
 import logging
 
-import orjson
+from inference.errors import Forbidden, ServiceError, Unauthenticated
+from service.status import error_body, http_status
 
 log = logging.getLogger(__name__)
 
-OPEN_PATHS = ("/v2/health/live", "/v2/health/ready")
+OPEN_PATHS = ("/", "/v2/health/live", "/v2/health/ready")  # liveness (KServe v1 and v2) and readiness
 ADMIN_PREFIX = "/v2/repository/"
 
 
@@ -35,36 +37,46 @@ def key_matches(presented: bytes, keys: list[bytes]) -> bool:
     return matched
 
 
+class KeyCheck:
+    def __init__(self, keys: list[str], admin_keys: list[str]):
+        self.keys = [key.encode() for key in keys]
+        self.admin_keys = [key.encode() for key in admin_keys]
+
+    def check(self, presented: bytes | None, admin: bool) -> None:
+        """Nothing when the call may go on: no keys guard it, or ``presented`` opens it (``admin``:
+        a model repository call); ``Unauthenticated`` or ``Forbidden`` otherwise."""
+        if not self.keys and not (admin and self.admin_keys):  # no keys guard this call
+            return
+        if presented is None:
+            raise Unauthenticated("an API key is required: send Authorization: Bearer KEY or X-API-Key: KEY")
+        if key_matches(presented, self.admin_keys) or (not admin and key_matches(presented, self.keys)):
+            return
+        if admin and key_matches(presented, self.keys):
+            raise Forbidden("this route needs an admin API key" if self.admin_keys else "model control is off: no admin API keys are configured (DIGLM_ADMIN_API_KEYS)")
+        raise Unauthenticated("the API key is not valid")
+
+
 class ApiKeyMiddleware:
     def __init__(self, app, keys: list[str], admin_keys: list[str], metrics_require_key: bool):
         self.app = app
-        self.keys = [key.encode() for key in keys]
-        self.admin_keys = [key.encode() for key in admin_keys]
+        self.keys = KeyCheck(keys, admin_keys)
         self.open_paths = OPEN_PATHS if metrics_require_key else (*OPEN_PATHS, "/metrics")
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http" or scope["path"] in self.open_paths:
             return await self.app(scope, receive, send)
-        admin = scope["path"].startswith(ADMIN_PREFIX)
-        if not self.keys and not (admin and self.admin_keys):  # no keys guard this route
-            return await self.app(scope, receive, send)
-        presented = presented_key(dict(scope["headers"]))
-        if presented is None:
-            return await _refuse(send, 401, "an API key is required: send Authorization: Bearer KEY or X-API-Key: KEY")
-        if key_matches(presented, self.admin_keys) or (not admin and key_matches(presented, self.keys)):
-            return await self.app(scope, receive, send)
-        if admin and key_matches(presented, self.keys):
-            reason = "this route needs an admin API key" if self.admin_keys else "model control is off: no admin API keys are configured (DIGLM_ADMIN_API_KEYS)"
-            return await _refuse(send, 403, reason)
-        await _refuse(send, 401, "the API key is not valid")
+        try:
+            self.keys.check(presented_key(dict(scope["headers"])), admin=scope["path"].startswith(ADMIN_PREFIX))
+        except ServiceError as error:
+            return await _refuse(send, error)
+        await self.app(scope, receive, send)
 
 
-async def _refuse(send, status: int, message: str) -> None:
-    headers = [(b"content-type", b"application/json")]
-    if status == 401:
-        headers.append((b"www-authenticate", b'Bearer realm="diglm"'))
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": orjson.dumps({"error": message})})
+async def _refuse(send, error: ServiceError) -> None:
+    status, headers = http_status(error)
+    listed = [(b"content-type", b"application/json"), *((name.lower().encode(), value.encode()) for name, value in headers.items())]
+    await send({"type": "http.response.start", "status": status, "headers": listed})
+    await send({"type": "http.response.body", "body": error_body(str(error))})
 
 
 def warn_if_open(host: str, keys: list[str]) -> None:

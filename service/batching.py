@@ -6,7 +6,7 @@ the next batch takes them all (up to ``max_batch_size`` instances), so batches g
 and a lone request never waits for company. ``max_delay_s`` > 0 additionally holds a batch open that
 long, but only while the previous batch held more than one request (there is concurrency to wait
 for). More than ``max_queue`` queued instances, or an expected wait (the instances queued ahead times
-the measured seconds per instance) longer than ``max_wait_s``, is refused with ``QueueFull`` (the
+the measured seconds per instance) longer than ``max_wait_s``, is refused with ``Overloaded`` (the
 service answers 503 with Retry-After) instead of letting latency grow without bound.
 """
 from __future__ import annotations
@@ -18,12 +18,9 @@ from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Callable
 
+from inference.errors import Overloaded
 from inference.inputs import InferenceInput
 from inference.prediction import Prediction
-
-
-class QueueFull(RuntimeError):
-    """The batching queue holds too many instances; the client should retry later."""
 
 
 @dataclass
@@ -74,12 +71,12 @@ class DynamicBatcher:
 
     def submit(self, inputs: InferenceInput) -> asyncio.Future:
         """Queue n instances: a future of their prediction (cancel it to drop the work while it is
-        still queued). ``QueueFull`` at once when the queue is over its limits."""
+        still queued). ``Overloaded`` at once when the queue is over its limits."""
         if self.queued_instances + len(inputs) > self.max_queue:
-            raise QueueFull(f"{self.queued_instances} instances are queued (limit {self.max_queue}); retry shortly")
+            raise Overloaded(f"{self.queued_instances} instances are queued (limit {self.max_queue}); retry shortly")
         wait = self.expected_wait()
         if self.max_wait_s is not None and wait > self.max_wait_s:
-            raise QueueFull(f"the expected wait of {wait:.1f} s is over the {self.max_wait_s:g} s deadline; retry shortly")
+            raise Overloaded(f"the expected wait of {wait:.1f} s is over the {self.max_wait_s:g} s deadline; retry shortly")
         request = _Request(inputs, asyncio.get_running_loop().create_future())
         self.pending.append(request)
         self.queued_instances += len(inputs)

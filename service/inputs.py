@@ -1,6 +1,6 @@
-"""Decoding request bodies into model inputs (``inference.inputs.InferenceInput``). Every problem is
-an ``InputError`` with the HTTP status to answer, or (instances the model cannot take) an
-``InvalidInput``, a 400; each message says what is wrong; nothing here raises anything else."""
+"""Decoding request bodies into model inputs (``inference.inputs.InferenceInput``), the pieces the
+protocol codecs (``service.codecs``) are made of. Every problem is a ``BadInput`` (``TooLarge`` for
+too many instances) whose message says what is wrong; nothing here raises anything else."""
 from __future__ import annotations
 
 import json
@@ -10,17 +10,12 @@ from typing import Any
 import numpy as np
 import orjson
 
+from inference.errors import BadInput, TooLarge
 from inference.inputs import InferenceInput
 
 
-class InputError(ValueError):
-    def __init__(self, message: str, status: int = 400):
-        super().__init__(message)
-        self.status = status
-
-
 def _refuse_constant(token: str) -> None:
-    raise InputError(f"request body holds {token}, which is not a valid input (JSON has no NaN or Infinity)")
+    raise BadInput(f"request body holds {token}, which is not a valid input (JSON has no NaN or Infinity)")
 
 
 def parse_json(body: bytes) -> Any:
@@ -34,17 +29,17 @@ def parse_json(body: bytes) -> Any:
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError as error:
-        raise InputError(f"request body is not UTF-8 text (byte {error.start}); send UTF-8 JSON") from None
+        raise BadInput(f"request body is not UTF-8 text (byte {error.start}); send UTF-8 JSON") from None
     try:
         return json.loads(text, parse_constant=_refuse_constant)
     except RecursionError:
-        raise InputError("request body is nested too deeply") from None
+        raise BadInput("request body is nested too deeply") from None
     except json.JSONDecodeError as error:
-        raise InputError(f"request body is not valid JSON: {error}") from None
-    except InputError:
+        raise BadInput(f"request body is not valid JSON: {error}") from None
+    except BadInput:
         raise
     except ValueError as error:  # e.g. an integer literal past Python's digit limit
-        raise InputError(f"request body holds a number that cannot be read: {str(error).splitlines()[0][:120]}") from None
+        raise BadInput(f"request body holds a number that cannot be read: {str(error).splitlines()[0][:120]}") from None
 
 
 def may_hold_booleans(body: bytes) -> bool:
@@ -77,19 +72,19 @@ def to_array(values: Any, what: str, booleans: bool = True) -> np.ndarray:
         array = np.empty(0, dtype=object)
     kind = array.dtype.kind
     if kind in "US":
-        raise InputError(f"{what} must be numbers, not strings")
+        raise BadInput(f"{what} must be numbers, not strings")
     if kind == "b" or (booleans and kind in "iuf" and _holds_booleans(values)):
-        raise InputError(f"{what} must be numbers, not true / false")
+        raise BadInput(f"{what} must be numbers, not true / false")
     if kind not in "iuf":
-        raise InputError(f"{what} must be numbers (at most 64-bit) in nested lists of equal lengths")
+        raise BadInput(f"{what} must be numbers (at most 64-bit) in nested lists of equal lengths")
     return array.astype(np.float64)
 
 
 def check_count(count: int, limit: int) -> None:
     if count == 0:
-        raise InputError("no instances in the request")
+        raise BadInput("no instances in the request")
     if count > limit:
-        raise InputError(f"{count} instances in one request, the limit is {limit}; split the request", status=413)
+        raise TooLarge(f"{count} instances in one request, the limit is {limit}; split the request")
 
 
 def decode_v1(
@@ -97,10 +92,10 @@ def decode_v1(
 ) -> InferenceInput:
     """``{"instances": [x, ...]}`` to the model's input (``InferenceInput.checked``); ``booleans`` as in ``to_array``."""
     if not isinstance(body, dict) or "instances" not in body:
-        raise InputError('request body must be a JSON object {"instances": [...]}')
+        raise BadInput('request body must be a JSON object {"instances": [...]}')
     instances = body["instances"]
     if not isinstance(instances, list):
-        raise InputError('"instances" must be a list of inputs')
+        raise BadInput('"instances" must be a list of inputs')
     check_count(len(instances), limit)
     return InferenceInput.checked(to_array(instances, "instances", booleans), input_shape, input_range, "instances")
 
@@ -109,7 +104,16 @@ def optional_flag(value: Any, what: str) -> bool:
     """An optional boolean of a request (e.g. ``batch_test``, ``binary_data``): absent (False), true or false."""
     if value is None or isinstance(value, bool):
         return bool(value)
-    raise InputError(f"{what} must be true or false")
+    raise BadInput(f"{what} must be true or false")
+
+
+def optional_object(value: Any, what: str) -> dict:
+    """An optional JSON object of a request (e.g. ``parameters``): absent ({}) or an object."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise BadInput(f"{what} must be an object")
+    return value
 
 
 # Open Inference Protocol datatypes and their little-endian layouts (binary tensor extension).
@@ -122,7 +126,7 @@ V2_DTYPES = {
 def split_binary_request(body: bytes, header_length: str) -> tuple[Any, bytes]:
     """The binary tensor extension: a JSON header of ``header_length`` bytes, then raw tensor data."""
     if not header_length.isdigit() or int(header_length) > len(body):
-        raise InputError(f"Inference-Header-Content-Length {header_length!r} does not fit a body of {len(body)} bytes")
+        raise BadInput(f"Inference-Header-Content-Length {header_length!r} does not fit a body of {len(body)} bytes")
     size = int(header_length)
     return parse_json(body[:size]), body[size:]
 
@@ -136,24 +140,21 @@ def decode_v2_tensor(
     in ``binary`` (the binary tensor extension); ``booleans`` as in ``to_array``."""
     datatype = str(tensor.get("datatype", "")).upper()
     if datatype not in V2_DTYPES:
-        raise InputError(f"input datatype {datatype or 'missing'!r} is not supported; use one of {sorted(V2_DTYPES)}")
+        raise BadInput(f"input datatype {datatype or 'missing'!r} is not supported; use one of {sorted(V2_DTYPES)}")
     shape = tensor.get("shape")
     if not isinstance(shape, list) or not shape or not all(type(d) is int and d >= 0 for d in shape):
-        raise InputError('input "shape" must be a list of non-negative integers [N, ...]')
+        raise BadInput('input "shape" must be a list of non-negative integers [N, ...]')
     check_count(shape[0], limit)
-    parameters = tensor.get("parameters")
-    if parameters is not None and not isinstance(parameters, dict):
-        raise InputError('input "parameters" must be an object')
-    binary_size = (parameters or {}).get("binary_data_size")
+    binary_size = optional_object(tensor.get("parameters"), 'input "parameters"').get("binary_data_size")
     if binary_size is not None:
         if type(binary_size) is not int or binary_size != len(binary):
-            raise InputError(f"binary_data_size {binary_size!r} does not match the {len(binary)} bytes after the JSON header")
+            raise BadInput(f"binary_data_size {binary_size!r} does not match the {len(binary)} bytes after the JSON header")
         dtype = np.dtype(V2_DTYPES[datatype])
         if len(binary) != math.prod(shape) * dtype.itemsize:
-            raise InputError(f"{len(binary)} bytes of {datatype} cannot fill shape {shape} ({math.prod(shape) * dtype.itemsize} bytes)")
+            raise BadInput(f"{len(binary)} bytes of {datatype} cannot fill shape {shape} ({math.prod(shape) * dtype.itemsize} bytes)")
         data = np.frombuffer(binary, dtype=dtype).astype(np.float64)
     else:
         data = to_array(tensor.get("data"), "input data", booleans)
     if data.size != math.prod(shape):
-        raise InputError(f"input data holds {data.size} values, shape {shape} needs {math.prod(shape)}")
+        raise BadInput(f"input data holds {data.size} values, shape {shape} needs {math.prod(shape)}")
     return InferenceInput.checked(data.reshape(shape), input_shape, input_range, "input")

@@ -5,7 +5,8 @@ A load verifies each new version (``ModelRuntime.load``: hashes, manifest schema
 it up in the shared inference thread, and only then switches the model's routing to the versions its
 policy selects (``RoutingTable.switch``). Versions no longer selected are released once the requests
 using them are done. A version that fails to load or warm up never receives traffic and the versions
-serving keep serving. ``service.poller`` loads and unloads whenever the folders change.
+serving keep serving. ``service.poller`` loads and unloads whenever the folders change. What cannot
+be done is a domain error (``inference.errors``) whose message says why and what still serves.
 """
 from __future__ import annotations
 
@@ -14,20 +15,16 @@ import logging
 from concurrent.futures import Executor
 from dataclasses import dataclass
 
+from inference.errors import BadInput, Conflict, NotFound, NotReady, ServiceError
 from inference.runtime import ModelRuntime
 from models.checkpoint import CheckpointError
 from models.device import DeviceUnavailable
-from service.inputs import InputError
 from service.repository import ModelSource, VersionFolder, parse_policies
 from service.routing import RoutingTable, shown
 from service.serving import READY, UNAVAILABLE, ServedVersion
 from service.settings import ServiceSettings
 
 log = logging.getLogger(__name__)
-
-
-class RepositoryError(InputError):
-    """A load or unload that could not be done; the message says why and what still serves."""
 
 
 @dataclass(frozen=True)
@@ -56,26 +53,26 @@ class ModelLoader:
         self.load_error: str | None = None  # why the start-up load failed
 
     def lookup(self, name: str, version: str | None = None) -> ServedVersion:
-        """``RoutingTable.lookup``, and a 503 ``InputError`` for a model not yet routed while the
+        """``RoutingTable.lookup``, and ``NotReady`` for a model not yet routed while the
         start-up load is not done."""
         if name not in self.table.routes and not self.started:
-            raise InputError("models are not ready yet" + (f": {self.load_error}" if self.load_error else ""), status=503)
+            raise NotReady("models are not ready yet" + (f": {self.load_error}" if self.load_error else ""))
         return self.table.lookup(name, version)
 
     def policy(self, name: str):
         return self.policies.get(name, self.default_policy)
 
     def scan(self) -> dict[str, list[VersionFolder]]:
-        """``source.scan``, its failures as a 503 ``RepositoryError``."""
+        """``source.scan``, its failures as ``NotReady``."""
         try:
             return self.source.scan()
         except (OSError, CheckpointError) as error:
-            raise RepositoryError(f"cannot read the {self.source.describe()}: {error}", status=503) from None
+            raise NotReady(f"cannot read the {self.source.describe()}: {error}") from None
 
     def _scan_for_start(self) -> dict[str, list[VersionFolder]]:
         found = self.scan()
         if not found:
-            raise RepositoryError(f"the {self.source.describe()} holds no model folders with versions", status=503)
+            raise NotReady(f"the {self.source.describe()} holds no model folders with versions")
         return found
 
     def selected(self, name: str, folders: list[VersionFolder]) -> list[VersionFolder]:
@@ -86,7 +83,7 @@ class ModelLoader:
     def preload(self) -> None:
         """Load (verify) what the start-up will serve before the server starts, so that ``python -m
         service`` stops with the loader's one-line error (``CheckpointError``, ``DeviceUnavailable``,
-        ``RepositoryError``) instead of serving nothing; ``start`` then uses these."""
+        ``ServiceError``) instead of serving nothing; ``start`` then uses these."""
         for name, folders in self._scan_for_start().items():
             for folder in self.selected(name, folders):
                 self.preloaded[name, folder.version] = self._load_runtime(folder)
@@ -104,7 +101,7 @@ class ModelLoader:
         try:
             for name in await asyncio.to_thread(self._scan_for_start):
                 await self.load(name)
-        except RepositoryError as error:
+        except ServiceError as error:
             self.load_error = str(error)
             log.error("not ready: %s", error)
             return
@@ -114,36 +111,36 @@ class ModelLoader:
 
     async def load(self, name: str) -> None:
         """Load (or reload) ``name`` from the source by its version policy and switch its routing to
-        the result; ``RepositoryError`` (the versions serving keep serving) when a version does not
-        verify or warm up, the policy selects nothing, or the limit on loaded versions is reached."""
+        the result. The versions serving keep serving when it fails: ``NotFound`` (no such model or
+        no versions), ``BadInput`` (a version does not verify or warm up, or the policy selects
+        nothing), ``Conflict`` (the limit on loaded versions is reached)."""
         async with self.lock:
             self.unloaded.discard(name)
             found = await asyncio.to_thread(self.scan)
             if name not in found:
-                raise RepositoryError(f"model {shown(name)} is not in the {self.source.describe()}", status=404)
+                raise NotFound(f"model {shown(name)} is not in the {self.source.describe()}")
             if not found[name]:
-                raise RepositoryError(f"model {shown(name)} has no version folders with a manifest in the {self.source.describe()}", status=404)
+                raise NotFound(f"model {shown(name)} has no version folders with a manifest in the {self.source.describe()}")
             folders = {folder.version: folder for folder in self.selected(name, found[name])}
             wanted = list(folders)
             if not wanted:
                 available = [folder.version for folder in found[name]]
-                raise RepositoryError(f"the version policy of {shown(name)} selects none of its versions {available}", status=400)
+                raise BadInput(f"the version policy of {shown(name)} selects none of its versions {available}")
             current = self.table.routes.get(name, {})
             changed = [version for version in wanted if version not in current or current[version].digest != folders[version].digest()]
             if not changed and set(current) == set(wanted):
                 return
             others = sum(len(versions) for model, versions in self.table.routes.items() if model != name)
             if others + len(wanted) > self.settings.max_loaded_versions:
-                raise RepositoryError(
+                raise Conflict(
                     f"loading {len(wanted)} version(s) of {shown(name)} would make {others + len(wanted)} loaded versions, over the limit of "
-                    f"{self.settings.max_loaded_versions} (DIGLM_MAX_LOADED_VERSIONS); unload a model first",
-                    status=409,
+                    f"{self.settings.max_loaded_versions} (DIGLM_MAX_LOADED_VERSIONS); unload a model first"
                 )
             fresh: dict[str, ServedVersion] = {}
             for version in changed:
                 try:
                     fresh[version] = await self._start(folders[version])
-                except RepositoryError:
+                except BadInput:
                     for served in fresh.values():
                         await served.release(0)
                     raise
@@ -151,7 +148,7 @@ class ModelLoader:
             log.info("%s now serves versions %s (default %s)", name, wanted, wanted[-1])
 
     async def _start(self, folder: VersionFolder) -> ServedVersion:
-        """Verify, load and warm up one version folder; ``RepositoryError`` if any step fails."""
+        """Verify, load and warm up one version folder; ``BadInput`` (with the reason) if any step fails."""
         settings = self.settings
         key = (folder.name, folder.version)
         try:
@@ -172,15 +169,15 @@ class ModelLoader:
         self.failures[(folder.name, folder.version)] = reason
         serving = list(self.table.routes.get(folder.name, {}))
         still = f"versions {serving} keep serving" if serving else "no version of it is serving"
-        raise RepositoryError(f"version {folder.version} of {shown(folder.name)} was not loaded ({still}): {reason}", status=400)
+        raise BadInput(f"version {folder.version} of {shown(folder.name)} was not loaded ({still}): {reason}")
 
     async def unload(self, name: str, by_request: bool = True) -> None:
         """Stop routing to every version of ``name`` and release them once their requests are done
         (returns then). Unloading a model that is not loaded does nothing; one the server has never
-        heard of is a 404. ``by_request``: the poller leaves the model unloaded until the next load."""
+        heard of is ``NotFound``. ``by_request``: the poller leaves the model unloaded until the next load."""
         async with self.lock:
             if name not in self.table.routes and name not in await asyncio.to_thread(self._known_names):
-                raise RepositoryError(f"model {shown(name)} is not in the {self.source.describe()}", status=404)
+                raise NotFound(f"model {shown(name)} is not in the {self.source.describe()}")
             if by_request:
                 self.unloaded.add(name)
             removed = await self.table.remove(name, self.settings.drain_timeout_s)
@@ -190,7 +187,7 @@ class ModelLoader:
     def _known_names(self) -> set[str]:
         try:
             return set(self.scan())
-        except RepositoryError:
+        except NotReady:
             return set()
 
     def index(self, found: dict[str, list[VersionFolder]], ready_only: bool = False) -> list[IndexEntry]:

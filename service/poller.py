@@ -6,7 +6,8 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from service.loader import ModelLoader, RepositoryError
+from inference.errors import ServiceError
+from service.loader import ModelLoader
 from service.repository import VersionFolder
 
 log = logging.getLogger(__name__)
@@ -26,7 +27,7 @@ class RepositoryPoller:
             await asyncio.sleep(interval_s)
             try:
                 found = await asyncio.to_thread(self.loader.scan)
-            except RepositoryError as error:
+            except ServiceError as error:
                 log.warning("model repository poll: %s", error)
                 continue
             for name in sorted(set(found) | set(self.loader.table.routes)):
@@ -49,6 +50,6 @@ class RepositoryPoller:
         try:
             await loader.load(name)
             self.failed.pop(name, None)
-        except RepositoryError as error:
+        except ServiceError as error:
             self.failed[name] = fingerprint
             log.error("model repository poll: %s", error)

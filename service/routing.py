@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 
-from service.inputs import InputError
+from inference.errors import NotFound
 from service.serving import ServedVersion
 
 
@@ -22,14 +22,14 @@ class RoutingTable:
         self.releasing: set[ServedVersion] = set()
 
     def lookup(self, name: str, version: str | None = None) -> ServedVersion:
-        """The ready version (the default one when ``version`` is None); a 404 ``InputError`` if
+        """The ready version (the default one when ``version`` is None); ``NotFound`` if
         there is none."""
         versions = self.routes.get(name)
         if not versions:
-            raise InputError(f"model {shown(name)} is not loaded; this server serves {sorted(self.routes) or 'no model yet'}", status=404)
+            raise NotFound(f"model {shown(name)} is not loaded; this server serves {sorted(self.routes) or 'no model yet'}")
         served = versions.get(self.defaults[name] if version is None else version)
         if served is None:
-            raise InputError(f"version {shown(version)} of model {shown(name)} is not loaded; loaded versions: {list(versions)}", status=404)
+            raise NotFound(f"version {shown(version)} of model {shown(name)} is not loaded; loaded versions: {list(versions)}")
         return served
 
     def loaded(self) -> list[ServedVersion]:

@@ -1,5 +1,6 @@
-"""Pydantic models of the request and response bodies (the OpenAPI documentation; the hot path
-decodes with ``service.inputs`` and encodes with orjson)."""
+"""Pydantic models of the request and response bodies: the OpenAPI description of each codec
+(``service.codecs``, which decode with ``service.inputs`` and encode with orjson). The fuzz tests
+check that every request a codec takes fits its request model and every answer its response model."""
 from __future__ import annotations
 
 from typing import Any
@@ -35,7 +36,7 @@ class Prediction(BaseModel):
 
 class PredictRequest(BaseModel):
     instances: list[Any] = Field(min_length=1, description="inputs of the model's input_shape (a leading channel of 1 optional) or flat")
-    batch_test: bool = Field(False, description="also test the whole request for typicality (mean log p(x) against the calibration split)")
+    batch_test: bool | None = Field(False, description="also test the whole request for typicality (mean log p(x) against the calibration split)")
 
 
 class BatchTest(BaseModel):
@@ -55,11 +56,12 @@ class InferTensor(BaseModel):
     name: str
     shape: list[int]
     datatype: str
-    data: list[Any]
+    data: list[Any] | None = Field(None, description="row-major values; absent when the tensor's bytes follow the JSON (binary tensor extension)")
+    parameters: dict[str, Any] | None = Field(None, description="binary_data_size: the length of the tensor's bytes after the JSON")
 
 
 class InferRequest(BaseModel):
-    id: str | None = None
+    id: Any = Field(None, description="any JSON value, echoed as a string in the answer")
     inputs: list[InferTensor]
     outputs: list[dict] | None = Field(None, description="requested outputs by name; default all")
     parameters: dict[str, Any] | None = Field(None, description='{"batch_test": true} adds the batch typicality test')

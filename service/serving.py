@@ -8,17 +8,17 @@ import logging
 import time
 from concurrent.futures import Executor
 from contextlib import contextmanager
+from typing import Awaitable, Callable
 
 import torch
-from starlette.requests import Request
 
+from inference.errors import ClientGone, DeadlineExceeded
 from inference.inputs import InferenceInput
 from inference.prediction import Prediction
 from inference.runtime import ModelRuntime
 from service.batching import DynamicBatcher
 from service.drift import CalibrationReference, DriftMonitor
 from service.encoding import output_table
-from service.inputs import InputError
 from service.metrics import ModelMetrics
 from service.settings import ServiceSettings
 
@@ -101,10 +101,10 @@ class ServedVersion:
             if self.in_flight == 0:
                 self.idle.set()
 
-    async def predict(self, inputs: InferenceInput, request: Request | None = None) -> Prediction:
+    async def predict(self, inputs: InferenceInput, client_gone: Callable[[], Awaitable[None]] | None = None) -> Prediction:
         """Run the model in the inference thread (through the batcher when batching is on) and
-        record the metrics. Past ``request_timeout_s`` a 504 ``InputError``; a client that
-        disconnects (``request`` given) a 499, noticed from ``DISCONNECT_WATCH_AFTER_S`` on (most
+        record the metrics. Past ``request_timeout_s`` ``DeadlineExceeded``; a client that
+        leaves (``client_gone`` returns) ``ClientGone``, noticed from ``DISCONNECT_WATCH_AFTER_S`` on (most
         answers come sooner, and watching costs a task per request). Either way its queued work is
         dropped."""
         timeout = self.settings.request_timeout_s
@@ -115,8 +115,8 @@ class ServedVersion:
         watched = {work}
         try:
             done = await _first_done(watched, min(timeout, DISCONNECT_WATCH_AFTER_S))
-            if not done and request is not None and timeout > DISCONNECT_WATCH_AFTER_S:
-                watched.add(asyncio.ensure_future(_disconnected(request)))
+            if not done and client_gone is not None and timeout > DISCONNECT_WATCH_AFTER_S:
+                watched.add(asyncio.ensure_future(client_gone()))
                 done = await _first_done(watched, timeout - DISCONNECT_WATCH_AFTER_S)
         finally:
             for future in watched:
@@ -125,8 +125,8 @@ class ServedVersion:
         if work in done:
             return work.result()
         if done:
-            raise InputError("the client closed the connection before the answer", status=499)
-        raise InputError(f"no answer within the request timeout of {timeout:g} s; retry later", status=504)
+            raise ClientGone("the client closed the connection before the answer")
+        raise DeadlineExceeded(f"no answer within the request timeout of {timeout:g} s; retry later")
 
     def infer(self, inputs: InferenceInput, queue_seconds: list[float]) -> Prediction:
         """One forward pass and what is observed of it, the one place both happen: in the inference
@@ -160,9 +160,3 @@ async def _first_done(futures: set[asyncio.Future], timeout: float) -> set[async
             for future in futures:
                 future.remove_done_callback(wake)
     return {future for future in futures if future.done()}
-
-
-async def _disconnected(request: Request) -> None:
-    """Returns once the client has gone (the ASGI server reports ``http.disconnect``)."""
-    while (await request.receive())["type"] != "http.disconnect":
-        pass

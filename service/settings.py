@@ -10,6 +10,7 @@ from typing import Annotated, Literal
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, CliApp, NoDecode, SettingsConfigDict, SettingsError
 
+from models.validation import validation_message
 from service.repository import ModelSource, parse_policies
 
 ENV_PREFIX = "DIGLM_"
@@ -145,8 +146,6 @@ def parse_settings(argv: list[str] | None = None) -> ServiceSettings:
     try:
         return CliApp.run(ServiceSettings, cli_args=argv or [])
     except ValidationError as error:
-        first = error.errors()[0]
-        where = ".".join(str(part) for part in first["loc"]) or "settings"
-        raise SettingsProblem(f"{where}: {first['msg'].removeprefix('Value error, ')}") from None
+        raise SettingsProblem(validation_message(error.errors(), "settings")) from None
     except SettingsError as error:
         raise SettingsProblem(str(error).splitlines()[0]) from None

@@ -43,7 +43,7 @@ def test_keys_guard_every_route_but_the_probes(checkpoint, tmp_path):
     for path in ("/v2/models/tiny", "/v2/models/tiny/drift", "/docs", "/openapi.json", "/v2"):
         assert client.get(path).status_code == 401, path
         assert client.get(path, headers={"x-api-key": "alpha"}).status_code == 200, path
-    for path in ("/v2/health/live", "/v2/health/ready", "/metrics"):
+    for path in ("/v2/health/live", "/v2/health/ready", "/", "/metrics"):
         assert client.get(path).status_code == 200, path
     assert 'status="401"' in client.get("/metrics").text
     client.__exit__(None, None, None)

@@ -1,6 +1,6 @@
 """Real Open Inference Protocol clients against the live service: tritonclient's HTTP client
 allocates outputs from the metadata, so what the metadata says must be what infer returns; the
-KServe SDK's REST client (v2 protocol) checks health and infers with JSON and binary tensors."""
+KServe SDK's REST client checks health and infers: v2 with JSON and binary tensors, and v1."""
 import asyncio
 import socket
 import threading
@@ -113,6 +113,33 @@ def test_kserve_sdk_health_and_infer_json_and_binary(server):
         np.testing.assert_array_equal(arrays[False][name], arrays[True][name])
     assert arrays[True]["label"].dtype == np.int64 and arrays[True]["accepted"].dtype == np.bool_
     np.testing.assert_allclose(arrays[True]["probabilities"].sum(axis=1), 1.0, rtol=1e-6)
+
+
+def test_kserve_sdk_v1_liveness_readiness_and_predict_equal_v2(server):
+    kserve = pytest.importorskip("kserve")
+    base = f"http://{server}"
+    x = load_dataset(DataConfig(name="digits")).x[:3]
+
+    async def calls():
+        v1 = kserve.InferenceRESTClient(kserve.RESTConfig(protocol="v1", retries=1, timeout=30))
+        v2 = kserve.InferenceRESTClient(kserve.RESTConfig(protocol="v2", retries=1, timeout=30))
+        try:
+            health = (await v1.is_server_live(base), await v1.is_model_ready(base, "tiny"))
+            predicted = await v1.infer(base, {"instances": x.tolist()}, model_name="tiny")
+            tensor = kserve.InferInput("input", list(x.shape), "FP32")
+            tensor.set_data_from_numpy(x)
+            inferred = await v2.infer(base, kserve.InferRequest("tiny", [tensor]), model_name="tiny")
+            return health, predicted, {output.name: output.as_numpy() for output in inferred.outputs}
+        finally:
+            await v1.close()
+            await v2.close()
+
+    health, predicted, outputs = asyncio.run(calls())
+    assert health == (True, True)
+    records = predicted["predictions"]
+    assert [record["label"] for record in records] == outputs["label"].tolist()
+    assert [record["accepted"] for record in records] == outputs["accepted"].tolist()
+    np.testing.assert_allclose([record["log_px"] for record in records], outputs["log_px"], rtol=1e-6)
 
 
 def test_tritonclient_model_repository_and_version_routes(server):

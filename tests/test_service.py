@@ -220,7 +220,7 @@ def test_malformed_bodies_found_by_fuzzing_are_4xx_with_the_real_reason(client):
     assert schema["properties"]["instances"]["minItems"] == 1
     infer = paths["/v2/models/{name}/infer"]["post"]["requestBody"]["content"]
     assert set(infer) == {"application/json", "application/octet-stream"} and "$defs" not in json.dumps(infer)
-    assert infer["application/json"]["schema"]["properties"]["inputs"]["items"]["required"] == ["name", "shape", "datatype", "data"]
+    assert infer["application/json"]["schema"]["properties"]["inputs"]["items"]["required"] == ["name", "shape", "datatype"]  # data absent in binary requests
 
 
 def test_bad_v2_input_is_a_clear_4xx(client):
@@ -245,9 +245,24 @@ def test_unknown_model_is_404(client):
     assert client.post("/v2/models/other/infer", json={}).status_code == 404
 
 
+def test_every_domain_error_has_its_own_status():
+    """Each error the core and the registry raise (``inference.errors``) answers with a 4xx or 5xx of
+    its own from the one table, none with the 500 of an unexpected error."""
+    from inference import errors
+    from service.status import HTTP_STATUS, http_status
+
+    kinds = [kind for kind in vars(errors).values() if isinstance(kind, type) and issubclass(kind, errors.ServiceError) and kind is not errors.ServiceError]
+    assert set(kinds) == set(HTTP_STATUS)
+    statuses = {kind.__name__: http_status(kind("why")) for kind in kinds}
+    assert all(400 <= status < 600 and status != 500 for status, _ in statuses.values()), statuses
+    assert statuses["Overloaded"] == (503, {"Retry-After": "1"}) and statuses["NotReady"] == (503, {})
+    assert statuses["DeadlineExceeded"][0] == 504 and statuses["TooLarge"][0] == 413 and statuses["Unauthenticated"][1]["WWW-Authenticate"]
+
+
 def test_health_and_metadata(client, checkpoint):
     manifest = load_checkpoint(checkpoint).manifest
     assert client.get("/v2/health/live").json() == {"live": True}
+    assert client.get("/").json() == {"status": "alive"}  # KServe v1 liveness
     assert client.get("/v2/health/ready").json() == {"ready": True}
     assert client.get("/v2/models/tiny/ready").status_code == 200
     assert client.get("/v1/models/tiny").json()["version"] == manifest.version

@@ -19,7 +19,8 @@ from models.checkpoint import CheckpointError, load_checkpoint, read_manifest
 from models.config import FlowConfig, HeadConfig, ModelConfig, PreprocessingConfig
 from models.hybrid import HybridModel
 from service.app import create_app
-from service.batching import DynamicBatcher, QueueFull
+from inference.errors import ClientGone, Overloaded
+from service.batching import DynamicBatcher
 from service.settings import ServiceSettings
 from tests.agreement import BACKENDS, assert_answers_agree, assert_same_answers, held_out_digits, v1_answer
 from tests.conftest import wait_ready, wait_until
@@ -177,7 +178,7 @@ def test_batcher_refuses_past_its_queue_limit():
             await wait_until(started.is_set, "the first batch to start")
             second = asyncio.ensure_future(batcher.submit(InferenceInput(np.full((3, 2), 2.0))))
             await asyncio.sleep(0.01)
-            with pytest.raises(QueueFull):
+            with pytest.raises(Overloaded):
                 await batcher.submit(InferenceInput(np.ones((1, 2))))
             release.set()
             results = await asyncio.gather(first, second)
@@ -227,28 +228,26 @@ def test_batcher_refuses_when_the_expected_wait_is_past_the_deadline():
             assert batcher.expected_wait() == 0.0  # an empty queue: a lone request is always tried
             batcher.queued_instances = 3
             assert batcher.expected_wait() == pytest.approx(0.6)
-            with pytest.raises(QueueFull, match="expected wait of 0.6 s is over the 0.5 s deadline"):
+            with pytest.raises(Overloaded, match="expected wait of 0.6 s is over the 0.5 s deadline"):
                 await batcher.submit(InferenceInput(np.ones((1, 2))))
 
     asyncio.run(go())
 
 
 def test_a_client_that_disconnects_gets_its_work_dropped(exported):
-    from service.inputs import InputError
     from service.serving import ServedVersion
 
-    class Gone:
-        async def receive(self):
-            return {"type": "http.disconnect"}
+    async def gone() -> None:
+        return None
 
     runtime = ModelRuntime.load(exported, "cpu", "torch")
     calls = []
     before_predict(runtime, lambda x: (calls.append(len(x)), time.sleep(0.3)))  # the answer outlasts the client (no race)
     with ThreadPoolExecutor(1) as executor:
         served = ServedVersion(runtime, ServiceSettings(model_dir=exported, device="cpu", batching=False), executor)
-        with pytest.raises(InputError) as raised:
-            asyncio.run(served.predict(runtime.midrange_inputs(2), Gone()))
-    assert raised.value.status == 499 and calls == [2]
+        with pytest.raises(ClientGone):
+            asyncio.run(served.predict(runtime.midrange_inputs(2), gone))
+    assert calls == [2]
 
 
 def test_binary_tensor_input_equals_json(exported, digits):

@@ -17,7 +17,8 @@ from models.gate import GATE_FILE, Gate, calibrate_gate, gate_tails
 from models.hybrid import HybridModel
 from models.manifest import FittedScores, Manifest, ManifestDraft
 from models.scores import LatentNeighbours, ScoreFit
-from training.config import ConfigError, ExperimentConfig, GateSettings, apply_override, validation_message
+from models.validation import validation_message
+from training.config import ConfigError, ExperimentConfig, GateSettings, apply_override
 from training.data import DataError, Split, Splits, load_dataset, split_dataset
 from training.evaluate import evaluate_split, model_outputs
 from training.export import ONNX_FILE, export_checkpoint
@@ -142,7 +143,7 @@ def recalibrate(loaded: LoadedCheckpoint, overrides: list[str], data_dir: str | 
     try:
         config = ExperimentConfig.model_validate(tree)
     except ValidationError as error:
-        raise ConfigError(validation_message(error)) from None
+        raise ConfigError(validation_message(error.errors(), "config")) from None
     if data_dir is not None:
         config.data.data_dir = Path(data_dir)
     return refit_gate(loaded, config)

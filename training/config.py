@@ -15,6 +15,7 @@ from models.conformal import Combine, Tail
 from models.gate import CLASSIFIER_MIN_REFERENCE, NEIGHBOUR_DIMS, NEIGHBOUR_K, NEIGHBOUR_REFERENCE, GateMethod
 from models.score_classifier import HIDDEN as CLASSIFIER_HIDDEN
 from models.scores import LatentSpace
+from models.validation import validation_message
 
 
 class ConfigError(ValueError):
@@ -123,13 +124,6 @@ def apply_override(tree: dict, assignment: str) -> None:
         raise ConfigError(f"override {assignment!r}: value is not valid YAML") from None
 
 
-def validation_message(error: ValidationError) -> str:
-    """The first problem pydantic found, as one line: ``where: what``."""
-    first = error.errors()[0]
-    where = ".".join(str(part) for part in first["loc"]) or "config"
-    return f"{where}: {first['msg']}" + (f" ({error.error_count() - 1} more)" if error.error_count() > 1 else "")
-
-
 def load_config(path: str | Path, overrides: list[str] = ()) -> ExperimentConfig:
     path = Path(path)
     if not path.is_file():
@@ -145,4 +139,4 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> ExperimentConfig
     try:
         return ExperimentConfig.model_validate(tree)
     except ValidationError as error:
-        raise ConfigError(f"{path}: {validation_message(error)}") from None
+        raise ConfigError(f"{path}: {validation_message(error.errors(), 'config')}") from None

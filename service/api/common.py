@@ -1,9 +1,10 @@
-"""Helpers the routers share: the app state, the size-limited JSON body, the orjson response."""
+"""Helpers the routers share: the app state, the size-limited JSON body, the orjson response, the
+answer to an error, and ``serve_http``: REST's way into the one dispatch (``service.dispatch``),
+taken by the prediction routes and by the fast path (``service.fast_path``) alike."""
 from __future__ import annotations
 
 import logging
-from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any
 
 import orjson
 from fastapi import Request, Response
@@ -11,20 +12,21 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException
 
-from inference.inputs import InvalidInput
-from service.batching import QueueFull
-from service.inputs import InputError
+from inference.errors import BadInput, ServiceError, TooLarge, UnsupportedMedia
+from models.validation import validation_message
+from service.codecs import RestRequest
+from service.dispatch import Codec, ServedBy, dispatch
 from service.schemas import ErrorResponse
 from service.serving import ServedVersion
 from service.state import ServiceState
+from service.status import error_body, http_status
 
 log = logging.getLogger(__name__)
 
-SERVED_BY = "served_by"  # request state: the (model, version) that answered, for the metrics' labels
+SERVED_BY = "diglm.served_by"  # the ASGI scope's ``ServedBy`` of the request, made by the metrics middleware
 
 ERRORS = {status: {"model": ErrorResponse} for status in (400, 404, 413, 415, 503, 504)}
 JSON_TYPES = ("application/json",)
-BINARY_TYPES = ("application/json", "application/octet-stream")  # the binary tensor extension's bodies
 
 
 def inline_definitions(schema: dict) -> dict:
@@ -55,13 +57,14 @@ BINARY_ANSWER = {
 }
 
 
-def json_post(response: type[BaseModel], request: type[BaseModel], binary: bool = False) -> dict:
-    """``router.post`` options of a hot-path endpoint: orjson response, documented response and error
-    models, and the request schema for OpenAPI (the body itself is decoded by ``service.inputs``);
-    ``binary``: the body and the answer may also be the binary tensor extension."""
-    content = {"application/json": {"schema": inline_definitions(request.model_json_schema())}}
-    answer = {"model": response}
-    if binary:
+def codec_post(codec) -> dict:
+    """``router.post`` options of a codec's endpoint: documented response and error models, and the
+    request schema for OpenAPI, from the codec's ``request_model`` and ``response_model`` (the body
+    itself is decoded by the codec); with ``binary`` the body and the answer may also be the binary
+    tensor extension."""
+    content = {"application/json": {"schema": inline_definitions(codec.request_model.model_json_schema())}}
+    answer = {"model": codec.response_model}
+    if codec.binary:
         content["application/octet-stream"] = BINARY_BODY
         answer["content"] = {"application/octet-stream": BINARY_ANSWER}
     return {
@@ -78,47 +81,65 @@ class JSONBody(Response):
         return orjson.dumps(content)
 
 
-def error_response(error: Exception, path: str) -> JSONBody:
+def error_response(error: Exception, path: str) -> Response:
     """The answer to an error raised while handling a request: ``{"error": message}`` with the
-    status of an ``InputError`` or ``HTTPException`` (and its headers, e.g. Allow on a 405), 400 for
-    an ``InvalidInput``, 503 with Retry-After when a queue is full, 422 naming the first invalid
-    field, and otherwise a 500 whose cause goes to the log only."""
+    status of a domain error (``service.status``) or of an ``HTTPException`` (and their headers:
+    Retry-After, Allow on a 405), 422 naming the first invalid field, and otherwise a 500 whose
+    cause goes to the log only."""
     headers = {}
-    if isinstance(error, InputError):
-        status, message = error.status, str(error)
-    elif isinstance(error, InvalidInput):
-        status, message = 400, str(error)
-    elif isinstance(error, QueueFull):
-        status, message, headers = 503, str(error), {"Retry-After": "1"}
+    if isinstance(error, ServiceError):
+        (status, headers), message = http_status(error), str(error)
     elif isinstance(error, HTTPException):
         status, message, headers = error.status_code, str(error.detail), error.headers or {}
     elif isinstance(error, RequestValidationError):
-        first = error.errors()[0]
-        status, message = 422, f"{'.'.join(map(str, first['loc']))}: {first['msg']}"
+        status, message = 422, validation_message(error.errors(), "body")
     else:
         log.error("unexpected error on %s", path, exc_info=error)
         status, message = 500, "internal error; see the server log"
-    return JSONBody({"error": message}, status_code=status, headers=headers)
+    return Response(error_body(message), status_code=status, headers=headers, media_type="application/json")
 
 
 def service_state(request: Request) -> ServiceState:
     return request.app.state.service
 
 
+def served_by(request: Request) -> ServedBy:
+    """The request's ``ServedBy`` (the metrics middleware's; a fresh one without it)."""
+    return request.scope.get(SERVED_BY) or ServedBy()
+
+
 def lookup(request: Request, name: str, version: str | None = None) -> ServedVersion:
-    """The ready model version a route names (its default version when ``version`` is None); a 404
-    or 503 ``InputError`` otherwise."""
+    """The ready model version a route names (its default version when ``version`` is None);
+    ``NotFound`` or ``NotReady`` otherwise."""
     served = service_state(request).models.lookup(name, version)
-    setattr(request.state, SERVED_BY, (served.name, served.version))
+    served_by(request).record(served)
     return served
 
 
-@contextmanager
-def serving(request: Request, name: str, version: str | None = None) -> Iterator[ServedVersion]:
-    """``lookup``, holding the version for the block: it is not released before the answer."""
-    served = lookup(request, name, version)
-    with served.use():
-        yield served
+def answered_by(codec: Codec):
+    """Marks a FastAPI endpoint that answers with ``serve_http(request, codec, name[, version])``:
+    the fast path (``service.fast_path``) serves its routes the same way without the router."""
+
+    def mark(endpoint):
+        endpoint.codec = codec
+        return endpoint
+
+    return mark
+
+
+async def serve_http(request: Request, codec: Codec, name: str, version: str | None = None) -> Response:
+    """A REST inference call through the one dispatch: the body, checked against the codec's media
+    types and the size limit, decoded and answered by ``codec``."""
+
+    async def read() -> RestRequest:
+        return RestRequest(await read_body(request, codec.media_types), request.headers.get("inference-header-content-length"))
+
+    async def client_gone() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    answer = await dispatch(service_state(request).models, codec, name, version, read, served_by(request), client_gone)
+    return Response(answer.body, media_type=answer.media_type, headers=answer.headers)
 
 
 def check_content_type(request: Request, allowed: tuple[str, ...]) -> None:
@@ -126,7 +147,7 @@ def check_content_type(request: Request, allowed: tuple[str, ...]) -> None:
     JSON, as most clients send."""
     media = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
     if media and media not in allowed and not media.endswith("+json"):
-        raise InputError(f"Content-Type {media[:60]!r} is not supported here; send {' or '.join(allowed)}", status=415)
+        raise UnsupportedMedia(f"Content-Type {media[:60]!r} is not supported here; send {' or '.join(allowed)}")
 
 
 async def read_body(request: Request, allowed: tuple[str, ...] = JSON_TYPES, optional: bool = False) -> bytes:
@@ -136,12 +157,12 @@ async def read_body(request: Request, allowed: tuple[str, ...] = JSON_TYPES, opt
     limit = service_state(request).settings.max_body_bytes
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise InputError(f"request body of {declared} bytes is over the limit of {limit} bytes", status=413)
+        raise TooLarge(f"request body of {declared} bytes is over the limit of {limit} bytes")
     body = bytearray()
     async for chunk in request.stream():
         body += chunk
         if len(body) > limit:
-            raise InputError(f"request body is over the limit of {limit} bytes", status=413)
+            raise TooLarge(f"request body is over the limit of {limit} bytes")
     if not body and not optional:
-        raise InputError("request body is empty")
+        raise BadInput("request body is empty")
     return bytes(body)

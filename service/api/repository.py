@@ -8,7 +8,8 @@ import asyncio
 from fastapi import APIRouter, Request, Response
 
 from service.api.common import ERRORS, read_body, service_state
-from service.inputs import InputError, parse_json
+from inference.errors import BadInput
+from service.inputs import optional_object, parse_json
 
 router = APIRouter(prefix="/v2/repository", tags=["model repository"])
 ADMIN_ERRORS = {**ERRORS, 401: ERRORS[400], 403: ERRORS[400], 409: ERRORS[400]}
@@ -19,10 +20,10 @@ async def _options(request: Request, allowed: set[str]) -> dict:
     raw = await read_body(request, optional=True)
     body = parse_json(raw) if raw.strip() else {}
     if not isinstance(body, dict):
-        raise InputError("the request body must be a JSON object")
+        raise BadInput("the request body must be a JSON object")
     unknown = sorted(set(body) - allowed)
     if unknown:
-        raise InputError(f"unknown fields {unknown}; this route takes {sorted(allowed) or 'no body'}")
+        raise BadInput(f"unknown fields {unknown}; this route takes {sorted(allowed) or 'no body'}")
     return body
 
 
@@ -33,18 +34,16 @@ async def index(request: Request) -> list[dict]:
     body = await _options(request, {"ready"})
     ready_only = body.get("ready", False)
     if not isinstance(ready_only, bool):
-        raise InputError('"ready" must be true or false')
+        raise BadInput('"ready" must be true or false')
     models = service_state(request).models
     return [entry.as_dict() for entry in models.index(await asyncio.to_thread(models.scan), ready_only)]
 
 
 def _no_parameters(body: dict) -> None:
-    parameters = body.get("parameters") or {}
-    if not isinstance(parameters, dict):
-        raise InputError('"parameters" must be an object')
+    parameters = optional_object(body.get("parameters"), '"parameters"')
     unsupported = sorted(set(parameters) - {"unload_dependents"})
     if unsupported:
-        raise InputError(f"parameters {unsupported} are not supported: versions are loaded from the repository's folders as they are")
+        raise BadInput(f"parameters {unsupported} are not supported: versions are loaded from the repository's folders as they are")
 
 
 @router.post("/models/{name}/load", responses=ADMIN_ERRORS)

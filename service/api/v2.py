@@ -3,16 +3,13 @@ route also has its version form, ``/v2/models/{name}/versions/{version}/...``; w
 the model's default (newest served) version answers."""
 from __future__ import annotations
 
-import orjson
 from fastapi import APIRouter, Request, Response
 
-from service.api.common import BINARY_TYPES, ERRORS, JSONBody, json_post, lookup, read_body, service_state, serving
-from service.encoding import output_tensors, v2_binary_output, v2_output
-from service.inputs import InputError, decode_v2_tensor, may_hold_booleans, optional_flag, parse_json, split_binary_request
-from service.schemas import ErrorResponse, InferRequest, InferResponse
+from service.api.common import ERRORS, JSONBody, answered_by, codec_post, lookup, serve_http, service_state
+from service.codecs.v2 import INPUT_NAME, V2
+from service.schemas import ErrorResponse
 
 router = APIRouter(prefix="/v2", tags=["v2"])
-INPUT_NAME = "input"
 
 
 @router.get("/health/live")
@@ -126,8 +123,9 @@ async def model_statistics(name: str, request: Request, version: str | None = No
     }
 
 
-@router.post("/models/{name}/infer", **json_post(InferResponse, InferRequest, binary=True))
-@router.post("/models/{name}/versions/{version}/infer", **json_post(InferResponse, InferRequest, binary=True))
+@router.post("/models/{name}/infer", **codec_post(V2))
+@router.post("/models/{name}/versions/{version}/infer", **codec_post(V2))
+@answered_by(V2)
 async def infer(name: str, request: Request, version: str | None = None) -> Response:
     """One input tensor named ``input`` of shape ``[N, *input_shape]``, as JSON data or raw bytes (the
     binary tensor extension: header ``Inference-Header-Content-Length``); outputs as listed in the
@@ -135,69 +133,4 @@ async def infer(name: str, request: Request, version: str | None = None) -> Resp
     ``binary_data_output`` (request parameters), as raw bytes after the JSON answer. ``parameters:
     {"batch_test": true}`` adds the batch typicality test (``batch_p_value``, ``batch_is_outlier`` in
     the response's parameters)."""
-    with serving(request, name, version) as served:
-        return await _infer(served, request)
-
-
-async def _infer(served, request: Request) -> Response:
-    state, runtime = service_state(request), served.runtime
-    header_length = request.headers.get("inference-header-content-length")
-    if header_length is None:
-        raw = await read_body(request)
-        body, binary, booleans = parse_json(raw), b"", may_hold_booleans(raw)
-    else:
-        booleans = True  # a JSON header only: any data is in the binary part
-        body, binary = split_binary_request(await read_body(request, BINARY_TYPES), header_length)
-    if not isinstance(body, dict) or not isinstance(body.get("inputs"), list) or len(body["inputs"]) != 1 or not isinstance(body["inputs"][0], dict):
-        raise InputError(f'request must hold "inputs": a list with one tensor named {INPUT_NAME!r}')
-    tensor = body["inputs"][0]
-    if tensor.get("name") != INPUT_NAME:
-        raise InputError(f"unknown input {tensor.get('name')!r}; the model's input is named {INPUT_NAME!r}")
-    inputs = decode_v2_tensor(tensor, runtime.input_shape, state.settings.max_instances, binary, runtime.input_range, booleans)
-    parameters = body.get("parameters")
-    if parameters is not None and not isinstance(parameters, dict):
-        raise InputError('"parameters" must be an object')
-    batch_test = optional_flag((parameters or {}).get("batch_test"), 'parameters "batch_test"')
-    all_binary = optional_flag((parameters or {}).get("binary_data_output"), 'parameters "binary_data_output"')
-    specs = {spec.name: spec for spec in served.outputs}
-    requested = _requested_outputs(body.get("outputs"), list(specs), all_binary)
-    prediction = await served.predict(inputs, request)
-    tensors = output_tensors(prediction, runtime.gate.outlier_threshold)
-    outputs, chunks = [], []
-    for name, binary in requested:
-        if binary:
-            header, data = v2_binary_output(specs[name], tensors[name])
-            outputs.append(header)
-            chunks.append(data)
-        else:
-            outputs.append(v2_output(specs[name], tensors[name]))
-    response = {"model_name": runtime.name, "model_version": runtime.version, "outputs": outputs}
-    if body.get("id") is not None:
-        response["id"] = str(body["id"])
-    if batch_test:
-        p_value, is_outlier = runtime.gate.batch_test(prediction.log_px)
-        response["parameters"] = {"batch_p_value": p_value, "batch_is_outlier": is_outlier}
-    if not chunks:
-        return JSONBody(response)
-    header = orjson.dumps(response)
-    return Response(header + b"".join(chunks), media_type="application/octet-stream", headers={"Inference-Header-Content-Length": str(len(header))})
-
-
-def _requested_outputs(outputs, available: list[str], all_binary: bool) -> list[tuple[str, bool]]:
-    """(name, as binary) of each output to return: those the request lists (``binary_data`` per
-    output, default ``all_binary``), else every one."""
-    if outputs is None:
-        return [(name, all_binary) for name in available]
-    if not isinstance(outputs, list) or not all(isinstance(output, dict) for output in outputs):
-        raise InputError('"outputs" must be a list of objects {"name": ..., "parameters": {"binary_data": true}}')
-    requested = []
-    for output in outputs:
-        parameters = output.get("parameters") or {}
-        if not isinstance(parameters, dict):
-            raise InputError('output "parameters" must be an object')
-        binary = parameters.get("binary_data")
-        requested.append((output.get("name"), all_binary if binary is None else optional_flag(binary, 'output parameters "binary_data"')))
-    unknown = [name for name, _ in requested if name not in available]
-    if unknown:
-        raise InputError(f"unknown outputs {unknown}; available: {available}")
-    return requested or [(name, all_binary) for name in available]
+    return await serve_http(request, V2, name, version)

@@ -1,0 +1,84 @@
+"""The one path of every inference call, whatever its protocol: look up the model version, read the
+request, decode it with the protocol's codec, run it through the version's batcher, encode the
+answer. A protocol is a codec (``service.codecs``) and a server that calls ``dispatch``; REST's
+routes and its fast path (``service.api.common.serve_http``) both do. Errors are the domain's
+(``inference.errors``); each server maps them to its statuses (``service.status``)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Awaitable, Callable, Protocol, TypeVar
+
+from inference.inputs import InferenceInput
+from inference.prediction import Prediction
+from service.loader import ModelLoader
+from service.serving import ServedVersion
+
+Request = TypeVar("Request")
+Answer = TypeVar("Answer")
+
+
+@dataclass
+class ServedBy:
+    """The model and version that answered a call (empty until the lookup): what the request metrics
+    are labelled with. Made by the server for each call and handed to ``dispatch``."""
+
+    model: str = ""
+    version: str = ""
+
+    def record(self, served: ServedVersion) -> None:
+        self.model, self.version = served.name, served.version
+
+
+@dataclass(frozen=True)
+class BatchTest:
+    """The typicality test of a whole request (``Gate.batch_test`` on its log p(x))."""
+
+    p_value: float
+    is_outlier: bool
+    size: int
+
+
+@dataclass(frozen=True)
+class Decoded:
+    """A decoded request: the model's input, whether the batch test is asked for, and what else the
+    codec needs to encode the answer (``options``: its own type)."""
+
+    inputs: InferenceInput
+    batch_test: bool = False
+    options: Any = None
+
+
+class Codec(Protocol[Request, Answer]):
+    """A protocol's two translations: its request to a ``Decoded``, a ``Prediction`` to its answer.
+    Both run while the version is held (``ServedVersion.use``); both raise only ``BadInput``."""
+
+    name: str  # the protocol, e.g. "v1"
+
+    def decode(self, request: Request, served: ServedVersion) -> Decoded: ...
+
+    def encode(self, decoded: Decoded, prediction: Prediction, served: ServedVersion, batch: BatchTest | None) -> Answer: ...
+
+
+async def dispatch(
+    models: ModelLoader,
+    codec: Codec[Request, Answer],
+    name: str,
+    version: str | None,
+    read: Callable[[], Awaitable[Request]],
+    served_by: ServedBy,
+    client_gone: Callable[[], Awaitable[None]] | None = None,
+) -> Answer:
+    """The answer of ``codec`` to one call of model ``name`` (its default version when ``version`` is
+    None). ``read``: the request, read once the version is known (a missing model is reported before
+    a malformed body); ``served_by``: filled with the version that answers; ``client_gone``: returns
+    when the caller has left (its queued work is then dropped, ``ServedVersion.predict``)."""
+    served = models.lookup(name, version)
+    served_by.record(served)
+    with served.use():
+        decoded = codec.decode(await read(), served)
+        prediction = await served.predict(decoded.inputs, client_gone)
+        batch = None
+        if decoded.batch_test:
+            p_value, is_outlier = served.runtime.gate.batch_test(prediction.log_px)
+            batch = BatchTest(p_value, is_outlier, len(decoded.inputs))
+        return codec.encode(decoded, prediction, served, batch)
