@@ -17,7 +17,7 @@ from starlette.responses import Response
 from inference.errors import ServiceError
 from inference.runtime import ModelRuntime
 from service.api import repository, v1, v2
-from service.api.common import SERVED_BY, JSONBody, error_response
+from service.api.common import SERVED_BY, error_response
 from service.auth import ApiKeyMiddleware
 from service.dispatch import ServedBy
 from service.fast_path import PredictionFastPath
@@ -102,7 +102,7 @@ def create_app(settings: ServiceSettings | None = None, runtimes: list[ModelRunt
     async def metrics() -> Response:
         return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
-    async def handle_error(request: Request, error: Exception) -> JSONBody:
+    async def handle_error(request: Request, error: Exception) -> Response:
         return error_response(error, request.url.path)
 
     for kind in (ServiceError, StarletteHTTPException, RequestValidationError, Exception):

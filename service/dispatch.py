@@ -6,12 +6,14 @@ routes and its fast path (``service.api.common.serve_http``) both do. Errors are
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Protocol, TypeVar
 
 from inference.inputs import InferenceInput
 from inference.prediction import Prediction
-from service.loader import ModelLoader
-from service.serving import ServedVersion
+
+if TYPE_CHECKING:
+    from service.loader import ModelLoader
+    from service.serving import ServedVersion
 
 Request = TypeVar("Request")
 Answer = TypeVar("Answer")

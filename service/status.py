@@ -1,6 +1,6 @@
 """The domain errors (``inference.errors``) as protocol answers, in one table: each error's HTTP
-status here, beside which a gRPC status code goes when that server comes. Every error answer of the
-service is made here: ``{"error": message}`` with the status and its headers."""
+status here, beside which a gRPC status code goes when that server comes; and the JSON body of every
+error answer, ``{"error": message}``."""
 from __future__ import annotations
 
 import orjson

@@ -312,6 +312,7 @@ def test_prediction_routes_skip_the_router_and_answer_exactly_as_it_does(exporte
         ("/v1/models/nope:predict", {"json": {"instances": [image]}}),  # no such model: 404
         ("/v1/models/tiny:predict", {"content": b"{not json", "headers": {"content-type": "application/json"}}),  # 400
         ("/v1/models/tiny:predict", {"content": b"x", "headers": {"content-type": "text/plain"}}),  # 415
+        ("/v2/models/tiny/infer", {"content": b"{}", "headers": {"content-type": "application/octet-stream"}}),  # raw bytes with no JSON header: 415
         ("/v1/models/tiny:predict", {"json": {"instances": [[[1e9] * 8] * 8]}}),  # out of the input range: 400
         ("/v2/models/tiny/infer", {"json": {**v2, "outputs": [{"name": "nope"}]}}),  # unknown output: 400
     ]
@@ -340,5 +341,5 @@ def test_prediction_routes_skip_the_router_and_answer_exactly_as_it_does(exporte
     with monkeypatch.context() as patch:
         patch.setattr(PredictionFastPath, "__call__", pass_through)
         routed, _ = run_app(settings, runtime, requests)
-    assert [status for status, _, _ in answers(fast)] == [200, 200, 200, 200, 404, 404, 400, 415, 400, 400, 200]
+    assert [status for status, _, _ in answers(fast)] == [200, 200, 200, 200, 404, 404, 400, 415, 415, 400, 400, 200]
     assert answers(fast) == answers(routed)

@@ -9,13 +9,12 @@ from typing import Any
 import orjson
 from fastapi import Request, Response
 from fastapi.exceptions import RequestValidationError
-from pydantic import BaseModel
 from starlette.exceptions import HTTPException
 
 from inference.errors import BadInput, ServiceError, TooLarge, UnsupportedMedia
 from models.validation import validation_message
-from service.codecs import RestRequest
-from service.dispatch import Codec, ServedBy, dispatch
+from service.codecs import RestCodec, RestRequest
+from service.dispatch import ServedBy, dispatch
 from service.schemas import ErrorResponse
 from service.serving import ServedVersion
 from service.state import ServiceState
@@ -27,6 +26,7 @@ SERVED_BY = "diglm.served_by"  # the ASGI scope's ``ServedBy`` of the request, m
 
 ERRORS = {status: {"model": ErrorResponse} for status in (400, 404, 413, 415, 503, 504)}
 JSON_TYPES = ("application/json",)
+BINARY_TYPES = ("application/json", "application/octet-stream")  # with the binary tensor extension's header
 
 
 def inline_definitions(schema: dict) -> dict:
@@ -57,7 +57,7 @@ BINARY_ANSWER = {
 }
 
 
-def codec_post(codec) -> dict:
+def codec_post(codec: RestCodec) -> dict:
     """``router.post`` options of a codec's endpoint: documented response and error models, and the
     request schema for OpenAPI, from the codec's ``request_model`` and ``response_model`` (the body
     itself is decoded by the codec); with ``binary`` the body and the answer may also be the binary
@@ -116,7 +116,7 @@ def lookup(request: Request, name: str, version: str | None = None) -> ServedVer
     return served
 
 
-def answered_by(codec: Codec):
+def answered_by(codec: RestCodec):
     """Marks a FastAPI endpoint that answers with ``serve_http(request, codec, name[, version])``:
     the fast path (``service.fast_path``) serves its routes the same way without the router."""
 
@@ -127,12 +127,15 @@ def answered_by(codec: Codec):
     return mark
 
 
-async def serve_http(request: Request, codec: Codec, name: str, version: str | None = None) -> Response:
-    """A REST inference call through the one dispatch: the body, checked against the codec's media
-    types and the size limit, decoded and answered by ``codec``."""
+async def serve_http(request: Request, codec: RestCodec, name: str, version: str | None = None) -> Response:
+    """A REST inference call through the one dispatch: the body (JSON, or raw bytes after a JSON
+    header for a codec of the binary tensor extension), within the size limit, decoded and answered
+    by ``codec``. Content type and size are REST's checks, made here and not in the codec."""
+    header_length = request.headers.get("inference-header-content-length")
+    allowed = BINARY_TYPES if codec.binary and header_length is not None else JSON_TYPES
 
     async def read() -> RestRequest:
-        return RestRequest(await read_body(request, codec.media_types), request.headers.get("inference-header-content-length"))
+        return RestRequest(await read_body(request, allowed), header_length)
 
     async def client_gone() -> None:
         while (await request.receive())["type"] != "http.disconnect":

@@ -40,7 +40,7 @@ async def index(request: Request) -> list[dict]:
 
 
 def _no_parameters(body: dict) -> None:
-    parameters = optional_object(body.get("parameters"), '"parameters"')
+    parameters = optional_object(body.get("parameters") or None, '"parameters"')  # empty as absent
     unsupported = sorted(set(parameters) - {"unload_dependents"})
     if unsupported:
         raise BadInput(f"parameters {unsupported} are not supported: versions are loaded from the repository's folders as they are")

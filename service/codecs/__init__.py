@@ -4,6 +4,11 @@ Inference Protocol (``v2``) over REST. Each turns its request into the model's i
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Protocol
+
+from pydantic import BaseModel
+
+from service.dispatch import Codec
 
 
 @dataclass(frozen=True)
@@ -13,6 +18,15 @@ class RestRequest:
 
     body: bytes
     header_length: str | None = None
+
+
+class RestCodec(Codec, Protocol):
+    """A codec served over REST: its pydantic models describe its bodies in OpenAPI (and the tests
+    check the codec against them); ``binary``: it also speaks the binary tensor extension."""
+
+    request_model: type[BaseModel]
+    response_model: type[BaseModel]
+    binary: bool
 
 
 @dataclass(frozen=True)

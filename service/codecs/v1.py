@@ -15,8 +15,7 @@ from service.serving import ServedVersion
 
 class V1Codec:
     name = "v1"
-    media_types = ("application/json",)
-    request_model, response_model, binary = PredictRequest, PredictResponse, False  # the OpenAPI description
+    request_model, response_model, binary = PredictRequest, PredictResponse, False
 
     def decode(self, request: RestRequest, served: ServedVersion) -> Decoded:
         runtime = served.runtime

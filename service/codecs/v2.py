@@ -29,8 +29,7 @@ class Options:
 
 class V2Codec:
     name = "v2"
-    media_types = ("application/json", "application/octet-stream")
-    request_model, response_model, binary = InferRequest, InferResponse, True  # the OpenAPI description
+    request_model, response_model, binary = InferRequest, InferResponse, True
 
     def decode(self, request: RestRequest, served: ServedVersion) -> Decoded:
         runtime = served.runtime
@@ -83,7 +82,7 @@ def requested_outputs(outputs, available: list[str], all_binary: bool) -> list[t
         raise BadInput('"outputs" must be a list of objects {"name": ..., "parameters": {"binary_data": true}}')
     requested = []
     for output in outputs:
-        binary = optional_object(output.get("parameters"), 'output "parameters"').get("binary_data")
+        binary = optional_object(output.get("parameters") or None, 'output "parameters"').get("binary_data")  # empty as absent
         requested.append((output.get("name"), all_binary if binary is None else optional_flag(binary, 'output parameters "binary_data"')))
     unknown = [name for name, _ in requested if name not in available]
     if unknown:
