@@ -110,6 +110,13 @@ class DriftMonitor:
         self.reference = reference
         self.reference_log_px = np.sort(finite_floor(log_px))
         self.reference_mean = float(log_px[np.isfinite(log_px)].mean())
+        n = reference.statistic_size
+        self.statistic_grid = None if n is None else np.arange(n) + 0.5  # the calibration statistics' own positions
+        # the calibration side of the rejection test: its log p(x) below tau (tau gate), or K p-value cells below alpha
+        if reference.tau is not None:
+            self.reference_rejections = int(np.count_nonzero(self.reference_log_px < reference.tau))
+        else:
+            self.reference_rejections = None if n is None else reference.rejection_cells()
         self.window, self.threshold = window, threshold
         self._log_px = np.zeros(window)
         self._p_value = np.zeros(window)
@@ -134,14 +141,14 @@ class DriftMonitor:
     def _rejection_test(self, rejections: int, count: int) -> DriftTest | None:
         """More rejections in the window than no drift predicts, the calibration split's randomness
         included; None for a conformal gate without a calibrated statistic."""
-        reference, rate = self.reference, rejections / count
-        if reference.tau is not None:
-            below = int(np.count_nonzero(self.reference_log_px < reference.tau))
-            table = [[rejections, count - rejections], [below, len(self.reference_log_px) - below]]
-            return DriftTest(rate - below / len(self.reference_log_px), float(stats.fisher_exact(table, alternative="greater").pvalue))
-        if reference.statistic_size is None:
+        rate = rejections / count
+        if self.reference.tau is not None:
+            below, size = self.reference_rejections, len(self.reference_log_px)
+            table = [[rejections, count - rejections], [below, size - below]]
+            return DriftTest(rate - below / size, float(stats.fisher_exact(table, alternative="greater").pvalue))
+        if self.reference_rejections is None:
             return None
-        cells, n = reference.rejection_cells(), reference.statistic_size
+        cells, n = self.reference_rejections, self.reference.statistic_size
         if cells == 0:  # alpha below 1 / (n + 1): only inputs outside the support are rejected
             return DriftTest(rate, 1.0 if rejections == 0 else 0.0)
         return DriftTest(rate - cells / (n + 1), float(stats.betabinom.sf(rejections - 1, count, cells, n + 1 - cells)))
@@ -157,9 +164,8 @@ class DriftMonitor:
             return DriftReport(self.window, count, seen, False, None, self.threshold, mean_shift, rate, alpha, {})
         ks_log_px = stats.ks_2samp(finite_floor(log_px), self.reference_log_px)
         tests = {"log_px": DriftTest(float(ks_log_px.statistic), float(ks_log_px.pvalue))}
-        n = self.reference.statistic_size
-        if n is not None:
-            ks_statistic = stats.ks_2samp(statistic_positions(p_value, n), np.arange(n) + 0.5)
+        if self.statistic_grid is not None:
+            ks_statistic = stats.ks_2samp(statistic_positions(p_value, len(self.statistic_grid)), self.statistic_grid)
             tests["p_value"] = DriftTest(float(ks_statistic.statistic), float(ks_statistic.pvalue))
         rejection = self._rejection_test(int(rejected.sum()), count)
         if rejection is not None:
