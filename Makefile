@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 MODEL_DIR ?= artifacts/digits
 CONFIG ?= training/configs/digits.yaml
 
-.PHONY: install test test-random train serve bench-env bench-load bench-swap bench-serve bench-train-speed mutation alerts docker-wheels docker-smoke fuzz soak clean
+.PHONY: install test test-random train serve bench-env bench-load bench-swap bench-serve bench-train-speed mutation alerts docker-wheels docker-smoke fuzz soak clean protos
 
 install: $(VENV)/.installed
 
@@ -91,3 +91,8 @@ bench-serve: bench-env
 
 bench-train-speed: bench-env
 	.venv-bench/bin/python -m bench.train_speed --compile --write
+
+# The gRPC protocol's descriptor set, compiled from service/protos/inference.proto (vendored: the
+# service then needs only protobuf at run time, not grpcio-tools; tests/test_grpc.py checks it is current).
+protos: install
+	$(PY) -m grpc_tools.protoc -I service/protos --descriptor_set_out=service/protos/inference.binpb service/protos/inference.proto

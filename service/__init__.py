@@ -1,2 +1,2 @@
-"""FastAPI service: loads a DIGLM checkpoint and answers predictions with log p(x) and the gate's
-decision per instance, over the KServe v1 and Open Inference Protocol (v2) paths."""
+"""The service: loads DIGLM checkpoints and answers predictions with log p(x) and the gate's
+decision per instance, over KServe v1 and the Open Inference Protocol (v2) over REST and gRPC."""

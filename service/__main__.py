@@ -1,5 +1,5 @@
 """``python -m service``: load and verify the checkpoint (or the model repository's selected
-versions), then serve them with uvicorn.
+versions), then serve them with uvicorn (REST) and, in the same event loop, gRPC.
 
 A checkpoint that does not load stops the start with its one-line error (exit 2)."""
 from __future__ import annotations
@@ -15,6 +15,7 @@ from models.checkpoint import CheckpointError
 from models.device import DeviceUnavailable
 from service.app import create_app
 from service.auth import warn_if_open
+from service.grpc_server import check_port
 from service.http import with_header_timeout
 from service.settings import SettingsProblem, parse_settings
 from service.state import ServiceState
@@ -58,6 +59,12 @@ def main(argv: list[str] | None = None) -> int:
         if settings.model_repository is None:
             print(f"to retrain: move {settings.model_dir} away, then run `make train` (or python -m training train ...)", file=sys.stderr)
         return 2
+    if settings.grpc_port:
+        try:
+            check_port(settings.host, settings.grpc_port)
+        except OSError as error:
+            print(f"error: cannot serve gRPC on {settings.host}:{settings.grpc_port}: {error.strerror or error} (set DIGLM_GRPC_PORT, 0 for no gRPC)", file=sys.stderr)
+            return 2
     warn_if_open(settings.host, settings.all_api_keys())
     config = uvicorn.Config(
         app, host=settings.host, port=settings.port, log_level=settings.log_level, timeout_graceful_shutdown=settings.drain_timeout_s,

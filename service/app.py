@@ -21,6 +21,7 @@ from service.api.common import SERVED_BY, error_response
 from service.auth import ApiKeyMiddleware
 from service.dispatch import ServedBy
 from service.fast_path import PredictionFastPath
+from service.grpc_server import GrpcServer
 from service.metrics import ServiceMetrics
 from service.poller import RepositoryPoller
 from service.settings import ServiceSettings
@@ -55,8 +56,7 @@ class MetricsMiddleware:
         finally:
             metrics.in_flight.dec()
             endpoint = getattr(scope.get("route"), "path", "unmatched")
-            metrics.requests.labels(endpoint=endpoint, status=str(status["code"]), model=served_by.model, version=served_by.version).inc()
-            metrics.request_seconds.labels(endpoint=endpoint, model=served_by.model, version=served_by.version).observe(time.perf_counter() - started)
+            metrics.observe("rest", endpoint, status["code"], served_by.model, served_by.version, time.perf_counter() - started)
 
 
 def create_app(settings: ServiceSettings | None = None, runtimes: list[ModelRuntime] = ()) -> FastAPI:
@@ -74,8 +74,13 @@ def create_app(settings: ServiceSettings | None = None, runtimes: list[ModelRunt
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        grpc = GrpcServer(state) if settings.grpc_port else None
+        if grpc is not None:
+            await grpc.start()
         loading = asyncio.create_task(start())
         yield
+        if grpc is not None:  # REST's connections are done: let the gRPC calls in flight finish too
+            await grpc.stop(settings.drain_timeout_s)
         loading.cancel()
         await asyncio.gather(loading, return_exceptions=True)
         await state.models.close()

@@ -97,13 +97,18 @@ def output_tensors(prediction: Prediction, threshold: float) -> dict[str, np.nda
 BINARY_LAYOUTS = {"FP64": V2_DTYPES["FP64"], "INT64": V2_DTYPES["INT64"], "BOOL": "u1"}
 
 
+def text_elements(flat: np.ndarray) -> list[str]:
+    """A BYTES tensor's elements as text (None as "")."""
+    return ["" if value is None else str(value) for value in flat]
+
+
 def v2_binary_output(spec: OutputSpec, array: np.ndarray) -> tuple[dict, bytes]:
     """One output tensor in the binary tensor extension: its JSON part (``binary_data_size``, no
     ``data``) and its raw little-endian bytes (floats exactly, infinities and NaN included; a BYTES
     element as a 4-byte length and its UTF-8 bytes)."""
     flat = array.reshape(-1)
     if spec.datatype == "BYTES":
-        encoded = [("" if value is None else str(value)).encode() for value in flat]
+        encoded = [item.encode() for item in text_elements(flat)]
         data = b"".join(len(item).to_bytes(4, "little") + item for item in encoded)
     else:
         data = np.ascontiguousarray(flat, dtype=BINARY_LAYOUTS[spec.datatype]).tobytes()
@@ -117,7 +122,7 @@ def v2_output(spec: OutputSpec, array: np.ndarray) -> dict:
     if spec.datatype == "FP64":
         data = _nullable(flat)
     elif spec.datatype == "BYTES":
-        data = ["" if value is None else str(value) for value in flat]
+        data = text_elements(flat)
     else:
         data = flat.tolist()
     return {"name": spec.name, "shape": list(array.shape), "datatype": spec.datatype, "data": data}

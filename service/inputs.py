@@ -116,6 +116,14 @@ def optional_object(value: Any, what: str) -> dict:
     return value
 
 
+def check_load_parameters(names) -> None:
+    """A model repository load or unload takes no parameters but ``unload_dependents`` (ignored:
+    versions are loaded from the repository's folders as they are)."""
+    unsupported = sorted(set(names) - {"unload_dependents"})
+    if unsupported:
+        raise BadInput(f"parameters {unsupported} are not supported: versions are loaded from the repository's folders as they are")
+
+
 # Open Inference Protocol datatypes and their little-endian layouts (binary tensor extension).
 V2_DTYPES = {
     "FP16": "<f2", "FP32": "<f4", "FP64": "<f8", "UINT8": "u1", "UINT16": "<u2", "UINT32": "<u4", "UINT64": "<u8",
@@ -131,30 +139,46 @@ def split_binary_request(body: bytes, header_length: str) -> tuple[Any, bytes]:
     return parse_json(body[:size]), body[size:]
 
 
+def tensor_layout(datatype: str, shape: Any, limit: int) -> tuple[str, list[int]]:
+    """An Open Inference Protocol input tensor's datatype (one of ``V2_DTYPES``, upper case) and
+    shape ``[N, ...]``, checked, with N within ``limit`` instances."""
+    datatype = str(datatype).upper()
+    if datatype not in V2_DTYPES:
+        raise BadInput(f"input datatype {datatype or 'missing'!r} is not supported; use one of {sorted(V2_DTYPES)}")
+    if not isinstance(shape, list) or not shape or not all(type(d) is int and d >= 0 for d in shape):
+        raise BadInput('input "shape" must be a list of non-negative integers [N, ...]')
+    check_count(shape[0], limit)
+    return datatype, shape
+
+
+def from_raw(raw: bytes, datatype: str, shape: list[int]) -> np.ndarray:
+    """A tensor's raw little-endian bytes (binary tensor extension, gRPC raw contents) as float64."""
+    dtype = np.dtype(V2_DTYPES[datatype])
+    if len(raw) != math.prod(shape) * dtype.itemsize:
+        raise BadInput(f"{len(raw)} bytes of {datatype} cannot fill shape {shape} ({math.prod(shape) * dtype.itemsize} bytes)")
+    return np.frombuffer(raw, dtype=dtype).astype(np.float64)
+
+
+def shaped_input(data: np.ndarray, shape: list[int], input_shape: tuple[int, ...], input_range: tuple[float, float] | None) -> InferenceInput:
+    """A tensor's values in the shape it declares, as the model's input (``InferenceInput.checked``)."""
+    if data.size != math.prod(shape):
+        raise BadInput(f"input data holds {data.size} values, shape {shape} needs {math.prod(shape)}")
+    return InferenceInput.checked(data.reshape(shape), input_shape, input_range, "input")
+
+
 def decode_v2_tensor(
     tensor: dict, input_shape: tuple[int, ...], limit: int, binary: bytes = b"", input_range: tuple[float, float] | None = None,
     booleans: bool = True,
 ) -> InferenceInput:
-    """An Open Inference Protocol input tensor to the model's input: ``{name, shape, datatype,
-    data}`` with JSON data, or with ``parameters.binary_data_size`` and the raw little-endian bytes
-    in ``binary`` (the binary tensor extension); ``booleans`` as in ``to_array``."""
-    datatype = str(tensor.get("datatype", "")).upper()
-    if datatype not in V2_DTYPES:
-        raise BadInput(f"input datatype {datatype or 'missing'!r} is not supported; use one of {sorted(V2_DTYPES)}")
-    shape = tensor.get("shape")
-    if not isinstance(shape, list) or not shape or not all(type(d) is int and d >= 0 for d in shape):
-        raise BadInput('input "shape" must be a list of non-negative integers [N, ...]')
-    check_count(shape[0], limit)
+    """An Open Inference Protocol input tensor over REST to the model's input: ``{name, shape,
+    datatype, data}`` with JSON data, or with ``parameters.binary_data_size`` and the raw
+    little-endian bytes in ``binary`` (the binary tensor extension); ``booleans`` as in ``to_array``."""
+    datatype, shape = tensor_layout(tensor.get("datatype", ""), tensor.get("shape"), limit)
     binary_size = optional_object(tensor.get("parameters"), 'input "parameters"').get("binary_data_size")
     if binary_size is not None:
         if type(binary_size) is not int or binary_size != len(binary):
             raise BadInput(f"binary_data_size {binary_size!r} does not match the {len(binary)} bytes after the JSON header")
-        dtype = np.dtype(V2_DTYPES[datatype])
-        if len(binary) != math.prod(shape) * dtype.itemsize:
-            raise BadInput(f"{len(binary)} bytes of {datatype} cannot fill shape {shape} ({math.prod(shape) * dtype.itemsize} bytes)")
-        data = np.frombuffer(binary, dtype=dtype).astype(np.float64)
+        data = from_raw(binary, datatype, shape)
     else:
         data = to_array(tensor.get("data"), "input data", booleans)
-    if data.size != math.prod(shape):
-        raise BadInput(f"input data holds {data.size} values, shape {shape} needs {math.prod(shape)}")
-    return InferenceInput.checked(data.reshape(shape), input_shape, input_range, "input")
+    return shaped_input(data, shape, input_shape, input_range)

@@ -186,14 +186,22 @@ class LoadedVersionsCollector:
 
 
 class ServiceMetrics:
-    """The app's registry: request counts and latency by route (labelled with the model and version
-    that answered; empty for routes that name no model), requests in flight, and every loaded
-    version's ``ModelMetrics``."""
+    """The app's registry: request counts and latency by protocol and route (labelled with the model
+    and version that answered; empty for routes that name no model), requests in flight, and every
+    loaded version's ``ModelMetrics``."""
+
+    def observe(self, protocol: str, endpoint: str, status: int, model: str, version: str, seconds: float) -> None:
+        """One finished request (``model``, ``version``: the version that answered, or empty)."""
+        self.requests.labels(protocol=protocol, endpoint=endpoint, status=str(status), model=model, version=version).inc()
+        self.request_seconds.labels(protocol=protocol, endpoint=endpoint, model=model, version=version).observe(seconds)
 
     def __init__(self, loaded_versions: Callable[[], Iterable[ModelMetrics]]):
         self.registry = CollectorRegistry()
         names = ["model", "version"]
-        self.requests = Counter("diglm_requests", "Requests by endpoint and HTTP status", ["endpoint", "status", *names], registry=self.registry)
-        self.request_seconds = Histogram("diglm_request_duration_seconds", "Request latency", ["endpoint", *names], buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.requests = Counter(
+            "diglm_requests", "Requests by protocol (rest, grpc), endpoint (route, or gRPC method) and HTTP status (gRPC calls: that of the same outcome over REST)",
+            ["protocol", "endpoint", "status", *names], registry=self.registry,
+        )
+        self.request_seconds = Histogram("diglm_request_duration_seconds", "Request latency", ["protocol", "endpoint", *names], buckets=LATENCY_BUCKETS, registry=self.registry)
         self.in_flight = Gauge("diglm_requests_in_flight", "Requests being handled", registry=self.registry)
         self.registry.register(LoadedVersionsCollector(loaded_versions))

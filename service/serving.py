@@ -115,8 +115,9 @@ class ServedVersion:
         watched = {work}
         try:
             done = await _first_done(watched, min(timeout, DISCONNECT_WATCH_AFTER_S))
-            if not done and client_gone is not None and timeout > DISCONNECT_WATCH_AFTER_S:
-                watched.add(asyncio.ensure_future(client_gone()))
+            if not done and timeout > DISCONNECT_WATCH_AFTER_S:
+                if client_gone is not None:
+                    watched.add(asyncio.ensure_future(client_gone()))
                 done = await _first_done(watched, timeout - DISCONNECT_WATCH_AFTER_S)
         finally:
             for future in watched:

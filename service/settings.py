@@ -21,7 +21,8 @@ class SettingsProblem(ValueError):
 
 
 class ServiceSettings(BaseSettings):
-    """Serve a DIGLM checkpoint over HTTP (KServe v1 and Open Inference Protocol v2). Every option
+    """Serve a DIGLM checkpoint over HTTP (KServe v1 and Open Inference Protocol v2) and gRPC (Open
+    Inference Protocol). Every option
     is also an environment variable DIGLM_<OPTION>, e.g. DIGLM_MODEL_DIR; flags win."""
 
     model_config = SettingsConfigDict(
@@ -40,10 +41,11 @@ class ServiceSettings(BaseSettings):
     repository_poll_s: float | None = Field(None, gt=0, description="check the models' folders this often (seconds) and load new, changed or removed versions; default: only on the load API")
     host: str = Field("127.0.0.1", description="address to listen on")
     port: int = Field(8000, ge=1, le=65535, description="port to listen on")
+    grpc_port: int = Field(8081, ge=0, le=65535, description="port of the gRPC server (Open Inference Protocol, same models and batches as REST); 0: no gRPC")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA when present")
     backend: Literal["torch", "onnx", "auto"] = Field("auto", description="inference runtime; auto: onnx where the checkpoint has model.onnx, else torch (a rule, so replicas agree)")
     max_instances: int = Field(1024, ge=1, description="most instances in one request")
-    max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024, description="largest request body (413 above)")
+    max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024, description="largest request body (413 above), and largest gRPC message (RESOURCE_EXHAUSTED above)")
     inference_threads: int | None = Field(
         None, ge=1, description="CPU threads for model math; default: torch the usable CPUs minus one (its idle threads spin), ONNX Runtime all (row ranges of a batch run at once, one thread each: docs/gate.md)"
     )

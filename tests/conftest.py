@@ -2,6 +2,7 @@
 that never gets ready fails its test within the timeout instead of hanging the suite; pytest-timeout,
 set in pyproject.toml, is the backstop)."""
 import asyncio
+import os
 import subprocess
 import sys
 import time
@@ -13,6 +14,9 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 READY_TIMEOUT_S = 60.0  # a tiny model loads and warms up in about a second
+# Tests start many apps in one process, each of which would bind the gRPC port 8081: gRPC is off
+# unless a test turns it on with a free port of its own (tests/test_grpc.py).
+os.environ.setdefault("DIGLM_GRPC_PORT", "0")
 
 
 @pytest.fixture(autouse=True)

@@ -158,7 +158,7 @@ def test_two_models_and_two_versions_are_served_at_once_and_routed(trained, expe
     for version, requests in (("1", 1), ("2", 3)):
         assert f'diglm_instances_total{{model="a",version="{version}"}} {requests * len(digits)}.0' in metrics
     assert f'diglm_instances_total{{model="b",version="7"}} {2 * len(digits)}.0' in metrics
-    assert 'diglm_requests_total{endpoint="/v2/models/{name}/versions/{version}/infer",model="a",status="200",version="1"} 1.0' in metrics
+    assert 'diglm_requests_total{endpoint="/v2/models/{name}/versions/{version}/infer",model="a",protocol="rest",status="200",version="1"} 1.0' in metrics
     assert metrics.count("# TYPE diglm_log_px_nats histogram") == 1  # one family, a series per version
 
 

@@ -247,12 +247,18 @@ def test_unknown_model_is_404(client):
 
 def test_every_domain_error_has_its_own_status():
     """Each error the core and the registry raise (``inference.errors``) answers with a 4xx or 5xx of
-    its own from the one table, none with the 500 of an unexpected error."""
+    its own from the one table, none with the 500 of an unexpected error; over gRPC none with
+    UNKNOWN or INTERNAL."""
+    import grpc
+
     from inference import errors
-    from service.status import HTTP_STATUS, http_status
+    from service.status import STATUS, grpc_status, http_status
 
     kinds = [kind for kind in vars(errors).values() if isinstance(kind, type) and issubclass(kind, errors.ServiceError) and kind is not errors.ServiceError]
-    assert set(kinds) == set(HTTP_STATUS)
+    assert set(kinds) == set(STATUS)
+    codes = {kind.__name__: grpc_status(kind("why")) for kind in kinds}
+    assert not {code for code, _ in codes.values()} & {grpc.StatusCode.OK, grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL}, codes
+    assert codes["Overloaded"] == (grpc.StatusCode.UNAVAILABLE, (("retry-after", "1"),)) and codes["BadInput"][0] == grpc.StatusCode.INVALID_ARGUMENT
     statuses = {kind.__name__: http_status(kind("why")) for kind in kinds}
     assert all(400 <= status < 600 and status != 500 for status, _ in statuses.values()), statuses
     assert statuses["Overloaded"] == (503, {"Retry-After": "1"}) and statuses["NotReady"] == (503, {})

@@ -250,6 +250,18 @@ def test_a_client_that_disconnects_gets_its_work_dropped(exported):
     assert calls == [2]
 
 
+def test_without_a_client_watch_a_request_waits_its_whole_deadline(exported):
+    """No ``client_gone`` (gRPC: grpc cancels the call itself): an answer that takes longer than the
+    disconnect watch's start still comes, within the request timeout."""
+    from service.serving import DISCONNECT_WATCH_AFTER_S, ServedVersion
+
+    runtime = ModelRuntime.load(exported, "cpu", "torch")
+    before_predict(runtime, lambda x: time.sleep(DISCONNECT_WATCH_AFTER_S * 4))
+    with ThreadPoolExecutor(1) as executor:
+        served = ServedVersion(runtime, ServiceSettings(model_dir=exported, device="cpu", batching=False), executor)
+        assert len(asyncio.run(served.predict(runtime.midrange_inputs(2)))) == 2
+
+
 def test_binary_tensor_input_equals_json(exported, digits):
     with TestClient(create_app(ServiceSettings(model_dir=exported, device="cpu"))) as client:
         for _ in range(200):

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Request, Response
 
 from service.api.common import ERRORS, read_body, service_state
 from inference.errors import BadInput
-from service.inputs import optional_object, parse_json
+from service.inputs import check_load_parameters, optional_object, parse_json
 
 router = APIRouter(prefix="/v2/repository", tags=["model repository"])
 ADMIN_ERRORS = {**ERRORS, 401: ERRORS[400], 403: ERRORS[400], 409: ERRORS[400]}
@@ -40,10 +40,7 @@ async def index(request: Request) -> list[dict]:
 
 
 def _no_parameters(body: dict) -> None:
-    parameters = optional_object(body.get("parameters") or None, '"parameters"')  # empty as absent
-    unsupported = sorted(set(parameters) - {"unload_dependents"})
-    if unsupported:
-        raise BadInput(f"parameters {unsupported} are not supported: versions are loaded from the repository's folders as they are")
+    check_load_parameters(optional_object(body.get("parameters") or None, '"parameters"'))  # empty as absent
 
 
 @router.post("/models/{name}/load", responses=ADMIN_ERRORS)

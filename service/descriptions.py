@@ -1,0 +1,78 @@
+"""What the Open Inference Protocol says about the server and each model version, built once for
+every transport: REST answers these dicts as JSON (``service.api.v2``), gRPC parses them into its
+messages (``service.grpc_server``), so both describe a version identically."""
+from __future__ import annotations
+
+from service.codecs.v2 import INPUT_NAME
+from service.serving import ServedVersion
+from service.state import ServiceState
+
+SERVER_NAME, SERVER_VERSION = "diglm", "0.1.0"
+EXTENSIONS = ["binary_tensor_data", "statistics", "model_repository"]
+TRITON_TYPES = {"FP32": "TYPE_FP32", "FP64": "TYPE_FP64", "INT64": "TYPE_INT64", "BOOL": "TYPE_BOOL", "BYTES": "TYPE_STRING"}
+
+
+def server_metadata(state: ServiceState) -> dict:
+    return {"name": SERVER_NAME, "version": SERVER_VERSION, "extensions": EXTENSIONS, "models": sorted(state.models.table.routes)}
+
+
+def model_metadata(state: ServiceState, served: ServedVersion) -> dict:
+    """Input and output tensors, classes, input range, the gate with its calibration, metrics, hashes;
+    ``versions``: every version of the model being served, ``version``: the one described."""
+    runtime = served.runtime
+    manifest = runtime.manifest
+    return {
+        "name": runtime.name,
+        "versions": list(state.models.table.routes[served.name]),
+        "version": runtime.version,
+        "digest": manifest.digest,
+        "platform": runtime.platform,
+        "inputs": [{"name": INPUT_NAME, "datatype": "FP32", "shape": [-1, *runtime.input_shape]}],
+        "outputs": [{"name": spec.name, "datatype": spec.datatype, "shape": list(spec.shape)} for spec in served.outputs],
+        "task": runtime.task,
+        "classes": manifest.classes,
+        "input_range": manifest.input_range,
+        "input_note": "values in the scale the model was trained on (see input_range); a leading channel of 1 is optional",
+        "gate": manifest.gate.model_dump(mode="json"),
+        "metrics": manifest.metrics,
+        "files": manifest.files,
+        "device": str(runtime.device),
+    }
+
+
+def model_config(state: ServiceState, served: ServedVersion) -> dict:
+    """The model's configuration in Triton's layout (what tritonclient's get_model_config reads)."""
+    settings, runtime = state.settings, served.runtime
+    config = {
+        "name": runtime.name,
+        "platform": runtime.platform,
+        "max_batch_size": settings.max_instances,
+        "input": [{"name": INPUT_NAME, "data_type": "TYPE_FP32", "dims": list(runtime.input_shape)}],
+        "output": [{"name": spec.name, "data_type": TRITON_TYPES[spec.datatype], "dims": list(spec.shape[1:]) or [1]} for spec in served.outputs],
+    }
+    if settings.batching:
+        config["dynamic_batching"] = {"max_queue_delay_microseconds": int(settings.max_delay_ms * 1000)}
+    return config
+
+
+def model_statistics(served: ServedVersion) -> dict:
+    """Inference statistics of the version since it was loaded (the statistics extension: counts and
+    nanoseconds)."""
+    totals = served.metrics.statistics
+    return {
+        "model_stats": [
+            {
+                "name": served.name,
+                "version": served.version,
+                "last_inference": totals.last_inference_ms,
+                "inference_count": totals.instances,
+                "execution_count": totals.executions,
+                "inference_stats": {
+                    "success": {"count": totals.requests, "ns": totals.queue_ns + totals.compute_ns},
+                    "fail": {"count": 0, "ns": 0},
+                    "queue": {"count": totals.requests, "ns": totals.queue_ns},
+                    "compute_infer": {"count": totals.executions, "ns": totals.compute_ns},
+                },
+            }
+        ]
+    }
