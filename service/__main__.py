@@ -4,6 +4,7 @@ versions), then serve them with uvicorn (REST) and, in the same event loop, gRPC
 A checkpoint that does not load stops the start with its one-line error (exit 2)."""
 from __future__ import annotations
 
+import asyncio
 import logging
 import sys
 import threading
@@ -26,8 +27,9 @@ log = logging.getLogger("service")
 class DrainingServer(uvicorn.Server):
     """uvicorn with a graceful drain. The first SIGTERM / SIGINT turns readiness to 503 while
     requests are still served for ``shutdown_delay_s`` (the pattern of a Kubernetes preStop delay),
-    then uvicorn's shutdown: listeners close, queued and in-flight requests finish (up to
-    ``timeout_graceful_shutdown``), and the process exits 0. A second signal skips the delay."""
+    then uvicorn's shutdown and the gRPC server's beside it: listeners close, queued and in-flight
+    requests and calls finish (up to ``timeout_graceful_shutdown``), and the process exits 0. A
+    second signal skips the delay."""
 
     def __init__(self, config: uvicorn.Config, state: ServiceState, shutdown_delay_s: float):
         super().__init__(config)
@@ -42,6 +44,12 @@ class DrainingServer(uvicorn.Server):
         timer = threading.Timer(self.shutdown_delay_s, setattr, (self, "should_exit", True))
         timer.daemon = True
         timer.start()
+
+    async def shutdown(self, sockets=None) -> None:
+        """uvicorn's shutdown (HTTP connections finish) and the gRPC server's drain, side by side."""
+        grpc = getattr(self.config.app.state, "grpc", None)
+        drains = [grpc.stop(self.config.timeout_graceful_shutdown)] if grpc is not None else []
+        await asyncio.gather(super().shutdown(sockets), *drains)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,4 +1,5 @@
-"""The app factory: routers, error handlers, the metrics middleware, and the lifespan that loads the
+"""The app factory: routers, error handlers, the metrics middleware, and the lifespan that starts
+the gRPC server (``service.grpc_server``; ``app.state.grpc``, None without a gRPC port), loads the
 models (``service.loader``: each version verified and warmed up) and only then reports ready, then
 polls the model repository (``service.poller``) when asked to."""
 from __future__ import annotations
@@ -74,12 +75,12 @@ def create_app(settings: ServiceSettings | None = None, runtimes: list[ModelRunt
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        grpc = GrpcServer(state) if settings.grpc_port else None
+        grpc = app.state.grpc = GrpcServer(state) if settings.grpc_port else None
         if grpc is not None:
             await grpc.start()
         loading = asyncio.create_task(start())
         yield
-        if grpc is not None:  # REST's connections are done: let the gRPC calls in flight finish too
+        if grpc is not None:  # drained already beside REST's connections under ``python -m service``
             await grpc.stop(settings.drain_timeout_s)
         loading.cancel()
         await asyncio.gather(loading, return_exceptions=True)

@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 
 OPEN_METHODS = {"ServerLive", "ServerReady"}  # probes carry no secrets, as over REST
 ADMIN_METHODS = {"RepositoryIndex", "RepositoryModelLoad", "RepositoryModelUnload"}
-HEALTH_REFRESH_S = 0.5  # the health service follows readiness this closely (its watchers see each change)
+HEALTH_REFRESH_S = 0.5  # the health service's watchers see a change of readiness within this
 
 add_file(health_pb2.DESCRIPTOR.serialized_pb)  # so that reflection describes the health service too
 add_file(reflection_pb2.DESCRIPTOR.serialized_pb)
@@ -169,6 +169,28 @@ class CallHandling:
         return handle
 
 
+class ReadinessHealth(health.aio.HealthServicer):
+    """``grpc.health.v1`` for the server ("") and the inference service: SERVING while the service is
+    ready (``ServiceState.accepting``), NOT_SERVING while loading and draining. A Check answers the
+    state of the moment; watchers see each change within ``HEALTH_REFRESH_S`` (``GrpcServer``)."""
+
+    def __init__(self, state: ServiceState):
+        super().__init__()
+        self.state, self.current = state, None
+
+    async def follow(self) -> None:
+        """Set both statuses from readiness, when it changed."""
+        serving = health_pb2.HealthCheckResponse.SERVING if self.state.accepting else health_pb2.HealthCheckResponse.NOT_SERVING
+        if serving != self.current:
+            for name in ("", SERVICE):
+                await self.set(name, serving)
+            self.current = serving
+
+    async def Check(self, request, context):
+        await self.follow()
+        return await super().Check(request, context)
+
+
 class GrpcServer:
     """The gRPC server of a ``ServiceState``: built, started and stopped by the app's lifespan."""
 
@@ -185,12 +207,13 @@ class GrpcServer:
                 wrap(method.name, getattr(servicer, method.name)), request_deserializer=request.FromString, response_serializer=response.SerializeToString
             )
         self.server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
-        self.health = health.aio.HealthServicer()
+        self.health = ReadinessHealth(state)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection([SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME], self.server, pool=POOL)
         self.address = f"{settings.host}:{settings.grpc_port}"
         self.port = self.server.add_insecure_port(self.address)
         self.following: asyncio.Task | None = None
+        self.stopping: asyncio.Future | None = None
 
     async def start(self) -> None:
         await self.server.start()
@@ -198,21 +221,20 @@ class GrpcServer:
         log.info("gRPC (Open Inference Protocol) on %s", self.address)
 
     async def _follow_readiness(self) -> None:
-        """The health service's status of the server ("") and of the inference service: SERVING while
-        the service is ready (``ServiceState.accepting``), NOT_SERVING while loading and draining."""
-        current = None
         while True:
-            serving = health_pb2.HealthCheckResponse.SERVING if self.state.accepting else health_pb2.HealthCheckResponse.NOT_SERVING
-            if serving != current:
-                for name in ("", SERVICE):
-                    await self.health.set(name, serving)
-                current = serving
+            await self.health.follow()
             await asyncio.sleep(HEALTH_REFRESH_S)
 
     async def stop(self, grace_s: float) -> None:
-        """Refuse new calls and let those in flight finish, for up to ``grace_s`` seconds."""
-        if self.following is not None:
-            self.following.cancel()
+        """Refuse new calls and let those in flight finish, for up to ``grace_s`` seconds (a second
+        call waits for the first one's drain)."""
+        if self.stopping is None:
+            if self.following is not None:
+                self.following.cancel()
+            self.stopping = asyncio.ensure_future(self._drain(grace_s))
+        await self.stopping
+
+    async def _drain(self, grace_s: float) -> None:
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace_s)
 

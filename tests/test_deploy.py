@@ -24,6 +24,7 @@ def test_compose_runs_trainer_then_service_then_prometheus():
     assert services["prometheus"]["depends_on"]["service"]["condition"] == "service_healthy"
     for name in ("service", "service-gpu"):
         assert services[name]["read_only"] is True and services[name]["volumes"] == ["models:/models:ro"]
+        assert services[name]["ports"] == ["8000:8000", "8081:8081"]  # REST, gRPC
     for name in ("trainer", "service", "service-gpu"):
         build = services[name]["build"]
         assert (ROOT / build["dockerfile"]).is_file()
@@ -35,7 +36,7 @@ def test_compose_runs_trainer_then_service_then_prometheus():
     assert prometheus["rule_files"] == ["/etc/prometheus/alerts.yml"] and mounts["/etc/prometheus/alerts.yml"] == "./docker/alerts.yml"
     local = yaml.safe_load((ROOT / "docker" / "compose.local.yml").read_text())["services"]
     assert all(service["network_mode"] == "host" for service in local.values())
-    assert set(local) <= set(services) and local["service"]["environment"]["DIGLM_PORT"] == "18080"
+    assert set(local) <= set(services) and local["service"]["environment"] == {"DIGLM_PORT": "18080", "DIGLM_GRPC_PORT": "18081"}
 
 
 def alert_names() -> list[str]:
@@ -86,6 +87,7 @@ def test_dockerfiles_copy_existing_paths_and_check_readiness():
                     assert (ROOT / source).exists(), f"{dockerfile} copies missing {source}"
         assert "/v2/health/ready" in text and "/v2/health/ready" in routes
         assert "USER 10001" in text
+        assert "DIGLM_GRPC_PORT=8081" in text and "EXPOSE 8000 8081" in text
     gpu, cpu = (ROOT / "docker" / "Dockerfile.gpu").read_text(), (ROOT / "docker" / "Dockerfile.cpu").read_text()
     assert "requirements.py serve onnx-gpu" in gpu and "onnx-cpu" not in gpu and "requirements.py serve onnx-cpu" in cpu and "onnx-gpu" not in cpu
     assert "requirements.py train" not in gpu and "requirements.py train" in cpu.split("AS train-environment", 1)[1]  # serving images: no training extras

@@ -1,7 +1,7 @@
-"""``python -m service`` as a process: the graceful drain (SIGTERM while 50 requests are in flight:
-readiness turns 503 at once, requests are still served during the shutdown delay, every in-flight
-request gets a complete answer, exit 0 within the delay plus the drain timeout) and slow-header
-clients closed at the header timeout."""
+"""``python -m service`` as a process: the graceful drain (SIGTERM while 50 requests and 10 gRPC
+calls are in flight: readiness turns 503 and the gRPC health service NOT_SERVING at once, requests
+and calls are still served during the shutdown delay, every one in flight gets a complete answer,
+exit 0 within the delay plus the drain timeout) and slow-header clients closed at the header timeout."""
 import asyncio
 import os
 import signal
@@ -29,12 +29,16 @@ def checkpoint(tmp_path_factory) -> Path:
     return out
 
 
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 def serve(checkpoint: Path, **variables: str) -> tuple[subprocess.Popen, str, int]:
     """``python -m service`` on a free port with ``DIGLM_*`` variables, once it is ready: the
     process (output piped, text), its base URL and port."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "service", "--model-dir", str(checkpoint), "--port", str(port), "--device", "cpu"],
         cwd=ROOT, env={**os.environ, **{f"DIGLM_{name.upper()}": value for name, value in variables.items()}},
@@ -45,25 +49,45 @@ def serve(checkpoint: Path, **variables: str) -> tuple[subprocess.Popen, str, in
     return server, base, port
 
 
-def test_sigterm_with_50_requests_in_flight_loses_none(checkpoint):
-    server, base, _ = serve(checkpoint, shutdown_delay_s="2.5", drain_timeout_s="20", log_level="info", max_queue="100000", request_timeout_s="60")
+def test_sigterm_with_50_requests_and_10_grpc_calls_in_flight_loses_none(checkpoint):
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    from service.protos import SERVICE, message
+
+    grpc_port = free_port()
+    server, base, _ = serve(
+        checkpoint, shutdown_delay_s="2.5", drain_timeout_s="20", log_level="info", max_queue="100000", request_timeout_s="60", grpc_port=str(grpc_port)
+    )
     try:
-        instances = np.random.default_rng(0).integers(0, 17, (1024, 8, 8)).tolist()
+        x = np.random.default_rng(0).integers(0, 17, (1024, 8, 8))
+        instances = x.tolist()
+        call = message("ModelInferRequest")(model_name="tiny", inputs=[{"name": "input", "datatype": "INT64", "shape": x.shape}], raw_input_contents=[x.astype("<i8").tobytes()])
+
+        async def health_status(checks) -> int:
+            return (await checks.Check(health_pb2.HealthCheckRequest(service=SERVICE), timeout=5)).status
 
         async def scenario():
-            async with httpx.AsyncClient(base_url=base, timeout=60, limits=httpx.Limits(max_connections=100)) as client:
+            async with httpx.AsyncClient(base_url=base, timeout=60, limits=httpx.Limits(max_connections=100)) as client, grpc.aio.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
+                infer = channel.unary_unary(f"/{SERVICE}/ModelInfer", request_serializer=lambda m: m.SerializeToString(), response_deserializer=message("ModelInferResponse").FromString)
+                checks = health_pb2_grpc.HealthStub(channel)
+                serving_before = await health_status(checks)
                 flying = [asyncio.create_task(client.post("/v1/models/tiny:predict", json={"instances": instances})) for _ in range(50)]
+                calls = [asyncio.ensure_future(infer(call, timeout=60)) for _ in range(10)]
                 await asyncio.sleep(0.3)
-                in_flight = sum(not task.done() for task in flying)
+                in_flight = sum(not task.done() for task in flying) + sum(not task.done() for task in calls)
                 signalled = time.monotonic()
                 server.send_signal(signal.SIGTERM)
                 await asyncio.sleep(0.3)
                 readiness = (await client.get("/v2/health/ready")).status_code
                 during_delay = (await client.post("/v1/models/tiny:predict", json={"instances": instances[:2]})).status_code
+                grpc_during_delay = len((await infer(call, timeout=60)).outputs)
+                serving_after = await health_status(checks)
                 responses = await asyncio.gather(*flying, return_exceptions=True)
-                return in_flight, signalled, readiness, during_delay, responses
+                answers = await asyncio.gather(*calls, return_exceptions=True)
+                return in_flight, signalled, readiness, during_delay, responses, (serving_before, serving_after, grpc_during_delay, answers)
 
-        in_flight, signalled, readiness, during_delay, responses = asyncio.run(scenario())
+        in_flight, signalled, readiness, during_delay, responses, over_grpc = asyncio.run(scenario())
         exit_code = server.wait(timeout=30)
         seconds = time.monotonic() - signalled
     finally:
@@ -77,6 +101,10 @@ def test_sigterm_with_50_requests_in_flight_loses_none(checkpoint):
     assert exit_code == 0, log[-2000:]
     assert 2.5 <= seconds < 2.5 + 20, seconds
     assert "readiness is 503" in log and "Traceback" not in log
+    serving_before, serving_after, grpc_during_delay, answers = over_grpc
+    assert (serving_before, serving_after) == (health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING)
+    assert grpc_during_delay > 0 and not [answer for answer in answers if isinstance(answer, BaseException)], answers
+    assert [list(answer.outputs[0].shape) for answer in answers] == [[1024]] * 10
 
 
 def test_slow_header_connections_are_closed_at_the_header_timeout(checkpoint):

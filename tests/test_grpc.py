@@ -359,11 +359,15 @@ def test_health_readiness_and_reflection(live, stub):
     assert health.Check(health_pb2.HealthCheckRequest(service=SERVICE), timeout=10).status == health_pb2.HealthCheckResponse.SERVING
     live.state.draining = True  # what SIGTERM sets
     try:
-        wait_for(lambda: health.Check(health_pb2.HealthCheckRequest(), timeout=10).status == health_pb2.HealthCheckResponse.NOT_SERVING, "NOT_SERVING", 10)
+        assert health.Check(health_pb2.HealthCheckRequest(), timeout=10).status == health_pb2.HealthCheckResponse.NOT_SERVING
         assert not stub("ServerReady").ready
+        watched = health.Watch(health_pb2.HealthCheckRequest(service=SERVICE), timeout=10)
+        assert next(watched).status == health_pb2.HealthCheckResponse.NOT_SERVING
     finally:
         live.state.draining = False
-    wait_for(lambda: health.Check(health_pb2.HealthCheckRequest(), timeout=10).status == health_pb2.HealthCheckResponse.SERVING, "SERVING", 10)
+    assert next(watched).status == health_pb2.HealthCheckResponse.SERVING  # a watcher sees the change (within 0.5 s)
+    watched.cancel()
+    assert health.Check(health_pb2.HealthCheckRequest(), timeout=10).status == health_pb2.HealthCheckResponse.SERVING
     database = ProtoReflectionDescriptorDatabase(stub.channel)
     assert SERVICE in database.get_services() and "grpc.health.v1.Health" in database.get_services()
     described = database.FindFileContainingSymbol(f"{SERVICE}")

@@ -82,6 +82,8 @@ def test_probes_ports_scraping_and_settings_match_the_service(path):
     container = containers(document)[0]
     port = int(container["args"][container["args"].index("--port") + 1])
     assert container["ports"][0]["containerPort"] == port
+    grpc_port = int(container["args"][container["args"].index("--grpc-port") + 1])  # gRPC: KServe names its port h2c
+    assert {"name": "h2c" if document["kind"] == "InferenceService" else "grpc", "containerPort": grpc_port, "protocol": "TCP"} in container["ports"]
     assert container["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
     assert container["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
     metadata = document["spec"]["template"]["metadata"] if document["kind"] == "Deployment" else document["metadata"]
@@ -105,4 +107,7 @@ def test_the_deployment_serves_the_repository_on_the_claim_and_the_autoscaler_ta
     assert env["DIGLM_MODEL_REPOSITORY"] == mounts["models"]
     assert volumes["models"]["persistentVolumeClaim"]["claimName"] == claim["metadata"]["name"]
     assert service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"] == deployment["spec"]["template"]["metadata"]["labels"]
+    container_ports = {port["name"] for port in pod["containers"][0]["ports"]}
+    assert {port["targetPort"] for port in service["spec"]["ports"]} == container_ports == {"http", "grpc"}
+    assert next(port for port in service["spec"]["ports"] if port["name"] == "grpc")["appProtocol"] == "kubernetes.io/h2c"
     assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": deployment["metadata"]["name"]}
