@@ -87,6 +87,7 @@ bench-swap: train
 
 bench-serve: bench-env
 	@command -v wrk >/dev/null || { echo "wrk is needed: apt-get install wrk"; exit 1; }
+	@command -v h2load >/dev/null || { echo "h2load is needed: apt-get install nghttp2-client"; exit 1; }
 	.venv-bench/bin/python -m bench.serve --write
 
 bench-train-speed: bench-env

@@ -1,11 +1,13 @@
 """Serving throughput and latency, side by side in one run: the raw model in-process (the ceiling),
-our service (torch / ONNX backends, batching on and off), plain FastAPI baselines, LitServe and
-MLServer, all on the same MNIST-size Glow hybrid (``bench/model.py``).
+our service (torch / ONNX backends, batching on and off; REST and gRPC), plain FastAPI baselines,
+LitServe and MLServer (REST and gRPC), all on the same MNIST-size Glow hybrid (``bench/model.py``).
 
-Load: wrk (Debian package) with one thread and a Lua script for the POST body; client and servers
-share the machine's cores unpinned; one server at a time, warmed up before measuring. Prints one
-table and, with ``--write``, rewrites the serve section of docs/benchmarks.md. Needs the benchmark
-environments (LitServe in .venv-bench, MLServer in .venv-mlserver): ``make bench-serve``.
+Load: over HTTP wrk (Debian package) with one thread and a Lua script for the POST body; over gRPC
+h2load (``bench/grpc_load.py``; Debian's nghttp2-client), one connection with the calls multiplexed
+as one gRPC channel does; each client's CPU time is reported, since client and servers share the
+machine's cores unpinned; one server at a time, warmed up before measuring.
+Prints one table and, with ``--write``, rewrites the serve section of docs/benchmarks.md. Needs the
+benchmark environments (LitServe in .venv-bench, MLServer in .venv-mlserver): ``make bench-serve``.
 
     .venv-bench/bin/python -m bench.serve --write
 """
@@ -28,6 +30,7 @@ from typing import Callable
 
 import numpy as np
 
+from bench.grpc_load import children_cpu_seconds, h2load
 from bench.model import ROOT, build_benchmark_checkpoint, random_images
 from bench.peers.mlserver_onnx import MODEL_NAME, write_model_folder
 from bench.serve_load import free_port
@@ -50,13 +53,15 @@ end
 """
 
 
-def wait_until_up(port: int, process: subprocess.Popen, path: str, body: bytes, timeout: float = 120) -> None:
+def wait_until_up(port: int, process: subprocess.Popen, path: str, body: bytes, log: Path, timeout: float = 120) -> None:
+    """Until ``path`` answers ``body`` with a 200; the server's output goes to ``log`` (a file, never a
+    pipe nobody reads: a server blocks once a full pipe stops its logging)."""
     import http.client
 
     deadline = time.time() + timeout
     while time.time() < deadline:
         if process.poll() is not None:
-            raise SystemExit(f"server exited during start: {process.stderr.read().decode()[-2000:]}")
+            raise SystemExit(f"server exited during start: {log.read_text(errors='replace')[-2000:]}")
         try:
             connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
             connection.request("POST", path, body=body, headers={"Content-Type": "application/json"})
@@ -74,14 +79,19 @@ def wrk(url: str, body_file: Path, concurrency: int, seconds: float, content_typ
         script.write(LUA)
     env = {**os.environ, "BENCH_BODY": str(body_file), "BENCH_CONTENT_TYPE": content_type, "BENCH_HEADER_LENGTH": "" if header_length is None else str(header_length)}
     command = ["wrk", "-t1", f"-c{concurrency}", f"-d{seconds:.0f}s", "--timeout", "20s", "-s", script.name, url]
+    cpu = children_cpu_seconds()
     output = subprocess.run(command, capture_output=True, text=True, env=env, check=False).stdout
+    cpu = children_cpu_seconds() - cpu
     os.unlink(script.name)
     match = re.search(r"RESULT (\d+) (\d+) ([\d.]+) ([\d.]+) ([\d.]+) (\d+)", output)
     if match is None:
         raise SystemExit(f"wrk printed no result:\n{output}")
     requests, duration_us, p50, p95, p99, errors = match.groups()
     rate = int(requests) / (int(duration_us) / 1e6)
-    return {"requests_per_s": rate, "p50_ms": float(p50) / 1000, "p95_ms": float(p95) / 1000, "p99_ms": float(p99) / 1000, "errors": int(errors)}
+    return {
+        "requests_per_s": rate, "p50_ms": float(p50) / 1000, "p95_ms": float(p95) / 1000, "p99_ms": float(p99) / 1000, "errors": int(errors),
+        "client_cores": cpu / (int(duration_us) / 1e6),
+    }
 
 
 def in_process(checkpoint: Path) -> dict:
@@ -136,6 +146,7 @@ SEVEN_SCORE_GATE = GateSettings(neighbour_reference=0, combine="min")  # the gat
 
 ONE_REQUEST_KIND = {"v1": "1 instance, JSON", "v2": "1 instance, v2 JSON"}
 MANY_REQUEST_KINDS = {"v1": ["32 instances, JSON"], "v2": ["32 instances, v2 JSON", "32 instances, v2 binary"]}
+GRPC_REQUEST_KINDS = ["1 instance, gRPC", "32 instances, gRPC"]  # raw FP32 contents, every output raw
 MLSERVER = ROOT / ".venv-mlserver" / "bin" / "mlserver"
 MLSERVER_NAME = "MLServer + ONNX Runtime (adaptive batching 32 / 5 ms)"
 
@@ -144,19 +155,23 @@ MLSERVER_NAME = "MLServer + ONNX Runtime (adaptive batching 32 / 5 ms)"
 class Server:
     """How to start one server and what it speaks: ``paths`` by protocol (``v1``: a JSON body of
     ``instances``; ``v2``: the Open Inference Protocol), ``many``: whether it also gets the
-    32-instance rows, ``binary``: whether it takes the binary tensor extension."""
+    32-instance rows, ``binary``: whether it takes the binary tensor extension, ``grpc_port``: the
+    port of its Open Inference Protocol over gRPC, when measured there."""
 
     command: list[str]
     env: dict[str, str]
     paths: dict[str, str]
     many: bool = False
     binary: bool = False
+    grpc_port: int | None = None
 
-    def rows(self) -> list[tuple[str, str, int]]:
-        """(request kind, path, concurrency) of every row this server is measured at."""
+    def rows(self) -> list[tuple[str, str | None, int]]:
+        """(request kind, path (None over gRPC), concurrency) of every row this server is measured at."""
         rows = [(ONE_REQUEST_KIND[protocol], path, concurrency) for protocol, path in self.paths.items() for concurrency in CONCURRENCY]
         if self.many:
             rows += [(kind, path, 8) for protocol, path in self.paths.items() for kind in MANY_REQUEST_KINDS[protocol] if self.binary or "binary" not in kind]
+        if self.grpc_port is not None:
+            rows += [(kind, None, concurrency) for kind in GRPC_REQUEST_KINDS for concurrency in CONCURRENCY]
         return rows
 
 
@@ -168,9 +183,13 @@ def servers(checkpoint: Path, python: str, scratch: Path, device: str = "cpu") -
     v1 = {"v1": "/v1/models/mnist-bench:predict"}
     both = {**v1, "v2": "/v2/models/mnist-bench/infer"}
 
-    def ours(port: int, backend: str, batching: bool, model: Path = checkpoint, **env: str) -> tuple[list[str], dict[str, str]]:
-        command = [python, "-m", "service", "--model-dir", str(model), "--device", device, "--port", str(port), "--backend", backend]
+    def ours(port: int, backend: str, batching: bool, model: Path = checkpoint, grpc_port: int = 0, **env: str) -> tuple[list[str], dict[str, str]]:
+        command = [python, "-m", "service", "--model-dir", str(model), "--device", device, "--port", str(port), "--backend", backend, "--grpc-port", str(grpc_port)]
         return command, {**quiet, "DIGLM_BATCHING": str(batching).lower(), **env}
+
+    def ours_with_grpc(port: int) -> Server:
+        grpc_port = free_port()
+        return Server(*ours(port, "onnx", True, grpc_port=grpc_port), both, many=True, binary=True, grpc_port=grpc_port)
 
     def peer(module: str, *arguments: str) -> Callable[[int], Server]:
         return lambda port: Server([python, "-m", module, str(checkpoint), *arguments, str(port)], {}, {"v1": "/predict"})
@@ -179,7 +198,7 @@ def servers(checkpoint: Path, python: str, scratch: Path, device: str = "cpu") -
         "ours: torch, no batching": lambda port: Server(*ours(port, "torch", False), v1),
         "ours: torch, batching": lambda port: Server(*ours(port, "torch", True), v1),
         "ours: onnx, no batching": lambda port: Server(*ours(port, "onnx", False), v1),
-        "ours: onnx, batching": lambda port: Server(*ours(port, "onnx", True), both, many=True, binary=True),
+        "ours: onnx, batching": ours_with_grpc,
         "ours: onnx, batching, 1 ONNX Runtime thread": lambda port: Server(
             *ours(port, "onnx", True, DIGLM_INFERENCE_THREADS="1"), both, many=True, binary=True
         ),
@@ -202,8 +221,9 @@ def servers(checkpoint: Path, python: str, scratch: Path, device: str = "cpu") -
     if MLSERVER.exists():
 
         def mlserver(port: int) -> Server:
-            folder = write_model_folder(scratch / f"mlserver-{port}", checkpoint / "model.onnx", port, free_port(), free_port())
-            return Server([str(MLSERVER), "start", str(folder)], {"PYTHONPATH": str(ROOT)}, {"v2": f"/v2/models/{MODEL_NAME}/infer"}, many=True)
+            grpc_port = free_port()
+            folder = write_model_folder(scratch / f"mlserver-{port}", checkpoint / "model.onnx", port, grpc_port, free_port())
+            return Server([str(MLSERVER), "start", str(folder)], {"PYTHONPATH": str(ROOT)}, {"v2": f"/v2/models/{MODEL_NAME}/infer"}, many=True, grpc_port=grpc_port)
 
         listed[MLSERVER_NAME] = mlserver
     return listed
@@ -218,9 +238,11 @@ class RequestBody:
 
 
 def request_bodies(scratch: Path) -> dict[str, RequestBody]:
-    """Every request kind's body file: v1 JSON (``instances``), v2 JSON (an FP32 tensor) and the v2
+    """Every request kind's body file: v1 JSON (``instances``), v2 JSON (an FP32 tensor), the v2
     binary tensor extension (UINT8 bytes after the JSON header, every output asked for in binary,
-    as tritonclient does by default)."""
+    as tritonclient does by default), and a gRPC ModelInferRequest (raw FP32 contents, as
+    tritonclient.grpc sends them; every output, raw)."""
+    from service.protos import message
 
     def v2(images: np.ndarray) -> dict:
         return {"inputs": [{"name": "input", "shape": list(images.shape), "datatype": "FP32", "data": images.ravel().tolist()}]}
@@ -228,6 +250,11 @@ def request_bodies(scratch: Path) -> dict[str, RequestBody]:
     def written(name: str, content: bytes) -> Path:
         (scratch / name).write_bytes(content)
         return scratch / name
+
+    def grpc(images: np.ndarray) -> bytes:
+        request = message("ModelInferRequest")(model_name=MODEL_NAME, inputs=[{"name": "input", "datatype": "FP32", "shape": images.shape}])
+        request.raw_input_contents.append(images.astype("<f4").tobytes())
+        return request.SerializeToString()
 
     one, many = random_images(1), random_images(32)
     payload = random_images(32).astype(np.uint8).tobytes()
@@ -240,6 +267,8 @@ def request_bodies(scratch: Path) -> dict[str, RequestBody]:
         "32 instances, JSON": RequestBody(written("many.json", json.dumps({"instances": many.tolist()}).encode()), 32),
         "32 instances, v2 JSON": RequestBody(written("many-v2.json", json.dumps(v2(many)).encode()), 32),
         "32 instances, v2 binary": RequestBody(written("binary.bin", header + payload), 32, "application/octet-stream", len(header)),
+        "1 instance, gRPC": RequestBody(written("one.grpc", grpc(one)), 1, "application/grpc"),
+        "32 instances, gRPC": RequestBody(written("many.grpc", grpc(many)), 32, "application/grpc"),
     }
 
 
@@ -251,6 +280,9 @@ def target_summary(rows: list, ceiling: float) -> str:
     for (request, c), value in mlserver.items():
         if (request, c) in ours:
             parts.append(f"{request} at c={c}: {ours[request, c] / value:.2f}x MLServer")
+    for rest in ("1 instance, JSON", "1 instance, v2 JSON"):
+        if ("1 instance, gRPC", 32) in ours and (rest, 32) in ours:
+            parts.append(f"1 instance, gRPC at c=32: {ours['1 instance, gRPC', 32] / ours[rest, 32]:.2f}x REST {rest.split(', ')[1]}")
     return ("Ours (onnx, batching): " + "; ".join(parts) + ".") if parts else ""
 
 
@@ -277,10 +309,11 @@ def gate_cost(rows: list) -> str:
 
 
 def prepare(checkpoint: str) -> tuple[Path, Path, dict[str, RequestBody]]:
-    """Before any measurement: wrk present, the benchmark checkpoint built (``bench/model.py``), and
+    """Before any measurement: wrk and h2load present, the benchmark checkpoint built (``bench/model.py``), and
     every request kind's body written to a new scratch folder; (checkpoint, scratch, bodies)."""
-    if shutil.which("wrk") is None:
-        raise SystemExit("wrk not found: apt-get install wrk")
+    for client, package in (("wrk", "wrk"), ("h2load", "nghttp2-client")):
+        if shutil.which(client) is None:
+            raise SystemExit(f"{client} not found: apt-get install {package}")
     scratch = Path(tempfile.mkdtemp())
     return build_benchmark_checkpoint(Path(checkpoint)), scratch, request_bodies(scratch)
 
@@ -299,7 +332,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=8.0, help="measuring time per row")
     parser.add_argument("--checkpoint", default=str(ROOT / "artifacts" / "bench" / "mnist-bench"))
-    parser.add_argument("--only", help="run only the servers whose name contains this text")
+    parser.add_argument("--only", nargs="+", help="run only the servers whose name contains one of these texts")
+    parser.add_argument("--exact", action="store_true", help="with --only: only the servers of exactly those names")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="our service's device (cuda: the GPU variant; pair it with bench/gpu.py)")
     parser.add_argument("--write", action="store_true", help="rewrite the serve section of docs/benchmarks.md")
     args = parser.parse_args()
@@ -309,34 +343,44 @@ def main() -> None:
         print(f"{MLSERVER} not found: MLServer is left out (make bench-env builds its environment)")
     rows = []
     for name, make_server in servers(checkpoint, sys.executable, scratch, args.device).items():
-        if args.only and args.only not in name:
+        if args.only and not any(name == only if args.exact else only in name for only in args.only):
             continue
         port = free_port()
         server = make_server(port)
-        process = subprocess.Popen(server.command, cwd=ROOT, env={**os.environ, **server.env}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+        log = scratch / f"server-{port}.log"
+        with log.open("wb") as output:
+            process = subprocess.Popen(server.command, cwd=ROOT, env={**os.environ, **server.env}, stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
         try:
             protocol, path = next(iter(server.paths.items()))
             first = bodies[ONE_REQUEST_KIND[protocol]]
-            wait_until_up(port, process, path, first.body.read_bytes())
+            wait_until_up(port, process, path, first.body.read_bytes(), log)
             wrk(f"http://127.0.0.1:{port}{path}", first.body, 8, 3)  # warm-up
             for kind, path, concurrency in server.rows():
                 body = bodies[kind]
-                result = wrk(f"http://127.0.0.1:{port}{path}", body.body, concurrency, args.seconds, body.content_type, body.header_length)
+                if path is None:
+                    result = h2load(f"127.0.0.1:{server.grpc_port}", body.body.read_bytes(), concurrency, args.seconds)
+                else:
+                    result = wrk(f"http://127.0.0.1:{port}{path}", body.body, concurrency, args.seconds, body.content_type, body.header_length)
                 rows.append((name, kind, concurrency, body.instances, result))
         finally:
             stop(process)
         time.sleep(1)
 
+    again = in_process(checkpoint)  # the ceiling once more: the machine's speed drifts over a run
+    ceiling = {
+        "instances_per_s": {key: max(value, again["instances_per_s"][key]) for key, value in ceiling["instances_per_s"].items()},
+        "single_instance_ms": {key: min(value, again["single_instance_ms"][key]) for key, value in ceiling["single_instance_ms"].items()},
+    }
     best_ceiling = max(ceiling["instances_per_s"].values())
     lines = [
-        "| server | request | concurrency | requests/s | instances/s | share of ceiling | p50 ms | p95 ms | p99 ms | errors |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| server | request | concurrency | requests/s | instances/s | share of ceiling | p50 ms | p95 ms | p99 ms | errors | client CPU (cores) |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, request, concurrency, per_request, r in rows:
         instances = r["requests_per_s"] * per_request
         lines.append(
             f"| {name} | {request} | {concurrency} | {r['requests_per_s']:.0f} | {instances:.0f} | {instances / best_ceiling:.2f} | "
-            f"{r['p50_ms']:.2f} | {r['p95_ms']:.2f} | {r['p99_ms']:.2f} | {r['errors']} |"
+            f"{r['p50_ms']:.2f} | {r['p95_ms']:.2f} | {r['p99_ms']:.2f} | {r['errors']} | {r['client_cores']:.2f} |"
         )
     ceiling_lines = ["| in-process run | instances/s |", "|---|---:|"] + [f"| {k} | {v:.0f} |" for k, v in ceiling["instances_per_s"].items()]
     ceiling_lines += [f"| single instance, {k} backend (service threads) | {1000 / v:.0f} ({v:.2f} ms) |" for k, v in ceiling["single_instance_ms"].items()]
@@ -357,19 +401,21 @@ def main() -> None:
         title = "Serving: ours vs plain FastAPI, LitServe and MLServer"
         command = "make bench-serve"
         if args.only:  # a subset is its own section, so the full table stays
-            section += "-only-" + re.sub(r"[^a-z0-9]+", "-", args.only.lower()).strip("-")
-            title = f"Serving, only the servers named '{args.only}'"
-            command = f".venv-bench/bin/python -m bench.serve --only '{args.only}' --seconds {args.seconds:.0f} --write"
+            section += "-only-" + re.sub(r"[^a-z0-9]+", "-", " ".join(args.only).lower()).strip("-")
+            title = f"Serving, only the servers named {', '.join(repr(only) for only in args.only)}"
+            listed = " ".join(f"'{only}'" for only in args.only)
+            command = f".venv-bench/bin/python -m bench.serve --only {listed}{' --exact' if args.exact else ''} --seconds {args.seconds:.0f} --write"
         update_section(
             ROOT / "docs" / "benchmarks.md",
             section,
             f"## {title} (`bench/serve.py`)\n\n"
             f"Model: MNIST-size Glow hybrid (`mnist-cpu` architecture, 28x28, L=2, K=4, 64 hidden), random weights. Load: wrk, one "
-            f"thread, Lua POST body, {args.seconds:.0f} s per row after a 3 s warm-up; client and server share the {machine} "
-            f"unpinned; one server at a time. Ceiling: the raw model in-process with all cores, no HTTP. "
+            f"thread, Lua POST body, {args.seconds:.0f} s per row after a 3 s warm-up; over gRPC h2load (`bench/grpc_load.py`), one connection with the calls "
+            f"multiplexed as one gRPC channel does, {args.seconds:.0f} s per row after 1 s; client and server share the {machine} "
+            f"unpinned; one server at a time. Ceiling: the raw model in-process with all cores, no HTTP, the best of a run before and one after the servers. "
             f"Ours: `python -m service` defaults (one inference thread; torch uses the usable cores minus one, ONNX Runtime all of them with spinning off; batching up to 64 instances, no added delay; predict and infer on the fast path in front of FastAPI, `service/fast_path.py`). "
             f"MLServer: version 1.7.1 in its own environment, a custom ONNX Runtime model class (`bench/peers/mlserver_onnx.py`), its defaults otherwise (one inference worker process); "
-            f"it has no binary tensor extension over HTTP (SeldonIO/MLServer#324), so it has no binary row. v2 JSON bodies carry an FP32 tensor; the binary body UINT8 bytes and asks for binary outputs.\n\n"
+            f"it has no binary tensor extension over HTTP (SeldonIO/MLServer#324), so it has no binary row; over gRPC it gets the same requests as ours. v2 JSON bodies carry an FP32 tensor; the binary body UINT8 bytes and asks for binary outputs; gRPC requests raw FP32 contents (as tritonclient.grpc sends them) and get every output raw.\n\n"
             f"Command: `{command}`\n\n{ceiling_table}\n\n{table}\n\n{cost}\n\n{targets}\n",
         )
 

@@ -102,16 +102,19 @@ def text_elements(flat: np.ndarray) -> list[str]:
     return ["" if value is None else str(value) for value in flat]
 
 
-def v2_binary_output(spec: OutputSpec, array: np.ndarray) -> tuple[dict, bytes]:
-    """One output tensor in the binary tensor extension: its JSON part (``binary_data_size``, no
-    ``data``) and its raw little-endian bytes (floats exactly, infinities and NaN included; a BYTES
-    element as a 4-byte length and its UTF-8 bytes)."""
+def raw_bytes(spec: OutputSpec, array: np.ndarray) -> bytes:
+    """An output tensor's raw little-endian bytes (floats exactly, infinities and NaN included; a
+    BYTES element as a 4-byte length and its UTF-8 bytes): the binary tensor extension's and gRPC's."""
     flat = array.reshape(-1)
     if spec.datatype == "BYTES":
-        encoded = [item.encode() for item in text_elements(flat)]
-        data = b"".join(len(item).to_bytes(4, "little") + item for item in encoded)
-    else:
-        data = np.ascontiguousarray(flat, dtype=BINARY_LAYOUTS[spec.datatype]).tobytes()
+        return b"".join(len(item).to_bytes(4, "little") + item for item in (text.encode() for text in text_elements(flat)))
+    return np.ascontiguousarray(flat, dtype=BINARY_LAYOUTS[spec.datatype]).tobytes()
+
+
+def v2_binary_output(spec: OutputSpec, array: np.ndarray) -> tuple[dict, bytes]:
+    """One output tensor in the binary tensor extension: its JSON part (``binary_data_size``, no
+    ``data``) and its raw bytes (``raw_bytes``)."""
+    data = raw_bytes(spec, array)
     header = {"name": spec.name, "shape": list(array.shape), "datatype": spec.datatype, "parameters": {"binary_data_size": len(data)}}
     return header, data
 

@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 
 OPEN_METHODS = {"ServerLive", "ServerReady"}  # probes carry no secrets, as over REST
 ADMIN_METHODS = {"RepositoryIndex", "RepositoryModelLoad", "RepositoryModelUnload"}
+DEADLINE_SLACK_S = 0.005  # a call cancelled this close to its deadline counts as past it
 HEALTH_REFRESH_S = 0.5  # the health service's watchers see a change of readiness within this
 
 add_file(health_pb2.DESCRIPTOR.serialized_pb)  # so that reflection describes the health service too
@@ -143,7 +144,7 @@ class CallHandling:
         async def handle(request, context: grpc.aio.ServicerContext):
             served_by, status = ServedBy(), 500
             metrics.in_flight.inc()
-            started = time.perf_counter()
+            started, allowed = time.perf_counter(), context.time_remaining()  # the client's deadline, None without one
             try:
                 if needs_key:
                     keys.check(_metadata_key(context.invocation_metadata()), admin)
@@ -155,9 +156,8 @@ class CallHandling:
                 code, trailers = grpc_status(error)
                 context.set_trailing_metadata(trailers)
                 await context.abort(code, str(error))
-            except asyncio.CancelledError:  # the client cancelled, or its deadline passed
-                remaining = context.time_remaining()
-                status = 504 if remaining is not None and remaining <= 0 else 499
+            except asyncio.CancelledError:  # the client's deadline passed, or it cancelled (a cancelled call has none left either)
+                status = 504 if allowed is not None and time.perf_counter() - started >= allowed - DEADLINE_SLACK_S else 499
                 raise
             except Exception as error:
                 log.error("unexpected error in %s", endpoint, exc_info=error)
@@ -207,6 +207,7 @@ class GrpcServer:
                 wrap(method.name, getattr(servicer, method.name)), request_deserializer=request.FromString, response_serializer=response.SerializeToString
             )
         self.server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
+        self.server.add_registered_method_handlers(SERVICE, handlers)  # as generated code does: matched in the C core
         self.health = ReadinessHealth(state)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection([SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME], self.server, pool=POOL)

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -263,6 +264,32 @@ def test_raw_and_typed_tensors_and_outputs_agree(live, stub):
     assert chosen.parameters["batch_is_outlier"].bool_param == over_rest["batch_is_outlier"]
 
 
+def settle(stub: Stub) -> None:
+    """20 fast calls: the batcher's estimate of the wait (past which it refuses calls, 503 /
+    UNAVAILABLE) forgets the slow batches of earlier tests."""
+    for _ in range(20):
+        stub("ModelInfer", infer_request(held_out_digits(1)[0].astype(np.float32)))
+
+
+def test_rest_and_grpc_calls_fill_the_same_batches(live, stub):
+    """One version, one batcher: a gRPC call and a REST request queued together run in one forward pass."""
+    x = held_out_digits(6)[0]
+    body = {"inputs": [{"name": "input", "shape": [3, 8, 8], "datatype": "FP32", "data": x[3:].ravel().tolist()}]}
+    settle(stub)
+    live.runs.clear()
+    live.slow_down(0.5)
+    try:
+        running = stub.future("ModelInfer", infer_request(x[:1].astype(np.float32)))
+        time.sleep(0.2)  # its batch is running: the next two queue together
+        over_grpc = stub.future("ModelInfer", infer_request(x[1:3].astype(np.float32)))
+        with ThreadPoolExecutor(1) as pool:
+            over_rest = pool.submit(rest, live, "POST", "/v2/models/tiny/versions/1/infer", json=body)
+            assert running.result().outputs and over_grpc.result().outputs and over_rest.result().status_code == 200
+    finally:
+        live.slow_down(0.0)
+    assert live.runs == [1, 5]
+
+
 def code_and_message(call) -> tuple:
     with pytest.raises(grpc.RpcError) as refused:
         call()
@@ -320,29 +347,31 @@ def test_error_codes_limits_and_keys(live, stub):
 
 
 def test_deadlines_overload_and_cancellation(live, stub):
-    """The service's deadline and the client's answer DEADLINE_EXCEEDED; a call whose client deadline
-    passes, or that is cancelled, has its queued work dropped; a full queue answers UNAVAILABLE with
+    """A call whose client deadline passes, or that is cancelled, has its queued work dropped; the
+    service's own deadline answers DEADLINE_EXCEEDED with REST's message; a full queue UNAVAILABLE with
     retry-after. Each counted in the request metrics."""
     x = held_out_digits(21)[0].astype(np.float32)
-    live.slow_down(1.5)
-    code, details = code_and_message(lambda: stub("ModelInfer", infer_request(x[:1])))
-    assert code == grpc.StatusCode.DEADLINE_EXCEEDED and "request timeout of 1 s" in details
-    time.sleep(0.7)  # that batch ends
+    settle(stub)
     live.runs.clear()
     live.slow_down(0.6)
     running = stub.future("ModelInfer", infer_request(x[:1]))
     time.sleep(0.2)  # its batch is running
-    expired = stub.future("ModelInfer", infer_request(x[:3]), timeout=0.2)
-    cancelled = stub.future("ModelInfer", infer_request(x[:2]))
+    expired = stub.future("ModelInfer", infer_request(x[1:2]), timeout=0.2)
+    cancelled = stub.future("ModelInfer", infer_request(x[2:3]))
     time.sleep(0.1)
-    cancelled.cancel()
+    assert cancelled.cancel()
     with pytest.raises(grpc.RpcError) as late:
         expired.result()
     assert late.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     assert running.result().model_version == "1"
-    live.slow_down(0.0)
     time.sleep(0.3)
     assert live.runs == [1]  # the expired and the cancelled calls never ran
+    live.slow_down(1.5)
+    code, details = code_and_message(lambda: stub("ModelInfer", infer_request(x[:1])))
+    over_rest = rest(live, "POST", "/v2/models/tiny/versions/1/infer", json={"inputs": [{"name": "input", "shape": [1, 8, 8], "datatype": "FP32", "data": x[0].ravel().tolist()}]})
+    assert code == grpc.StatusCode.DEADLINE_EXCEEDED and over_rest.status_code == 504 and details == over_rest.json()["error"]
+    live.slow_down(0.0)
+    time.sleep(1.6)  # the two slow batches end before the next call (or test)
     with pytest.raises(grpc.RpcError) as full:
         stub("ModelInfer", infer_request(x))  # 21 instances, the queue holds 20
     assert full.value.code() == grpc.StatusCode.UNAVAILABLE and ("retry-after", "1") in full.value.trailing_metadata()

@@ -21,7 +21,8 @@ def write_model_folder(folder: Path, model_path: Path, http_port: int, grpc_port
     """The settings of one MLServer instance serving ``model_path`` (adaptive batching on)."""
     model = folder / MODEL_NAME
     model.mkdir(parents=True, exist_ok=True)
-    (folder / "settings.json").write_text(json.dumps({"http_port": http_port, "grpc_port": grpc_port, "metrics_port": metrics_port, "debug": False}))
+    settings = {"http_port": http_port, "grpc_port": grpc_port, "metrics_port": metrics_port, "metrics_dir": str(folder / ".metrics"), "debug": False}
+    (folder / "settings.json").write_text(json.dumps(settings))  # metrics_dir: its scratch files in the folder, not the working one
     (model / "model-settings.json").write_text(
         json.dumps(
             {

@@ -14,13 +14,12 @@ from inference.errors import BadInput
 from inference.prediction import Prediction
 from service.codecs.v2 import INPUT_NAME, requested_outputs
 from service.dispatch import BatchTest, Decoded
-from service.encoding import output_tensors, text_elements, v2_binary_output
+from service.encoding import output_tensors, raw_bytes, text_elements
 from service.inputs import from_raw, optional_flag, shaped_input, tensor_layout
 from service.protos import message
 from service.serving import ServedVersion
 
 InferResponse = message("ModelInferResponse")
-OutputTensor = message("ModelInferResponse.InferOutputTensor")
 
 # The typed contents field of each datatype (FP16 has none: its values go in raw_input_contents).
 INPUT_CONTENTS = {
@@ -87,14 +86,13 @@ class GrpcCodec:
         response = InferResponse(model_name=served.name, model_version=served.version, id=options.id)
         for name in options.outputs:
             spec, array = specs[name], tensors[name]
-            output = OutputTensor(name=name, datatype=spec.datatype, shape=array.shape)
-            if options.raw:
-                response.raw_output_contents.append(v2_binary_output(spec, array)[1])
-            else:
+            output = response.outputs.add(name=name, datatype=spec.datatype, shape=array.shape)
+            if not options.raw:
                 flat = array.reshape(-1)
                 values = [item.encode() for item in text_elements(flat)] if spec.datatype == "BYTES" else flat.tolist()
                 getattr(output.contents, OUTPUT_CONTENTS[spec.datatype]).extend(values)
-            response.outputs.append(output)
+        if options.raw:
+            response.raw_output_contents.extend([raw_bytes(specs[name], tensors[name]) for name in options.outputs])
         if batch is not None:
             response.parameters["batch_p_value"].double_param = batch.p_value
             response.parameters["batch_is_outlier"].bool_param = batch.is_outlier
