@@ -272,6 +272,20 @@ def request_bodies(scratch: Path) -> dict[str, RequestBody]:
     }
 
 
+def grpc_refusals(port: int) -> int:
+    """The gRPC calls our service on ``port`` answered with an error so far, from its /metrics (calls
+    its client cancelled, 499, are not refusals: h2load resets those in flight when it stops); 0 for
+    a server without our metrics."""
+    import urllib.request
+
+    try:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    except OSError:
+        return 0
+    counts = re.findall(r'^diglm_requests_total\{[^}]*protocol="grpc"[^}]*status="(\d+)"[^}]*\} ([\d.e+]+)$', text, re.MULTILINE)
+    return int(sum(float(value) for status, value in counts if status not in ("200", "499")))
+
+
 def target_summary(rows: list, ceiling: float) -> str:
     """The issue's ratios from this run: our share of the ceiling and our throughput over MLServer's."""
     ours = {(request, c): r["requests_per_s"] * n for name, request, c, n, r in rows if name == "ours: onnx, batching"}
@@ -358,7 +372,9 @@ def main() -> None:
             for kind, path, concurrency in server.rows():
                 body = bodies[kind]
                 if path is None:
+                    refused = grpc_refusals(port)
                     result = h2load(f"127.0.0.1:{server.grpc_port}", body.body.read_bytes(), concurrency, args.seconds)
+                    result["errors"] += grpc_refusals(port) - refused
                 else:
                     result = wrk(f"http://127.0.0.1:{port}{path}", body.body, concurrency, args.seconds, body.content_type, body.header_length)
                 rows.append((name, kind, concurrency, body.instances, result))

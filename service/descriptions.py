@@ -1,6 +1,7 @@
 """What the Open Inference Protocol says about the server and each model version, built once for
 every transport: REST answers these dicts as JSON (``service.api.v2``), gRPC parses them into its
-messages (``service.grpc_server``), so both describe a version identically."""
+messages (``service.grpc_server``), so both agree on every field the protocol's messages have (REST
+adds what they have not: the gate, classes, hashes...)."""
 from __future__ import annotations
 
 from service.codecs.v2 import INPUT_NAME

@@ -20,6 +20,7 @@ from typing import Awaitable, Callable
 
 import grpc
 from google.protobuf import json_format
+from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2
 
@@ -137,17 +138,23 @@ class CallHandling:
         self.metrics = state.metrics
         self.keys = KeyCheck(settings.all_api_keys(), settings.all_admin_api_keys())
 
-    def __call__(self, method: str, rpc: Callable[..., Awaitable]) -> Callable:
+    def __call__(self, method: str, rpc: Callable[..., Awaitable], request_type: type) -> Callable:
+        """The handler of ``method``: it parses the request bytes itself (``request_type``), so that bytes
+        that are no such message answer INVALID_ARGUMENT, not grpc's UNKNOWN."""
         endpoint, needs_key, admin = f"/{SERVICE}/{method}", method not in OPEN_METHODS, method in ADMIN_METHODS
         metrics, keys = self.metrics, self.keys
 
-        async def handle(request, context: grpc.aio.ServicerContext):
+        async def handle(raw: bytes, context: grpc.aio.ServicerContext):
             served_by, status = ServedBy(), 500
             metrics.in_flight.inc()
             started, allowed = time.perf_counter(), context.time_remaining()  # the client's deadline, None without one
             try:
                 if needs_key:
                     keys.check(_metadata_key(context.invocation_metadata()), admin)
+                try:
+                    request = request_type.FromString(raw)
+                except DecodeError:
+                    raise BadInput(f"the request is not a valid {request_type.DESCRIPTOR.name} message") from None
                 response = await rpc(request, served_by, context)
                 status = 200
                 return response
@@ -177,6 +184,8 @@ class ReadinessHealth(health.aio.HealthServicer):
     def __init__(self, state: ServiceState):
         super().__init__()
         self.state, self.current = state, None
+        self.watches: set[asyncio.Task] = set()
+        self.closing = False
 
     async def follow(self) -> None:
         """Set both statuses from readiness, when it changed."""
@@ -189,6 +198,27 @@ class ReadinessHealth(health.aio.HealthServicer):
     async def Check(self, request, context):
         await self.follow()
         return await super().Check(request, context)
+
+    async def Watch(self, request, context):
+        """The status, then each change, until the server drains: then NOT_SERVING and the end of the
+        stream (a watch never ends by itself, and would hold the drain to its timeout)."""
+        task = asyncio.current_task()
+        self.watches.add(task)
+        try:
+            await super().Watch(request, context)
+        except asyncio.CancelledError:
+            if not self.closing:  # cancelled by its client or by grpc, not ended by the drain
+                raise
+        finally:
+            self.watches.discard(task)
+
+    async def close(self) -> None:
+        """NOT_SERVING for good, and every watch stream ended after its watcher has seen it."""
+        await self.enter_graceful_shutdown()
+        self.closing = True
+        await asyncio.sleep(0.1)  # the watchers write NOT_SERVING first
+        for task in list(self.watches):
+            task.cancel()
 
 
 class GrpcServer:
@@ -204,14 +234,13 @@ class GrpcServer:
         for method in POOL.FindServiceByName(SERVICE).methods:
             request, response = message(method.input_type.name), message(method.output_type.name)
             handlers[method.name] = grpc.unary_unary_rpc_method_handler(
-                wrap(method.name, getattr(servicer, method.name)), request_deserializer=request.FromString, response_serializer=response.SerializeToString
+                wrap(method.name, getattr(servicer, method.name), request), response_serializer=response.SerializeToString
             )
-        self.server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
-        self.server.add_registered_method_handlers(SERVICE, handlers)  # as generated code does: matched in the C core
+        self.server.add_registered_method_handlers(SERVICE, handlers)
         self.health = ReadinessHealth(state)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection([SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME], self.server, pool=POOL)
-        self.address = f"{settings.host}:{settings.grpc_port}"
+        self.address = f"[{settings.host}]:{settings.grpc_port}" if ":" in settings.host else f"{settings.host}:{settings.grpc_port}"  # IPv6 in brackets
         self.port = self.server.add_insecure_port(self.address)
         self.following: asyncio.Task | None = None
         self.stopping: asyncio.Future | None = None
@@ -236,7 +265,7 @@ class GrpcServer:
         await self.stopping
 
     async def _drain(self, grace_s: float) -> None:
-        await self.health.enter_graceful_shutdown()
+        await self.health.close()
         await self.server.stop(grace_s)
 
 

@@ -3,6 +3,7 @@ that never gets ready fails its test within the timeout instead of hanging the s
 set in pyproject.toml, is the backstop)."""
 import asyncio
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -22,6 +23,13 @@ os.environ.setdefault("DIGLM_GRPC_PORT", "0")
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+def free_port() -> int:
+    """A local TCP port free now (for a server a test starts)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def wait_for(condition: Callable[[], bool], what: str, timeout: float = READY_TIMEOUT_S) -> None:

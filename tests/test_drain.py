@@ -15,7 +15,7 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.conftest import wait_for
+from tests.conftest import free_port, wait_for
 from training.cli import main as training_main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -27,12 +27,6 @@ def checkpoint(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("server") / "tiny"
     assert training_main(["train", "--config", str(CONFIGS / "tiny.yaml"), "--out", str(out), "--quiet", "--set", "train.epochs=1"]) == 0
     return out
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def serve(checkpoint: Path, **variables: str) -> tuple[subprocess.Popen, str, int]:
@@ -64,6 +58,9 @@ def test_sigterm_with_50_requests_and_10_grpc_calls_in_flight_loses_none(checkpo
         instances = x.tolist()
         call = message("ModelInferRequest")(model_name="tiny", inputs=[{"name": "input", "datatype": "INT64", "shape": x.shape}], raw_input_contents=[x.astype("<i8").tobytes()])
 
+        async def watch_statuses(watch) -> list[int]:
+            return [answer.status async for answer in watch]
+
         async def health_status(checks) -> int:
             return (await checks.Check(health_pb2.HealthCheckRequest(service=SERVICE), timeout=5)).status
 
@@ -72,6 +69,8 @@ def test_sigterm_with_50_requests_and_10_grpc_calls_in_flight_loses_none(checkpo
                 infer = channel.unary_unary(f"/{SERVICE}/ModelInfer", request_serializer=lambda m: m.SerializeToString(), response_deserializer=message("ModelInferResponse").FromString)
                 checks = health_pb2_grpc.HealthStub(channel)
                 serving_before = await health_status(checks)
+                watch = checks.Watch(health_pb2.HealthCheckRequest(service=SERVICE), timeout=60)
+                watched = asyncio.ensure_future(watch_statuses(watch))
                 flying = [asyncio.create_task(client.post("/v1/models/tiny:predict", json={"instances": instances})) for _ in range(50)]
                 calls = [asyncio.ensure_future(infer(call, timeout=60)) for _ in range(10)]
                 await asyncio.sleep(0.3)
@@ -85,7 +84,8 @@ def test_sigterm_with_50_requests_and_10_grpc_calls_in_flight_loses_none(checkpo
                 serving_after = await health_status(checks)
                 responses = await asyncio.gather(*flying, return_exceptions=True)
                 answers = await asyncio.gather(*calls, return_exceptions=True)
-                return in_flight, signalled, readiness, during_delay, responses, (serving_before, serving_after, grpc_during_delay, answers)
+                statuses = await asyncio.wait_for(watched, 30)  # the drain ends the watch stream itself
+                return in_flight, signalled, readiness, during_delay, responses, (serving_before, serving_after, grpc_during_delay, answers, statuses)
 
         in_flight, signalled, readiness, during_delay, responses, over_grpc = asyncio.run(scenario())
         exit_code = server.wait(timeout=30)
@@ -101,7 +101,8 @@ def test_sigterm_with_50_requests_and_10_grpc_calls_in_flight_loses_none(checkpo
     assert exit_code == 0, log[-2000:]
     assert 2.5 <= seconds < 2.5 + 20, seconds
     assert "readiness is 503" in log and "Traceback" not in log
-    serving_before, serving_after, grpc_during_delay, answers = over_grpc
+    serving_before, serving_after, grpc_during_delay, answers, statuses = over_grpc
+    assert statuses == [health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING]  # then the stream ended, OK
     assert (serving_before, serving_after) == (health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING)
     assert grpc_during_delay > 0 and not [answer for answer in answers if isinstance(answer, BaseException)], answers
     assert [list(answer.outputs[0].shape) for answer in answers] == [[1024]] * 10

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import threading
@@ -28,7 +27,7 @@ from service.inputs import V2_DTYPES
 from service.protos import POOL, SERVICE, message
 from service.settings import ServiceSettings
 from tests.agreement import held_out_digits
-from tests.conftest import ROOT, wait_for
+from tests.conftest import ROOT, free_port, wait_for
 from training.cli import main as training_main
 
 grpc = pytest.importorskip("grpc")
@@ -36,12 +35,6 @@ grpc = pytest.importorskip("grpc")
 CONFIGS = ROOT / "training" / "configs"
 USER, ADMIN = "user-key", "admin-key"
 LIMITS = {"max_instances": 32, "max_body_bytes": 64 * 1024, "request_timeout_s": 1.0, "max_queue": 20}
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @dataclass
@@ -438,7 +431,7 @@ def malformed_requests(draw):
     return request
 
 
-EXAMPLES = int(os.environ.get("GRPC_FUZZ_EXAMPLES", "300"))  # the issue's run: 10,000 (docs/benchmarks.md)
+EXAMPLES = int(os.environ.get("GRPC_FUZZ_EXAMPLES", "300"))  # the issue's run: 10,000
 
 
 @hypothesis_settings(max_examples=EXAMPLES, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
@@ -455,3 +448,19 @@ def test_malformed_messages_answer_invalid_argument(live, stub, request):
     else:
         event("OK")
         assert answer.model_name == "tiny" and answer.outputs
+
+
+@hypothesis_settings(max_examples=max(EXAMPLES // 3, 50), deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+@given(raw=st.binary(max_size=300) | st.just(b"\x0a\xff"))
+def test_bytes_that_are_no_message_answer_invalid_argument(live, stub, raw):
+    """Bytes the protocol's message cannot be parsed from: INVALID_ARGUMENT naming the message, not
+    grpc's UNKNOWN (bytes that happen to parse are checked like any request)."""
+    call = stub.channel.unary_unary(f"/{SERVICE}/ModelInfer")  # bytes as they are
+    try:
+        call(raw, timeout=10, metadata=[("x-api-key", USER)])
+    except grpc.RpcError as error:
+        event(error.code().name)
+        assert error.code() in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.NOT_FOUND), (error.code(), error.details())
+        if "not a valid" in error.details():
+            assert error.details() == "the request is not a valid ModelInferRequest message"
+
