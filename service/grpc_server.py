@@ -225,7 +225,6 @@ class GrpcServer:
     """The gRPC server of a ``ServiceState``: built, started and stopped by the app's lifespan."""
 
     def __init__(self, state: ServiceState):
-        self.state = state
         settings = state.settings
         limit = settings.max_body_bytes  # a larger message is refused with RESOURCE_EXHAUSTED, as REST's 413
         self.server = grpc.aio.server(options=[("grpc.max_receive_message_length", limit), ("grpc.so_reuseport", 0)])
@@ -241,7 +240,7 @@ class GrpcServer:
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection([SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME], self.server, pool=POOL)
         self.address = f"[{settings.host}]:{settings.grpc_port}" if ":" in settings.host else f"{settings.host}:{settings.grpc_port}"  # IPv6 in brackets
-        self.port = self.server.add_insecure_port(self.address)
+        self.server.add_insecure_port(self.address)
         self.following: asyncio.Task | None = None
         self.stopping: asyncio.Future | None = None
 

@@ -23,6 +23,7 @@ from google.protobuf import json_format
 from hypothesis import HealthCheck, event, given, settings as hypothesis_settings, strategies as st
 
 from service.app import create_app
+from service.codecs.grpc import INPUT_CONTENTS, OUTPUT_CONTENTS
 from service.inputs import V2_DTYPES
 from service.protos import POOL, SERVICE, message
 from service.settings import ServiceSettings
@@ -122,8 +123,6 @@ def infer_request(x: np.ndarray, datatype: str = "FP32", raw: bool = True, outpu
     if raw:
         request.raw_input_contents.append(np.ascontiguousarray(x, dtype=V2_DTYPES[datatype]).tobytes())
     else:
-        from service.codecs.grpc import INPUT_CONTENTS
-
         getattr(tensor.contents, INPUT_CONTENTS[datatype]).extend(x.ravel().tolist())
     for name, binary in outputs:
         output = request.outputs.add(name=name)
@@ -136,8 +135,6 @@ def infer_request(x: np.ndarray, datatype: str = "FP32", raw: bool = True, outpu
 
 def outputs_of(response) -> dict[str, np.ndarray]:
     """Every output of a ModelInferResponse as an array: from raw_output_contents or typed contents."""
-    from service.codecs.grpc import OUTPUT_CONTENTS
-
     arrays = {}
     for index, output in enumerate(response.outputs):
         if response.raw_output_contents:
@@ -260,8 +257,9 @@ def test_raw_and_typed_tensors_and_outputs_agree(live, stub):
 def settle(stub: Stub) -> None:
     """20 fast calls: the batcher's estimate of the wait (past which it refuses calls, 503 /
     UNAVAILABLE) forgets the slow batches of earlier tests."""
+    request = infer_request(held_out_digits(1)[0].astype(np.float32))
     for _ in range(20):
-        stub("ModelInfer", infer_request(held_out_digits(1)[0].astype(np.float32)))
+        stub("ModelInfer", request)
 
 
 def test_rest_and_grpc_calls_fill_the_same_batches(live, stub):

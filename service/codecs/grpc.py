@@ -31,7 +31,12 @@ OUTPUT_CONTENTS = {"FP64": "fp64_contents", "INT64": "int64_contents", "BOOL": "
 
 def parameters(entries) -> dict:
     """A protocol ``parameters`` map as a dict of plain values (an entry with no value set: None)."""
-    return {key: (getattr(value, value.WhichOneof("parameter_choice")) if value.WhichOneof("parameter_choice") else None) for key, value in entries.items()}
+    return {key: _value(value) for key, value in entries.items()}
+
+
+def _value(parameter):
+    kind = parameter.WhichOneof("parameter_choice")
+    return getattr(parameter, kind) if kind else None
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ registration of a name in one pool fails, so the default pool would keep the ser
 process with either client (tests, benchmarks, a pipeline that embeds it)."""
 from __future__ import annotations
 
+from functools import cache
 from pathlib import Path
 
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
@@ -20,6 +21,7 @@ for _file in descriptor_pb2.FileDescriptorSet.FromString(DESCRIPTOR_SET.read_byt
     POOL.Add(_file)
 
 
+@cache
 def message(name: str) -> type:
     """The message class of ``inference.<name>`` (nested types with dots: ``ModelInferResponse.InferOutputTensor``)."""
     return message_factory.GetMessageClass(POOL.FindMessageTypeByName(f"inference.{name}"))
