@@ -56,11 +56,12 @@ def h2load(address: str, request: bytes, concurrency: int, seconds: float, warm_
         body, log = Path(scratch) / "request.grpc", Path(scratch) / "calls.log"
         body.write_bytes(b"\x00" + struct.pack(">I", len(request)) + request)  # uncompressed, 4-byte big-endian length
         command = [
-            "h2load", "-c", "1", "-m", str(concurrency), "-D", f"{seconds:g}", f"--warm-up-time={warm_up_s:g}",
+            "h2load", "-c", "1", "-m", str(concurrency), "-D", f"{seconds * 1000:.0f}ms", f"--warm-up-time={warm_up_s * 1000:.0f}ms",  # integer durations
             "-H", "content-type: application/grpc", "-H", "te: trailers", "-d", str(body), "--log-file", str(log), f"http://{address}{METHOD}",
         ]
         cpu = children_cpu_seconds()
-        output = subprocess.run(command, capture_output=True, text=True, check=False, timeout=seconds + warm_up_s + 120).stdout
+        run = subprocess.run(command, capture_output=True, text=True, check=False, timeout=seconds + warm_up_s + 120)
+        output = run.stdout + run.stderr
         cpu = children_cpu_seconds() - cpu
         finished = re.search(r"finished in [\d.]+s, ([\d.]+) req/s", output)  # over the measured seconds, after the warm-up
         counts = re.search(r"requests: (\d+) total, \d+ started, (\d+) done, (\d+) succeeded, (\d+) failed, (\d+) errored, (\d+) timeout", output)
