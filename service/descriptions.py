@@ -4,12 +4,24 @@ messages (``service.grpc_server``), so both agree on every field the protocol's 
 adds what they have not: the gate, classes, hashes...)."""
 from __future__ import annotations
 
+import numpy as np
+
+from models.gate import summarize_log_px
 from service.codecs.v2 import INPUT_NAME
 from service.serving import ServedVersion
 from service.state import ServiceState
 
 SERVER_NAME, SERVER_VERSION = "diglm", "0.1.0"
 EXTENSIONS = ["binary_tensor_data", "statistics", "model_repository"]
+GATE_HISTOGRAM_BINS = 40
+# The statistic T that each calibrated combination computes from the gate scores' surprises
+# (-log p against the reference split; models.conformal has the math).
+COMBINED_STATISTICS = {
+    "fisher": "the sum of the scores' surprises",
+    "min": "the largest of the scores' surprises",
+    "weighted": "the largest of the scores' weighted surprises",
+    "max_sum": "the largest of the scores' surprises plus their weighted sum",
+}
 TRITON_TYPES = {"FP32": "TYPE_FP32", "FP64": "TYPE_FP64", "INT64": "TYPE_INT64", "BOOL": "TYPE_BOOL", "BYTES": "TYPE_STRING"}
 
 
@@ -76,4 +88,44 @@ def model_statistics(served: ServedVersion) -> dict:
                 },
             }
         ]
+    }
+
+
+def score_distribution(values: np.ndarray, bins: int) -> dict:
+    """Count, range, mean, std and quantiles of a score's finite calibration values, and their
+    histogram (``bins`` equal bins between the smallest and the largest: ``edges`` ``bins + 1``)."""
+    summary = summarize_log_px(values)
+    counts, edges = np.histogram(values[np.isfinite(values)], bins=bins)
+    return {**summary.model_dump(mode="json"), "histogram": {"edges": edges.tolist(), "counts": counts.tolist()}}
+
+
+def gate_evidence(served: ServedVersion, bins: int = GATE_HISTOGRAM_BINS) -> dict:
+    """What an input is judged against: per gate score, its outlying tail, its weight (learned
+    combinations) and its calibration split's distribution; alpha and the rule that combines the
+    scores. A tau gate (``validation``, ``min_train``) judges log p(x) alone: reject below ``tau``."""
+    gate = served.runtime.gate
+    conformal = gate.method == "conformal"
+    tails = gate.tails if conformal else {"log_px": "lower"}
+    weights = (gate.summary.weights if gate.summary is not None else None) or {}
+    if not conformal:
+        rule = f"reject when log p(x) is below tau = {gate.tau:.6g} nats (the {gate.method} tau)"
+    elif gate.combine == "bonferroni":
+        rule = f"reject when the combined p-value is below alpha = {gate.alpha:g}: the smallest of the scores' conformal p-values times their number, capped at 1"
+    else:
+        learned = " (and a learned classifier's surprise in the sum)" if gate.classifier is not None else ""
+        rule = (f"reject when the combined p-value is below alpha = {gate.alpha:g}: the conformal p-value of T = {COMBINED_STATISTICS[gate.combine]}{learned} "
+                "among the calibration split's T, a score's surprise being -log p against the reference split")
+    return {
+        "name": served.name,
+        "version": served.version,
+        "method": gate.method,
+        "alpha": gate.alpha,
+        "tau": None if conformal else gate.tau,
+        "combine": gate.combine if conformal else None,
+        "rule": rule,
+        "calibration_size": len(gate.calibration["log_px"]),
+        "scores": [
+            {"name": name, "tail": tail, "weight": weights.get(name), "calibration": score_distribution(gate.calibration[name], bins)}
+            for name, tail in tails.items()
+        ],
     }

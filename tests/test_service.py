@@ -386,6 +386,45 @@ def test_drift_endpoint_and_gauges_follow_the_served_window(client, checkpoint, 
     assert client.get("/v2/models/other/drift").status_code == 404
 
 
+def test_gate_route_gives_each_scores_calibration_distribution_as_the_checkpoint_stores_it(client, checkpoint):
+    from safetensors.numpy import load_file
+
+    manifest = load_checkpoint(checkpoint).gate.summary
+    stored = load_file(str(checkpoint / manifest.file))
+    body = client.get("/v2/models/tiny/gate", params={"bins": 7}).json()
+    assert client.get(f"/v2/models/tiny/versions/{body['version']}/gate", params={"bins": 7}).json() == body
+    assert (body["method"], body["alpha"], body["combine"], body["tau"]) == (manifest.method, manifest.alpha, manifest.combine, None)
+    assert "below alpha = " in body["rule"] and body["calibration_size"] == manifest.calibration_size
+    assert [(score["name"], score["tail"]) for score in body["scores"]] == list(manifest.scores.items())
+    for score in body["scores"]:
+        values = stored[f"calibration.{score['name']}"].astype(np.float64)
+        described, finite = score["calibration"], values[np.isfinite(values)]
+        assert score["weight"] == (manifest.weights or {}).get(score["name"])
+        assert described["count"] == len(values) == manifest.calibration_size and described["non_finite"] == len(values) - len(finite)
+        assert (described["min"], described["max"]) == pytest.approx((finite.min(), finite.max()))
+        for q, value in described["quantiles"].items():
+            assert value == pytest.approx(np.quantile(finite, float(q))), (score["name"], q)
+        edges, counts = np.asarray(described["histogram"]["edges"]), np.asarray(described["histogram"]["counts"])
+        assert len(edges) == 8 and (edges[0], edges[-1]) == pytest.approx((finite.min(), finite.max())) and np.all(np.diff(edges) >= 0)
+        inside = [np.count_nonzero((finite >= low) & ((finite < high) if i < 6 else (finite <= high))) for i, (low, high) in enumerate(zip(edges[:-1], edges[1:]))]
+        assert counts.tolist() == inside and counts.sum() == len(finite)
+    assert len(client.get("/v2/models/tiny/gate").json()["scores"][0]["calibration"]["histogram"]["counts"]) == 40
+    assert client.get("/v2/models/tiny/gate", params={"bins": 0}).status_code == 422
+    assert client.get("/v2/models/other/gate").status_code == 404
+
+
+def test_gate_evidence_of_a_tau_gate_is_log_px_against_tau(checkpoint):
+    from types import SimpleNamespace
+
+    from service.descriptions import gate_evidence
+
+    gate = load_checkpoint(checkpoint).gate.with_method("validation")
+    body = gate_evidence(SimpleNamespace(name="tiny", version="1", runtime=SimpleNamespace(gate=gate)), bins=3)
+    assert (body["method"], body["tau"], body["combine"]) == ("validation", gate.tau, None)
+    assert [(score["name"], score["tail"]) for score in body["scores"]] == [("log_px", "lower")]
+    assert f"below tau = {gate.tau:.6g} nats" in body["rule"]
+
+
 def test_dashboard_and_alert_rules_query_only_metrics_the_service_exports(client, checkpoint, digits):
     from tests.test_deploy import referenced_metrics
 

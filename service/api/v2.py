@@ -3,7 +3,7 @@ route also has its version form, ``/v2/models/{name}/versions/{version}/...``; w
 the model's default (newest served) version answers."""
 from __future__ import annotations
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Query, Request, Response
 
 from service import descriptions
 from service.api.common import ERRORS, JSONBody, answered_by, codec_post, lookup, serve_http, service_state
@@ -61,6 +61,15 @@ async def model_drift(name: str, request: Request, version: str | None = None) -
     and ``is_drift``."""
     served = lookup(request, name, version)
     return {"name": served.name, "version": served.version, **served.drift.report().as_dict()}
+
+
+@router.get("/models/{name}/gate", responses=ERRORS)
+@router.get("/models/{name}/versions/{version}/gate", responses=ERRORS)
+async def gate_evidence(name: str, request: Request, version: str | None = None, bins: int = Query(descriptions.GATE_HISTOGRAM_BINS, ge=1, le=1000)) -> dict:
+    """What the gate judges an input against: per gate score, its outlying tail, its weight and the
+    calibration split's distribution (count, range, quantiles, a histogram of ``bins`` bins); alpha,
+    the method and the rule that combines the scores' p-values into one."""
+    return descriptions.gate_evidence(lookup(request, name, version), bins)
 
 
 @router.get("/models/{name}/stats", responses=ERRORS)
