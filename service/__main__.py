@@ -59,7 +59,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    app = create_app(settings)
+    try:
+        app = create_app(settings)
+    except OSError as error:  # the decision log's folder
+        print(f"error: cannot write the decision log in {settings.decision_log_dir}: {error.strerror or error}", file=sys.stderr)
+        return 2
     try:
         app.state.service.models.preload()
     except (CheckpointError, DeviceUnavailable, ServiceError, OSError) as error:

@@ -1,7 +1,8 @@
 """The app factory: routers, error handlers, the metrics middleware, and the lifespan that starts
 the gRPC server (``service.grpc_server``; ``app.state.grpc``, None without a gRPC port), loads the
 models (``service.loader``: each version verified and warmed up) and only then reports ready, then
-polls the model repository (``service.poller``) when asked to."""
+polls the model repository (``service.poller``) when asked to; at shutdown it writes the decision
+log's queued records (``service.decision_log``)."""
 from __future__ import annotations
 
 import asyncio
@@ -84,6 +85,7 @@ def create_app(settings: ServiceSettings | None = None, runtimes: list[ModelRunt
             await grpc.stop(settings.drain_timeout_s)
         loading.cancel()
         await asyncio.gather(loading, return_exceptions=True)
+        await asyncio.to_thread(state.decisions.close, settings.drain_timeout_s)  # every request is answered: write their records
         await state.models.close()
         state.executor.shutdown(wait=False, cancel_futures=True)
 

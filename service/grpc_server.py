@@ -28,7 +28,7 @@ from inference.errors import BadInput, NotFound, NotReady, ServiceError
 from service import descriptions
 from service.auth import KeyCheck, presented_key
 from service.codecs.grpc import GRPC
-from service.dispatch import ServedBy, dispatch
+from service.dispatch import ServedBy, dispatch, request_id
 from service.inputs import check_load_parameters
 from service.protos import POOL, SERVICE, add_file, message
 from service.state import ServiceState
@@ -98,12 +98,16 @@ class InferenceServicer:
 
     async def ModelInfer(self, request, served_by, context):
         """Through the one dispatch; a call the client cancels, or whose deadline passes, is
-        cancelled by grpc and its queued work dropped (``ServedVersion.predict``)."""
+        cancelled by grpc and its queued work dropped (``ServedVersion.predict``). The call's id
+        (``x-request-id`` metadata, or a new one) goes to the decision log and back in the trailers."""
 
         async def read():
             return request
 
-        return await dispatch(self.models, GRPC, request.model_name, request.model_version or None, read, served_by)
+        call = request_id(next((value for key, value in context.invocation_metadata() or () if key == "x-request-id"), None))
+        answer = await dispatch(self.models, GRPC, request.model_name, request.model_version or None, read, served_by, None, self.state.decisions, call)
+        context.set_trailing_metadata((("x-request-id", call),))
+        return answer
 
     async def RepositoryIndex(self, request, served_by, context):
         _this_repository(request.repository_name)

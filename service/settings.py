@@ -77,6 +77,16 @@ class ServiceSettings(BaseSettings):
     signing_key_file: Path | None = Field(None, description="refuse checkpoints not signed with the key in this file (python -m training sign)")
     metrics_require_key: bool = Field(False, description="with API keys, /metrics needs one too")
     log_level: Literal["critical", "error", "warning", "info", "debug"] = Field("info", description="logging level of the service and uvicorn")
+    decision_log_dir: Path | None = Field(None, description="write the decision log here: JSON Lines, one record per served instance (service.decision_log); default: no log")
+    decision_log_sample: float = Field(1.0, ge=0, le=1, description="share of the accepted instances logged")
+    decision_log_rejected_sample: float = Field(1.0, ge=0, le=1, description="share of the rejected instances logged")
+    decision_log_inputs: Literal["never", "rejected", "sampled"] = Field(
+        "never", description="which logged records carry their input: never, rejected (the rejected ones), sampled (the rejected ones and decision-log-input-sample of the accepted)"
+    )
+    decision_log_input_sample: float = Field(0.01, ge=0, le=1, description="with decision-log-inputs sampled: share of the logged accepted instances that carry their input")
+    decision_log_max_bytes: int = Field(64 * 1024 * 1024, ge=4096, description="the log file is rotated past this size")
+    decision_log_keep: int = Field(10, ge=1, description="rotated log files kept (the oldest are deleted)")
+    decision_log_queue: int = Field(10_000, ge=1, description="answered requests queued per sink; past it their records are dropped and counted")
 
     @field_validator("api_keys", "admin_api_keys", mode="before")
     @classmethod

@@ -1,11 +1,12 @@
 """What the app holds while it runs: settings, the loaded models (``service.loader``), the app's
 metrics, readiness, and the single inference thread that keeps model math off the event loop (every
-model version's batcher runs its forward passes there, one at a time)."""
+model version's batcher runs its forward passes there, one at a time), and the decision log."""
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from service.decision_log import DecisionLog, JsonLinesSink
 from service.metrics import ServiceMetrics
 from service.loader import ModelLoader
 from service.settings import ServiceSettings
@@ -20,6 +21,12 @@ class ServiceState:
     def __post_init__(self):
         self.models = ModelLoader(self.settings.model_source(), self.settings, self.executor)
         self.metrics = ServiceMetrics(lambda: [served.metrics for served in self.models.table.loaded()])
+        settings = self.settings
+        sinks = [] if settings.decision_log_dir is None else [JsonLinesSink(settings.decision_log_dir, settings.decision_log_max_bytes, settings.decision_log_keep)]
+        self.decisions = DecisionLog(
+            sinks, self.metrics.registry, settings.decision_log_queue, settings.decision_log_sample, settings.decision_log_rejected_sample,
+            settings.decision_log_inputs, settings.decision_log_input_sample,
+        )
 
     @property
     def ready(self) -> bool:

@@ -1,7 +1,7 @@
 """``python -m service`` as a process: the graceful drain (SIGTERM while 50 requests and 10 gRPC
 calls are in flight: readiness turns 503 and the gRPC health service NOT_SERVING at once, requests
-and calls are still served during the shutdown delay, every one in flight gets a complete answer,
-exit 0 within the delay plus the drain timeout) and slow-header clients closed at the header timeout."""
+and calls are still served during the shutdown delay, every one in flight gets a complete answer
+and its decision records, exit 0 within the delay plus the drain timeout) and slow-header clients closed at the header timeout."""
 import asyncio
 import os
 import signal
@@ -43,7 +43,7 @@ def serve(checkpoint: Path, **variables: str) -> tuple[subprocess.Popen, str, in
     return server, base, port
 
 
-def test_sigterm_with_50_requests_and_10_grpc_calls_in_flight_loses_none(checkpoint):
+def test_sigterm_with_50_requests_and_10_grpc_calls_in_flight_loses_none(checkpoint, tmp_path):
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
@@ -51,7 +51,8 @@ def test_sigterm_with_50_requests_and_10_grpc_calls_in_flight_loses_none(checkpo
 
     grpc_port = free_port()
     server, base, _ = serve(
-        checkpoint, shutdown_delay_s="2.5", drain_timeout_s="20", log_level="info", max_queue="100000", request_timeout_s="60", grpc_port=str(grpc_port)
+        checkpoint, shutdown_delay_s="2.5", drain_timeout_s="20", log_level="info", max_queue="100000", request_timeout_s="60", grpc_port=str(grpc_port),
+        decision_log_dir=str(tmp_path),
     )
     try:
         x = np.random.default_rng(0).integers(0, 17, (1024, 8, 8))
@@ -106,6 +107,8 @@ def test_sigterm_with_50_requests_and_10_grpc_calls_in_flight_loses_none(checkpo
     assert (serving_before, serving_after) == (health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING)
     assert grpc_during_delay > 0 and not [answer for answer in answers if isinstance(answer, BaseException)], answers
     assert [list(answer.outputs[0].shape) for answer in answers] == [[1024]] * 10
+    logged = sum(1 for path in tmp_path.glob("decisions*.jsonl") for _ in path.open("rb"))
+    assert logged == (50 + 11) * 1024 + 2  # every instance answered has its record, written before the exit
 
 
 def test_slow_header_connections_are_closed_at_the_header_timeout(checkpoint):

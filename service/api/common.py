@@ -14,7 +14,7 @@ from starlette.exceptions import HTTPException
 from inference.errors import BadInput, ServiceError, TooLarge, UnsupportedMedia
 from models.validation import validation_message
 from service.codecs import RestCodec, RestRequest
-from service.dispatch import ServedBy, dispatch
+from service.dispatch import ServedBy, dispatch, request_id
 from service.schemas import ErrorResponse
 from service.serving import ServedVersion
 from service.state import ServiceState
@@ -141,8 +141,9 @@ async def serve_http(request: Request, codec: RestCodec, name: str, version: str
         while (await request.receive())["type"] != "http.disconnect":
             pass
 
-    answer = await dispatch(service_state(request).models, codec, name, version, read, served_by(request), client_gone)
-    return Response(answer.body, media_type=answer.media_type, headers=answer.headers)
+    state, call = service_state(request), request_id(request.headers.get("x-request-id"))
+    answer = await dispatch(state.models, codec, name, version, read, served_by(request), client_gone, state.decisions, call)
+    return Response(answer.body, media_type=answer.media_type, headers={**answer.headers, "x-request-id": call})
 
 
 def check_content_type(request: Request, allowed: tuple[str, ...]) -> None:

@@ -1,0 +1,207 @@
+"""The decision log (``service.decision_log``): records equal the answers, sampling and inputs as
+configured, rotation and retention, drops counted, never a wait in serving, everything queued
+written at shutdown."""
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from prometheus_client import CollectorRegistry
+
+from service.app import create_app
+from service.decision_log import DecisionLog, JsonLinesSink
+from service.settings import ServiceSettings
+from tests.agreement import held_out_digits
+from tests.conftest import wait_for, wait_ready
+from tests.test_service import metric
+from training.cli import main as training_main
+
+CONFIGS = Path(__file__).resolve().parents[1] / "training" / "configs"
+BLANK = [[0.0] * 8] * 8  # rejected by the tiny model's gate
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("decisions") / "tiny"
+    assert training_main(["train", "--config", str(CONFIGS / "tiny.yaml"), "--out", str(out), "--quiet"]) == 0
+    return out
+
+
+def serve(checkpoint: Path, folder: Path, **options) -> TestClient:
+    settings = ServiceSettings(**{"model_dir": checkpoint, "device": "cpu", "grpc_port": 0, "decision_log_dir": folder, **options})
+    client = TestClient(create_app(settings))
+    client.__enter__()
+    wait_ready(client)
+    return client
+
+
+def logged(folder: Path) -> list[dict]:
+    return [json.loads(line) for path in sorted(folder.glob("decisions*.jsonl")) for line in path.read_text().splitlines()]
+
+
+def written(client: TestClient, count: int) -> None:
+    wait_for(lambda: metric(client, "diglm_decision_log_records_total", sink="jsonl") >= count, f"{count} decision records")
+
+
+def test_each_record_equals_the_answer_it_logs(checkpoint, tmp_path):
+    digits = held_out_digits(6)[0].tolist()
+    client = serve(checkpoint, tmp_path, decision_log_inputs="rejected")
+    try:
+        v1 = client.post("/v1/models/tiny:predict", json={"instances": [*digits, BLANK]}, headers={"x-request-id": "batch-7"})
+        assert v1.status_code == 200 and v1.headers["x-request-id"] == "batch-7"
+        v2 = client.post("/v2/models/tiny/infer", json={"inputs": [{"name": "input", "shape": [1, 8, 8], "datatype": "FP32", "data": np.ravel(BLANK).tolist()}]})
+        generated = v2.headers["x-request-id"]
+        assert len(generated) == 32 and generated != "batch-7"
+        assert client.post("/v1/models/tiny:predict", json={"instances": digits[:1]}, headers={"x-request-id": "has space"}).status_code == 400
+        written(client, 8)
+    finally:
+        client.__exit__(None, None, None)
+    records = logged(tmp_path)
+    assert len(records) == 8 and all(set(record) >= {"time", "model", "version", "latency_ms"} for record in records)
+    by_request = {(record["request_id"], record["instance"]): record for record in records}
+    for i, (answer, sent) in enumerate(zip(v1.json()["predictions"], [*digits, BLANK])):
+        record = by_request["batch-7", i]
+        assert (record["protocol"], record["model"], record["decision"]) == ("v1", "tiny", "accept" if answer["accepted"] else "reject")
+        assert (record["p_value"], record["reason"], record["log_px"], record["label"]) == (answer["p_value"], answer["rejected_by"], answer["log_px"], answer["label"])
+        assert record["probability"] == max(answer["model_probabilities"])
+        assert record["scores"] == {name: {"value": answer["scores"][name], "p_value": answer["p_values"][name]} for name in answer["scores"]}
+        x = np.asarray(sent, dtype="<f4")
+        assert record["input_sha256"] == hashlib.sha256(x.tobytes()).hexdigest()
+        if answer["accepted"]:
+            assert "input" not in record
+        else:
+            stored = record["input"]
+            assert np.array_equal(np.frombuffer(base64.b64decode(stored["base64"]), dtype=stored["dtype"]).reshape(stored["shape"]), x)
+    assert not v1.json()["predictions"][-1]["accepted"]
+    blank = by_request[generated, 0]
+    outputs = {output["name"]: output["data"] for output in v2.json()["outputs"]}
+    assert (blank["protocol"], blank["decision"], blank["p_value"], blank["reason"]) == ("v2", "reject", outputs["p_value"][0], outputs["rejected_by"][0])
+
+
+def test_accepted_instances_are_sampled_and_rejected_ones_kept(checkpoint, tmp_path):
+    digits = held_out_digits(6)[0].tolist()
+    client = serve(checkpoint, tmp_path, decision_log_sample=0.0)
+    try:
+        answers = client.post("/v1/models/tiny:predict", json={"instances": [*digits, BLANK, BLANK]}).json()["predictions"]
+        rejected = sum(not answer["accepted"] for answer in answers)
+        written(client, rejected)
+    finally:
+        client.__exit__(None, None, None)
+    records = logged(tmp_path)
+    assert rejected >= 2 and len(records) == rejected and {record["decision"] for record in records} == {"reject"}
+
+
+def test_the_file_rotates_by_size_and_keeps_the_newest(tmp_path):
+    sink = JsonLinesSink(tmp_path, max_bytes=4096, keep=2)
+    lines = [json.dumps({"n": n, "pad": "x" * 100}).encode() + b"\n" for n in range(400)]
+    for start in range(0, len(lines), 10):
+        sink.write(lines[start:start + 10])
+    sink.close()
+    rotated = sorted(tmp_path.glob("decisions-*.jsonl"))
+    assert len(rotated) == 2 and all(path.stat().st_size <= 4096 for path in [*rotated, tmp_path / "decisions.jsonl"])
+    kept = [json.loads(line)["n"] for path in [*rotated, tmp_path / "decisions.jsonl"] for line in path.read_text().splitlines()]
+    assert kept == list(range(400 - len(kept), 400))  # whole records, in order, the newest ones
+
+
+class StuckSink:
+    """A sink whose writes wait for ``release`` (then fail with ``error``, if given)."""
+
+    def __init__(self, name: str, error: Exception | None = None):
+        self.name, self.release, self.error, self.lines = name, threading.Event(), error, []
+
+    def write(self, lines):
+        self.release.wait(timeout=30)
+        if self.error is not None:
+            raise self.error
+        self.lines += lines
+
+    def close(self):
+        pass
+
+
+def counted(registry: CollectorRegistry, name: str, **labels) -> float:
+    return registry.get_sample_value(name, labels) or 0.0
+
+
+def answered(n: int, rejected: int):
+    """A prediction of ``n`` instances, the last ``rejected`` of them rejected."""
+    from inference.prediction import ClassOutputs, Prediction
+
+    accepted = np.arange(n) < n - rejected
+    probabilities = np.full((n, 2), 0.5)
+    return Prediction(
+        ClassOutputs(np.zeros(n, dtype=np.int64), probabilities, probabilities), np.zeros(n), np.zeros(n), accepted, np.where(accepted, 0.5, 0.001),
+        np.where(accepted, None, "log_px").astype(object), np.zeros(n), {"log_px": np.zeros(n)}, {"log_px": np.full(n, 0.5)},
+    )
+
+
+def test_a_full_queue_or_a_failing_sink_drops_records_counted_and_serving_never_waits(tmp_path):
+    registry = CollectorRegistry()
+    stuck, failing = StuckSink("stuck"), StuckSink("failing", OSError("disk full"))
+    decisions = DecisionLog([stuck, failing], registry, capacity=2)
+    x = np.zeros((3, 8, 8), dtype=np.float32)
+    decisions.served("r0", "m", "1", "v1", 0.001, x, answered(3, 1))
+    wait_for(lambda: all(not writer.pending for writer in decisions.writers), "the writers to take the first request", timeout=10)
+    for i in range(1, 6):  # both writers wait in their first write: two requests fill each queue, three are dropped
+        decisions.served(f"r{i}", "m", "1", "v1", 0.001, x, answered(3, 1))
+    wait_for(lambda: counted(registry, "diglm_decision_log_dropped_total", sink="stuck", reason="queue_full") >= 9, "the drops of a full queue", timeout=10)
+    stuck.release.set()
+    failing.release.set()
+    decisions.close(timeout=10)
+    assert counted(registry, "diglm_decision_log_dropped_total", sink="stuck", reason="queue_full") == 9
+    assert counted(registry, "diglm_decision_log_records_total", sink="stuck") == len(stuck.lines) == 9
+    assert counted(registry, "diglm_decision_log_dropped_total", sink="failing", reason="queue_full") == 9
+    assert counted(registry, "diglm_decision_log_dropped_total", sink="failing", reason="sink_error") == 9
+    assert counted(registry, "diglm_decision_log_records_total", sink="failing") == 0
+
+
+def test_close_writes_everything_queued(tmp_path):
+    registry = CollectorRegistry()
+    decisions = DecisionLog([JsonLinesSink(tmp_path, 1 << 20, 1)], registry, capacity=10_000, inputs="sampled", input_sample=0.0, seed=0)
+    x = np.random.default_rng(0).random((4, 8, 8)).astype(np.float32)
+    for i in range(500):
+        decisions.served(f"r{i}", "m", "1", "grpc", 0.002, x, answered(4, 2))
+    decisions.close(timeout=30)
+    records = logged(tmp_path)
+    assert len(records) == 2000 == counted(registry, "diglm_decision_log_records_total", sink="jsonl")
+    assert sum("input" in record for record in records) == 1000  # the rejected ones'; no accepted one at a share of 0
+
+
+def test_grpc_calls_are_logged_under_their_metadata_id(checkpoint, tmp_path):
+    import grpc
+
+    from service.protos import message
+    from tests.conftest import free_port
+
+    port = free_port()
+    client = serve(checkpoint, tmp_path, grpc_port=port)
+    try:
+        request = message("ModelInferRequest")(model_name="tiny")
+        request.inputs.add(name="input", datatype="FP32", shape=[1, 8, 8])
+        request.raw_input_contents.append(np.asarray([BLANK], dtype="<f4").tobytes())
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            infer = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer", response_deserializer=message("ModelInferResponse").FromString)
+            answer, call = infer.with_call(request.SerializeToString(), timeout=30, metadata=[("x-request-id", "grpc-1")])
+        assert ("x-request-id", "grpc-1") in call.trailing_metadata()
+        written(client, 1)
+    finally:
+        client.__exit__(None, None, None)
+    (record,) = logged(tmp_path)
+    p_value = np.frombuffer(answer.raw_output_contents[[output.name for output in answer.outputs].index("p_value")], dtype="<f8")[0]
+    assert (record["request_id"], record["protocol"], record["decision"], record["p_value"]) == ("grpc-1", "grpc", "reject", p_value)
+
+
+def test_a_log_folder_that_cannot_be_written_stops_the_start_with_one_line(checkpoint, tmp_path, capsys):
+    from service.__main__ import main
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    assert main(["--model-dir", str(checkpoint), "--decision-log-dir", str(blocker / "log"), "--grpc-port", "0"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: cannot write the decision log in {blocker / 'log'}") and "\n" not in err
