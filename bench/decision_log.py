@@ -1,7 +1,9 @@
-"""What the decision log costs and whether it loses records (issue 37's targets): two servers of the
-benchmark model, the log off and on (JSON Lines, every instance), loaded in alternating rounds with
-one-instance v1 JSON requests at c = 32 by wrk, so that the machine's drift falls on both alike;
-then a soak of the logged server, after which the records written (counted by the service and
+"""What the decision log costs and whether it loses records (issue 37's targets): servers of the
+benchmark model with the log off, on (JSON Lines, every instance), and on with a CloudEvents sink
+beside it that is down (a port nobody listens on) or slow (answers each event after 1 s, within
+the sink's 2 s timeout), loaded in rotating order, round after round, with one-instance v1 JSON
+requests at c = 32 by wrk, so that the machine's drift falls on all alike; then a soak of the
+JSON Lines server, after which the records written (counted by the service and
 counted as lines in the files) must equal the instances it answered (a prediction whose client had
 already left is not answered, nor logged). Prints a table; ``--write``
 updates the decision-log section of docs/benchmarks.md.
@@ -11,6 +13,7 @@ updates the decision-log section of docs/benchmarks.md.
 from __future__ import annotations
 
 import argparse
+import http.server
 import os
 import platform
 import re
@@ -19,6 +22,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -28,6 +32,21 @@ from bench.serve import MODEL_NAME, prepare, stop, wait_until_up, wrk
 from bench.serve_load import free_port
 
 CONCURRENCY = 32
+SLOW_SINK_S = 1.0
+
+
+class SlowReceiver(http.server.BaseHTTPRequestHandler):
+    """A CloudEvents receiver that answers 202 after ``SLOW_SINK_S``."""
+
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("content-length", 0)))
+        time.sleep(SLOW_SINK_S)
+        self.send_response(202)
+        self.send_header("content-length", "0")
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
 
 
 def counter(port: int, name: str, *labels: str) -> float:
@@ -57,23 +76,37 @@ def main() -> None:
     checkpoint, scratch, bodies = prepare(args.checkpoint)
     body = bodies["1 instance, JSON"].body
     folder = Path(tempfile.mkdtemp(prefix="decisions-"))
-    variables = {"DIGLM_DECISION_LOG_DIR": str(folder), "DIGLM_DECISION_LOG_MAX_BYTES": str(256 << 20), "DIGLM_DECISION_LOG_KEEP": "100"}
+    logged = {"DIGLM_DECISION_LOG_MAX_BYTES": str(256 << 20), "DIGLM_DECISION_LOG_KEEP": "100"}
+    slow = http.server.ThreadingHTTPServer(("127.0.0.1", 0), SlowReceiver)
+    threading.Thread(target=slow.serve_forever, daemon=True).start()
+    configurations = {
+        "off": {},
+        "on: JSON Lines, every instance": {"DIGLM_DECISION_LOG_DIR": str(folder / "jsonl"), **logged},
+        "on, and a CloudEvents sink that is down": {"DIGLM_DECISION_LOG_DIR": str(folder / "down"), "DIGLM_DECISION_LOG_CLOUDEVENTS_URL": f"http://127.0.0.1:{free_port()}/", **logged},
+        f"on, and a CloudEvents sink that answers in {SLOW_SINK_S:g} s": {
+            "DIGLM_DECISION_LOG_DIR": str(folder / "slow"), "DIGLM_DECISION_LOG_CLOUDEVENTS_URL": f"http://127.0.0.1:{slow.server_port}/", **logged,
+        },
+    }
     servers = {}
     try:
-        servers["off"] = start(checkpoint, scratch, "off", {}, body.read_bytes())
-        servers["on"] = start(checkpoint, scratch, "on", variables, body.read_bytes())
-        rates: dict[str, list[float]] = {"off": [], "on": []}
-        p99: dict[str, list[float]] = {"off": [], "on": []}
+        for number, (name, variables) in enumerate(configurations.items()):
+            servers[name] = start(checkpoint, scratch, f"server-{number}", variables, body.read_bytes())
+        rates: dict[str, list[float]] = {name: [] for name in servers}
+        p99: dict[str, list[float]] = {name: [] for name in servers}
         for name in servers:  # warm-up
             wrk(f"http://127.0.0.1:{servers[name][1]}/v1/models/{MODEL_NAME}:predict", body, 8, 3)
+        names = list(servers)
         for round_ in range(args.rounds):
-            for name in (["off", "on"] if round_ % 2 == 0 else ["on", "off"]):
+            for name in names[round_ % len(names):] + names[: round_ % len(names)]:
                 result = wrk(f"http://127.0.0.1:{servers[name][1]}/v1/models/{MODEL_NAME}:predict", body, CONCURRENCY, args.seconds)
                 rates[name].append(result["requests_per_s"])
                 p99[name].append(result["p99_ms"])
-            print(f"round {round_ + 1}/{args.rounds}: off {rates['off'][-1]:.0f}/s, on {rates['on'][-1]:.0f}/s", flush=True)
-        stop(servers.pop("off")[0])
-        port = servers["on"][1]
+            print(f"round {round_ + 1}/{args.rounds}: " + ", ".join(f"{rates[name][-1]:.0f}/s" for name in names), flush=True)
+        dropped_by_sink = {name: counter(servers[name][1], "diglm_decision_log_dropped_total", 'sink="cloudevents"') for name in names[2:]}
+        for name in names:
+            if name != names[1]:
+                stop(servers.pop(name)[0])
+        port = servers[names[1]][1]
         soak = wrk(f"http://127.0.0.1:{port}/v1/models/{MODEL_NAME}:predict", body, CONCURRENCY, args.soak_s)
         time.sleep(2)  # the requests in flight when wrk stopped are answered (or dropped: client gone)
         served = counter(port, "diglm_requests_total", 'endpoint="/v1/models/{name}:predict"', 'status="200"')  # one instance each
@@ -81,20 +114,21 @@ def main() -> None:
         while counter(port, "diglm_decision_log_records_total") + counter(port, "diglm_decision_log_dropped_total") < served and time.monotonic() < deadline:
             time.sleep(0.5)
         written, dropped = counter(port, "diglm_decision_log_records_total"), counter(port, "diglm_decision_log_dropped_total")
-        stop(servers.pop("on")[0])
-        lines = sum(1 for path in folder.glob("decisions*.jsonl") for _ in path.open("rb"))
-        megabytes = sum(path.stat().st_size for path in folder.glob("decisions*.jsonl")) / 1e6
+        stop(servers.pop(names[1])[0])
+        files = list((folder / "jsonl").glob("decisions*.jsonl"))
+        lines = sum(1 for path in files for _ in path.open("rb"))
+        megabytes = sum(path.stat().st_size for path in files) / 1e6
     finally:
         for process, _ in servers.values():
             stop(process)
+        slow.shutdown()
         shutil.rmtree(folder, ignore_errors=True)
-    ratios = [on / off for on, off in zip(rates["on"], rates["off"])]
-    table = "\n".join([
-        "| decision log | requests/s, median | min-max over rounds | p99 ms, median | on / off, median of per-round ratios |",
-        "|---|---:|---:|---:|---:|",
-        f"| off | {statistics.median(rates['off']):.0f} | {min(rates['off']):.0f}-{max(rates['off']):.0f} | {statistics.median(p99['off']):.1f} | |",
-        f"| on: JSON Lines, every instance | {statistics.median(rates['on']):.0f} | {min(rates['on']):.0f}-{max(rates['on']):.0f} | {statistics.median(p99['on']):.1f} | {statistics.median(ratios):.3f} |",
-    ])
+    lines_out = ["| decision log | requests/s, median | min-max over rounds | p99 ms, median | over off, median of per-round ratios | CloudEvents records dropped (counted) |", "|---|---:|---:|---:|---:|---:|"]
+    for name in names:
+        ratio = "" if name == "off" else f"{statistics.median(on / off for on, off in zip(rates[name], rates['off'])):.3f}"
+        drops = f"{dropped_by_sink[name]:.0f}" if name in dropped_by_sink else ""
+        lines_out.append(f"| {name} | {statistics.median(rates[name]):.0f} | {min(rates[name]):.0f}-{max(rates[name]):.0f} | {statistics.median(p99[name]):.1f} | {ratio} | {drops} |")
+    table = "\n".join(lines_out)
     soak_line = (f"Soak, log on, {args.soak_s:.0f} s at c = {CONCURRENCY}: {soak['requests_per_s']:.0f} requests/s, {served:.0f} instances served, "
                  f"{written:.0f} records written (counted by the service), {lines} lines in the files ({megabytes:.0f} MB), {dropped:.0f} dropped; "
                  f"{'none lost' if lines == written == served and not dropped else 'RECORDS LOST'}.")
@@ -107,9 +141,10 @@ def main() -> None:
         update_section(
             ROOT / "docs" / "benchmarks.md", "decision-log",
             "## The decision log's cost (`bench/decision_log.py`)\n\n"
-            f"Two servers (`python -m service`, onnx backend, the benchmark model of `bench/serve.py`), the decision log off and on "
-            f"(`DIGLM_DECISION_LOG_DIR`: JSON Lines, every instance, inputs never); one-instance v1 JSON requests at c = {CONCURRENCY} by wrk, "
-            f"{args.rounds} rounds of {args.seconds:.0f} s per server in alternating order. Client and servers share the {machine}.\n\n"
+            f"Four servers (`python -m service`, onnx backend, the benchmark model of `bench/serve.py`): the decision log off; on "
+            f"(`DIGLM_DECISION_LOG_DIR`: JSON Lines, every instance, inputs never); on with a CloudEvents sink beside it that is down (nobody listens) "
+            f"or slow (each event answered after {SLOW_SINK_S:g} s, the sink's timeout 2 s). One-instance v1 JSON requests at c = {CONCURRENCY} by wrk, "
+            f"{args.rounds} rounds of {args.seconds:.0f} s per server, the order rotating each round. Client and servers share the {machine}.\n\n"
             f"Command: `.venv/bin/python -m bench.decision_log --rounds {args.rounds} --seconds {args.seconds:.0f} --soak-s {args.soak_s:.0f} --write`\n\n"
             f"{table}\n\n{soak_line}\n",
         )

@@ -94,20 +94,29 @@ def records(request: AnsweredRequest) -> list[dict]:
 
 
 class Sink(Protocol):
-    """Where records go: ``write`` takes encoded JSON records (one line each, newline included) and
-    raises on failure; ``close`` releases the sink."""
+    """Where records go: ``write`` takes a batch of records and raises on failure (``PartialWrite``
+    when only the first ones were delivered); ``close`` releases the sink."""
 
     name: str
 
-    def write(self, lines: list[bytes]) -> None: ...
+    def write(self, records: list[dict]) -> None: ...
 
     def close(self) -> None: ...
+
+
+class PartialWrite(Exception):
+    """A write that delivered only its first ``written`` records before ``cause``."""
+
+    def __init__(self, written: int, cause: Exception):
+        super().__init__(str(cause))
+        self.written = written
 
 
 class JsonLinesSink:
     """JSON Lines in ``folder``: ``decisions.jsonl`` is written; past ``max_bytes`` it is renamed
     ``decisions-<UTC time>.jsonl`` and a new one begun, and only the newest ``keep`` renamed files
-    are kept. Records are written whole and flushed a batch at a time."""
+    are kept. Records are JSON (non-finite numbers as null), flushed a batch at a time; a write cut
+    short (a full disk) can leave one partial line, which readers skip."""
 
     name = "jsonl"
     ACTIVE = "decisions.jsonl"
@@ -117,8 +126,8 @@ class JsonLinesSink:
         folder.mkdir(parents=True, exist_ok=True)
         self.file = (folder / self.ACTIVE).open("ab")
 
-    def write(self, lines: list[bytes]) -> None:
-        data = b"".join(lines)
+    def write(self, records: list[dict]) -> None:
+        data = b"".join(orjson.dumps(record) + b"\n" for record in records)
         if self.file.tell() and self.file.tell() + len(data) > self.max_bytes:
             self._rotate()
         self.file.write(data)
@@ -134,6 +143,41 @@ class JsonLinesSink:
 
     def close(self) -> None:
         self.file.close()
+
+
+class CloudEventsSink:
+    """Each record as a CloudEvent in structured mode (``application/cloudevents+json``), POSTed to
+    ``url`` (a Knative broker, a Kafka bridge): type ``io.diglm.decision``, source
+    ``/v2/models/{model}/versions/{version}``, id ``{request_id}/{instance}``, the record's time,
+    and KServe's logger extension ``inferenceservicename`` (the model). One keep-alive connection;
+    a POST that fails, times out (``timeout_s``) or answers other than 2xx ends the write there."""
+
+    name = "cloudevents"
+    TYPE = "io.diglm.decision"
+
+    def __init__(self, url: str, timeout_s: float):
+        import httpx
+
+        self.url = url
+        self.client = httpx.Client(timeout=timeout_s)
+
+    def write(self, records: list[dict]) -> None:
+        from cloudevents.conversion import to_structured
+        from cloudevents.http import CloudEvent
+
+        for written, record in enumerate(records):
+            attributes = {
+                "type": self.TYPE, "source": f"/v2/models/{record['model']}/versions/{record['version']}", "id": f"{record['request_id']}/{record['instance']}",
+                "time": record["time"], "inferenceservicename": record["model"],
+            }
+            headers, body = to_structured(CloudEvent(attributes, orjson.loads(orjson.dumps(record))))  # non-finite numbers as null, as in the file
+            try:
+                self.client.post(self.url, content=body, headers=headers).raise_for_status()
+            except Exception as error:  # noqa: BLE001 - httpx's errors and the status
+                raise PartialWrite(written, error) from error
+
+    def close(self) -> None:
+        self.client.close()
 
 
 class SinkWriter:
@@ -165,23 +209,25 @@ class SinkWriter:
             while self.pending and len(taken) < WRITE_BATCH:
                 taken.append(self.pending.popleft())
             if taken:
-                self._write([orjson.dumps(record) + b"\n" for request in taken for record in records(request)])
+                self._write([record for request in taken for record in records(request)])
             elif closing:
                 break
             else:
                 self.closing.wait(POLL_S)
         self.sink.close()
 
-    def _write(self, lines: list[bytes]) -> None:
+    def _write(self, batch: list[dict]) -> None:
         try:
-            self.sink.write(lines)
+            self.sink.write(batch)
         except Exception as error:  # noqa: BLE001 - a sink's failure must never reach serving
-            self.dropped["sink_error"].inc(len(lines))
+            written = error.written if isinstance(error, PartialWrite) else 0
+            self.written.inc(written)
+            self.dropped["sink_error"].inc(len(batch) - written)
             if time.monotonic() - self.last_error_logged >= ERROR_LOG_INTERVAL_S:
                 self.last_error_logged = time.monotonic()
                 log.warning("decision log sink %s failed, its records are dropped and counted: %s", self.sink.name, error)
         else:
-            self.written.inc(len(lines))
+            self.written.inc(len(batch))
 
     def close(self, timeout: float) -> None:
         """Write what is queued and stop, waiting at most ``timeout`` seconds."""

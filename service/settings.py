@@ -78,6 +78,10 @@ class ServiceSettings(BaseSettings):
     metrics_require_key: bool = Field(False, description="with API keys, /metrics needs one too")
     log_level: Literal["critical", "error", "warning", "info", "debug"] = Field("info", description="logging level of the service and uvicorn")
     decision_log_dir: Path | None = Field(None, description="write the decision log here: JSON Lines, one record per served instance (service.decision_log); default: no log")
+    decision_log_cloudevents_url: str | None = Field(
+        None, description="also POST each decision record as a CloudEvent (structured mode) to this URL: a Knative broker, a Kafka bridge; default: none"
+    )
+    decision_log_cloudevents_timeout_s: float = Field(2.0, gt=0, description="a CloudEvents POST not answered in this many seconds fails (its records are dropped and counted)")
     decision_log_sample: float = Field(1.0, ge=0, le=1, description="share of the accepted instances logged")
     decision_log_rejected_sample: float = Field(1.0, ge=0, le=1, description="share of the rejected instances logged")
     decision_log_inputs: Literal["never", "rejected", "sampled"] = Field(

@@ -6,7 +6,7 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from service.decision_log import DecisionLog, JsonLinesSink
+from service.decision_log import CloudEventsSink, DecisionLog, JsonLinesSink
 from service.metrics import ServiceMetrics
 from service.loader import ModelLoader
 from service.settings import ServiceSettings
@@ -23,6 +23,8 @@ class ServiceState:
         self.metrics = ServiceMetrics(lambda: [served.metrics for served in self.models.table.loaded()])
         settings = self.settings
         sinks = [] if settings.decision_log_dir is None else [JsonLinesSink(settings.decision_log_dir, settings.decision_log_max_bytes, settings.decision_log_keep)]
+        if settings.decision_log_cloudevents_url:
+            sinks.append(CloudEventsSink(settings.decision_log_cloudevents_url, settings.decision_log_cloudevents_timeout_s))
         self.decisions = DecisionLog(
             sinks, self.metrics.registry, settings.decision_log_queue, settings.decision_log_sample, settings.decision_log_rejected_sample,
             settings.decision_log_inputs, settings.decision_log_input_sample,

@@ -7,6 +7,7 @@ import base64
 import hashlib
 import json
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -99,9 +100,9 @@ def test_accepted_instances_are_sampled_and_rejected_ones_kept(checkpoint, tmp_p
 
 def test_the_file_rotates_by_size_and_keeps_the_newest(tmp_path):
     sink = JsonLinesSink(tmp_path, max_bytes=4096, keep=2)
-    lines = [json.dumps({"n": n, "pad": "x" * 100}).encode() + b"\n" for n in range(400)]
-    for start in range(0, len(lines), 10):
-        sink.write(lines[start:start + 10])
+    records = [{"n": n, "pad": "x" * 100} for n in range(400)]
+    for start in range(0, len(records), 10):
+        sink.write(records[start:start + 10])
     sink.close()
     rotated = sorted(tmp_path.glob("decisions-*.jsonl"))
     assert len(rotated) == 2 and all(path.stat().st_size <= 4096 for path in [*rotated, tmp_path / "decisions.jsonl"])
@@ -115,11 +116,11 @@ class StuckSink:
     def __init__(self, name: str, error: Exception | None = None):
         self.name, self.release, self.error, self.lines = name, threading.Event(), error, []
 
-    def write(self, lines):
+    def write(self, records):
         self.release.wait(timeout=30)
         if self.error is not None:
             raise self.error
-        self.lines += lines
+        self.lines += records
 
     def close(self):
         pass
@@ -205,3 +206,71 @@ def test_a_log_folder_that_cannot_be_written_stops_the_start_with_one_line(check
     assert main(["--model-dir", str(checkpoint), "--decision-log-dir", str(blocker / "log"), "--grpc-port", "0"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"error: cannot write the decision log in {blocker / 'log'}") and "\n" not in err
+
+
+class Receiver:
+    """An HTTP endpoint on 127.0.0.1 that keeps what is POSTed to it (headers and JSON body), each
+    answer ``delay_s`` late."""
+
+    def __init__(self, delay_s: float = 0.0):
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        received = self.received = []
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers["content-length"]))
+                time.sleep(delay_s)
+                received.append(({key.lower(): value for key, value in self.headers.items()}, json.loads(body)))
+                self.send_response(202)
+                self.send_header("content-length", "0")
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}/events"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_cloudevents_carry_the_records_in_structured_mode(checkpoint, tmp_path):
+    receiver = Receiver()
+    client = serve(checkpoint, tmp_path, decision_log_cloudevents_url=receiver.url)
+    try:
+        sent = [*held_out_digits(2)[0].tolist(), BLANK]
+        assert client.post("/v1/models/tiny:predict", json={"instances": sent}, headers={"x-request-id": "ce-1"}).status_code == 200
+        wait_for(lambda: metric(client, "diglm_decision_log_records_total", sink="cloudevents") >= 3, "3 CloudEvents")
+        written(client, 3)
+    finally:
+        client.__exit__(None, None, None)
+        receiver.close()
+    records = {record["instance"]: record for record in logged(tmp_path)}
+    assert len(receiver.received) == 3
+    for headers, event in receiver.received:
+        assert headers["content-type"] == "application/cloudevents+json"
+        assert (event["specversion"], event["type"], event["inferenceservicename"]) == ("1.0", "io.diglm.decision", "tiny")
+        record = event["data"]
+        assert event["id"] == f"ce-1/{record['instance']}" and event["source"] == f"/v2/models/tiny/versions/{record['version']}"
+        assert record == records[record["instance"]] and event["time"].startswith(record["time"][:19])
+
+
+def test_a_cloudevents_sink_down_or_slow_drops_counted_records_while_serving_goes_on(checkpoint, tmp_path):
+    from tests.conftest import free_port
+
+    slow = Receiver(delay_s=1.0)
+    for url, timeout in ((f"http://127.0.0.1:{free_port()}/nobody", "2"), (slow.url, "0.1")):
+        client = serve(checkpoint, tmp_path / url.rsplit(":", 1)[1].replace("/", "-"), decision_log_cloudevents_url=url, decision_log_cloudevents_timeout_s=timeout)
+        try:
+            for _ in range(3):
+                assert client.post("/v1/models/tiny:predict", json={"instances": [BLANK, BLANK]}).status_code == 200
+            wait_for(lambda: metric(client, "diglm_decision_log_dropped_total", sink="cloudevents", reason="sink_error") >= 6, f"the drops of {url}")
+            written(client, 6)  # the JSON Lines sink is not held up
+            assert metric(client, "diglm_decision_log_records_total", sink="cloudevents") == 0
+        finally:
+            client.__exit__(None, None, None)
+    slow.close()
