@@ -97,7 +97,8 @@ def test_dockerfiles_copy_existing_paths_and_check_readiness():
     result = subprocess.run([sys.executable, "docker/requirements.py", "serve", "onnx-cpu"], cwd=ROOT, capture_output=True, text=True, check=True, timeout=120)
     assert result.stdout.split() == ["torch==2.13.0", "numpy>=1.26", "safetensors>=0.4", "pydantic>=2.6", "pydantic-settings>=2.7", "fastapi>=0.110",
                                      "uvicorn[standard]>=0.29", "prometheus-client>=0.20", "orjson>=3.9", "scipy>=1.11", "grpcio>=1.81.1",
-                                     "grpcio-health-checking==1.81.1", "grpcio-reflection==1.81.1", "protobuf>=6.31,<7", "onnxruntime==1.31.1"]
+                                     "grpcio-health-checking==1.81.1", "grpcio-reflection==1.81.1", "protobuf>=6.31,<7", "cloudevents>=1.11", "httpx>=0.27",
+                                     "onnxruntime==1.31.1"]
 
 
 def test_dockerfiles_pass_hadolint():

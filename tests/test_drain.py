@@ -80,9 +80,11 @@ def test_sigterm_with_50_requests_and_10_grpc_calls_in_flight_loses_none(checkpo
                 server.send_signal(signal.SIGTERM)
                 await asyncio.sleep(0.3)
                 readiness = (await client.get("/v2/health/ready")).status_code
-                during_delay = (await client.post("/v1/models/tiny:predict", json={"instances": instances[:2]})).status_code
-                grpc_during_delay = len((await infer(call, timeout=60)).outputs)
+                sent_during_delay = asyncio.ensure_future(client.post("/v1/models/tiny:predict", json={"instances": instances[:2]}))
+                called_during_delay = asyncio.ensure_future(infer(call, timeout=60))  # both sent within the delay, answered after the queue ahead
                 serving_after = await health_status(checks)
+                during_delay = (await sent_during_delay).status_code
+                grpc_during_delay = len((await called_during_delay).outputs)
                 responses = await asyncio.gather(*flying, return_exceptions=True)
                 answers = await asyncio.gather(*calls, return_exceptions=True)
                 statuses = await asyncio.wait_for(watched, 30)  # the drain ends the watch stream itself
