@@ -8,6 +8,7 @@ has its own writer thread that builds the records (``records``) and writes them,
 sink slows neither serving nor the other sinks. A full queue drops the request's records, a failed
 write the batch's; both are counted in ``diglm_decision_log_dropped_total{sink,reason}``, the records
 written in ``diglm_decision_log_records_total{sink}``. ``close`` writes what is queued (SIGTERM).
+The last rejected instances are also kept in memory (``RecentRejections``), log or no log.
 
 A record, as JSON: ``request_id``, ``instance`` (its index in the request), ``time`` (UTC, ISO 8601),
 ``model``, ``version``, ``protocol`` (v1, v2, grpc), ``decision`` (accept or reject), ``p_value``
@@ -26,7 +27,8 @@ import logging
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass
+from itertools import repeat
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Literal, Protocol
@@ -180,6 +182,32 @@ class CloudEventsSink:
         self.client.close()
 
 
+class RecentRejections:
+    """The last ``capacity`` rejected instances, for ``GET /v2/models/{name}/rejections`` (a
+    console's list): kept as references to their answered requests, one append on the event loop
+    each; their records, inputs included, are built only when asked for."""
+
+    def __init__(self, capacity: int):
+        self.capacity = capacity
+        self.instances: deque[tuple[AnsweredRequest, int]] = deque(maxlen=capacity)
+
+    def add(self, request: AnsweredRequest) -> None:
+        """Keep ``request``'s rejected instances (``keep``)."""
+        self.instances.extend(zip(repeat(request), np.flatnonzero(request.keep).tolist()))
+
+    def latest(self, model: str, version: str | None, limit: int) -> list[dict]:
+        """The records of ``model``'s newest ``limit`` rejected instances (of ``version`` only, when
+        given), newest first, each with its input."""
+        found = []
+        for request, row in reversed(self.instances):
+            if request.model == model and version in (None, request.version):
+                only = np.arange(len(request.prediction)) == row
+                found.extend(records(replace(request, keep=only, with_input=only)))
+                if len(found) == limit:
+                    break
+        return found
+
+
 class SinkWriter:
     """One sink's bounded queue of answered requests and the thread that writes their records. The
     queue is a deque the thread polls (``POLL_S``): putting a request costs serving one append, no
@@ -238,26 +266,30 @@ class SinkWriter:
 
 
 class DecisionLog:
-    """The sinks configured (none: the log is off and ``served`` returns at once), and which
-    instances they get: every rejected one and ``sample`` of the accepted ones (``rejected_sample``
-    of the rejected), their input under ``inputs`` (``never``; ``rejected``: the rejected ones';
-    ``sampled``: also ``input_sample`` of the accepted ones logged)."""
+    """The sinks configured (none: the log is off), and which instances they get: every rejected one
+    and ``sample`` of the accepted ones (``rejected_sample`` of the rejected), their input under
+    ``inputs`` (``never``; ``rejected``: the rejected ones'; ``sampled``: also ``input_sample`` of
+    the accepted ones logged). Beside them ``recent`` (``RecentRejections``, None for none) keeps
+    every rejected instance, whatever the sinks' settings."""
 
     def __init__(
         self, sinks: list[Sink], registry: CollectorRegistry, capacity: int = 10_000, sample: float = 1.0, rejected_sample: float = 1.0,
-        inputs: InputPolicy = "never", input_sample: float = 0.0, seed: int | None = None,
+        inputs: InputPolicy = "never", input_sample: float = 0.0, seed: int | None = None, recent: RecentRejections | None = None,
     ):
         written = Counter("diglm_decision_log_records", "Decision records written, by sink", ["sink"], registry=registry)
         dropped = Counter("diglm_decision_log_dropped", "Decision records dropped, by sink and reason (queue_full, sink_error)", ["sink", "reason"], registry=registry)
         self.writers = [SinkWriter(sink, capacity, written, dropped) for sink in sinks]
+        self.recent = recent
         self.sample, self.rejected_sample, self.inputs, self.input_sample = sample, rejected_sample, inputs, input_sample
         self.rng = np.random.default_rng(seed)
 
     def served(self, request_id: str, model: str, version: str, protocol: str, latency_s: float, x: np.ndarray, prediction: Prediction) -> None:
         """Queue one answered request for every sink; never blocks."""
+        accepted = prediction.accepted
+        if self.recent is not None and not accepted.all():
+            self.recent.add(AnsweredRequest(request_id, time.time(), model, version, protocol, latency_s, x, prediction, ~accepted, ~accepted))
         if not self.writers:
             return
-        accepted = prediction.accepted
         if self.sample == self.rejected_sample == 1.0:
             keep, kept = None, len(accepted)
         else:

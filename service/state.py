@@ -6,7 +6,7 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from service.decision_log import CloudEventsSink, DecisionLog, JsonLinesSink
+from service.decision_log import CloudEventsSink, DecisionLog, JsonLinesSink, RecentRejections
 from service.metrics import ServiceMetrics
 from service.loader import ModelLoader
 from service.settings import ServiceSettings
@@ -27,7 +27,7 @@ class ServiceState:
             sinks.append(CloudEventsSink(settings.decision_log_cloudevents_url, settings.decision_log_cloudevents_timeout_s))
         self.decisions = DecisionLog(
             sinks, self.metrics.registry, settings.decision_log_queue, settings.decision_log_sample, settings.decision_log_rejected_sample,
-            settings.decision_log_inputs, settings.decision_log_input_sample,
+            settings.decision_log_inputs, settings.decision_log_input_sample, recent=RecentRejections(settings.recent_rejections) if settings.recent_rejections else None,
         )
 
     @property

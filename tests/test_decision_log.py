@@ -274,3 +274,27 @@ def test_a_cloudevents_sink_down_or_slow_drops_counted_records_while_serving_goe
         finally:
             client.__exit__(None, None, None)
     slow.close()
+
+
+def test_recent_rejections_are_the_newest_rejected_records_with_their_inputs(checkpoint):
+    settings = ServiceSettings(model_dir=checkpoint, device="cpu", grpc_port=0, recent_rejections=3)  # no decision log: the list is kept anyway
+    digits = held_out_digits(2)[0].tolist()
+    sent = {f"r{i}": [digits[0], np.full((8, 8), float(level)).tolist(), digits[1]] for i, level in enumerate((0, 16, 0, 16))}  # flat images: rejected
+    rejected = []  # (request id, instance), in the order answered
+    with TestClient(create_app(settings)) as client:
+        wait_ready(client)
+        assert client.get("/v2/models/tiny/rejections").json()["rejections"] == []
+        for request_id, instances in sent.items():
+            answer = client.post("/v1/models/tiny:predict", json={"instances": instances}, headers={"x-request-id": request_id}).json()
+            rejected += [(request_id, i) for i, prediction in enumerate(answer["predictions"]) if not prediction["accepted"]]
+        body = client.get("/v2/models/tiny/rejections", params={"limit": 10}).json()
+        version = body["rejections"][0]["version"]
+        assert client.get(f"/v2/models/tiny/versions/{version}/rejections", params={"limit": 10}).json()["rejections"] == body["rejections"]
+        assert client.get("/v2/models/tiny/rejections", params={"limit": 2}).json()["rejections"] == body["rejections"][:2]
+        assert client.get("/v2/models/other/rejections").status_code == 404
+    assert len(rejected) >= 4 and body["kept"] == 3 and body["version"] is None
+    assert [(record["request_id"], record["instance"]) for record in body["rejections"]] == rejected[::-1][:3]  # the newest three, newest first
+    for record in body["rejections"]:
+        stored = record["input"]
+        image = np.frombuffer(base64.b64decode(stored["base64"]), dtype=stored["dtype"]).reshape(stored["shape"])
+        assert record["decision"] == "reject" and np.array_equal(image, np.asarray(sent[record["request_id"]][record["instance"]], dtype="<f4"))

@@ -72,6 +72,19 @@ async def gate_evidence(name: str, request: Request, version: str | None = None,
     return descriptions.gate_evidence(lookup(request, name, version), bins)
 
 
+@router.get("/models/{name}/rejections", responses=ERRORS)
+@router.get("/models/{name}/versions/{version}/rejections", responses=ERRORS)
+async def recent_rejections(name: str, request: Request, version: str | None = None, limit: int = Query(20, ge=1, le=1000)) -> dict:
+    """The model's latest rejected instances, newest first (of every version it serves, or of
+    ``version``): each one's decision record (``service.decision_log``) with its input, from the
+    last ``DIGLM_RECENT_REJECTIONS`` the service keeps in memory; empty when it keeps none."""
+    state = service_state(request)
+    served = lookup(request, name, version)
+    recent = state.decisions.recent
+    found = [] if recent is None else recent.latest(served.name, version and served.version, limit)
+    return {"name": served.name, "version": version and served.version, "kept": 0 if recent is None else recent.capacity, "rejections": found}
+
+
 @router.get("/models/{name}/stats", responses=ERRORS)
 @router.get("/models/{name}/versions/{version}/stats", responses=ERRORS)
 async def model_statistics(name: str, request: Request, version: str | None = None) -> dict:
