@@ -17,12 +17,10 @@ A record, as JSON: ``request_id``, ``instance`` (its index in the request), ``ti
 and top ``probability`` (a regression head: ``mean`` and ``variance``), ``latency_ms`` (the
 request's time in the service until its prediction), ``input_sha256`` (of the instance as the model
 saw it: float32, little-endian, C order), and where configured ``input`` ({dtype, shape, base64} of
-those bytes). Non-finite numbers are written as null.
+those bytes; ``inference.logged_inputs``). Non-finite numbers are written as null.
 """
 from __future__ import annotations
 
-import base64
-import hashlib
 import logging
 import threading
 import time
@@ -37,6 +35,7 @@ import numpy as np
 import orjson
 from prometheus_client import CollectorRegistry, Counter
 
+from inference.logged_inputs import as_logged, digest, encoded
 from inference.prediction import ClassOutputs, Prediction
 
 log = logging.getLogger(__name__)
@@ -70,7 +69,7 @@ def records(request: AnsweredRequest) -> list[dict]:
     prediction = request.prediction
     rows = slice(None) if request.keep is None else np.flatnonzero(request.keep)
     stamp = datetime.fromtimestamp(request.time, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-    x = np.ascontiguousarray(request.x[rows], dtype="<f4")
+    x = as_logged(request.x[rows])
     accepted, p_value, reason, log_px = (getattr(prediction, name)[rows].tolist() for name in ("accepted", "p_value", "rejected_by", "log_px"))
     scores = {name: (values[rows].tolist(), prediction.p_values[name][rows].tolist()) for name, values in prediction.scores.items()}
     head = prediction.head
@@ -87,10 +86,10 @@ def records(request: AnsweredRequest) -> list[dict]:
             "protocol": request.protocol, "decision": "accept" if accepted[i] else "reject", "p_value": p_value[i], "reason": reason[i],
             "scores": {name: {"value": values[i], "p_value": p_values[i]} for name, (values, p_values) in scores.items()},
             "log_px": log_px[i], **{name: values[i] for name, values in outputs.items()},
-            "latency_ms": latency_ms, "input_sha256": hashlib.sha256(x[i].data).hexdigest(),
+            "latency_ms": latency_ms, "input_sha256": digest(x[i]),
         }
         if with_input is not None and with_input[row]:
-            record["input"] = {"dtype": "<f4", "shape": list(x.shape[1:]), "base64": base64.b64encode(x[i].data).decode()}
+            record["input"] = encoded(x[i])
         out.append(record)
     return out
 

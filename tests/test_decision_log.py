@@ -298,3 +298,41 @@ def test_recent_rejections_are_the_newest_rejected_records_with_their_inputs(che
         stored = record["input"]
         image = np.frombuffer(base64.b64decode(stored["base64"]), dtype=stored["dtype"]).reshape(stored["shape"])
         assert record["decision"] == "reject" and np.array_equal(image, np.asarray(sent[record["request_id"]][record["instance"]], dtype="<f4"))
+
+
+def test_logged_rejections_export_to_a_set_that_evaluate_reads_and_labels_make_training_data(checkpoint, tmp_path, capsys):
+    log, out = tmp_path / "log", tmp_path / "rejected.npz"
+    digits = held_out_digits(3)[0].tolist()
+    flat = [np.full((8, 8), float(level)).tolist() for level in (0, 16)]
+    client = serve(checkpoint, log, decision_log_inputs="rejected")
+    try:
+        answers = {}
+        for request_id, instances in (("a", [digits[0], flat[0]]), ("b", [flat[1], digits[1], digits[2]])):
+            answers[request_id] = client.post("/v1/models/tiny:predict", json={"instances": instances}, headers={"x-request-id": request_id}).json()["predictions"]
+        written(client, 5)
+    finally:
+        client.__exit__(None, None, None)
+    with (log / "decisions.jsonl").open("ab") as handle:
+        handle.write(b'{"request_id": "cut sh')  # a write cut short
+    sent = {"a": [digits[0], flat[0]], "b": [flat[1], digits[1], digits[2]]}
+    rejected = [(request, i) for request in ("a", "b") for i, answer in enumerate(answers[request]) if not answer["accepted"]]
+    assert training_main(["decisions", "--log", str(log), "--rejected", "--model", "tiny", "--since", "2000-01-01T00:00:00Z", "--out", str(out)]) == 0
+    assert f"wrote {len(rejected)} inputs" in capsys.readouterr().out
+    exported = np.load(out)
+    assert [(str(request), int(i)) for request, i in zip(exported["request_id"], exported["instance"])] == rejected
+    assert np.array_equal(exported["x"], np.array([sent[request][i] for request, i in rejected], dtype=np.float32))
+    assert set(exported["decision"].tolist()) == {"reject"} and len(exported["p_value"]) == len(rejected)
+    assert training_main(["evaluate", "--checkpoint", str(checkpoint), "--ood", str(out), "--out", str(tmp_path / "evaluation.json")]) == 0
+    report = json.loads((tmp_path / "evaluation.json").read_text())
+    assert report["ood"][str(out)]["gate"]["rejected"] == 1.0  # the same inputs, the same model: every one rejected again
+
+    labels = tmp_path / "labels.csv"
+    labels.write_text("request_id,instance,label\nb,0,7\n")
+    assert training_main(["decisions", "--log", str(log), "--labels", str(labels), "--out", str(tmp_path / "labelled.npz")]) == 0
+    labelled = np.load(tmp_path / "labelled.npz")
+    assert labelled["y"].tolist() == [7] and np.array_equal(labelled["x"][0], np.asarray(flat[1], dtype=np.float32))
+    capsys.readouterr()
+    assert training_main(["decisions", "--log", str(log), "--accepted", "--out", str(tmp_path / "none.npz")]) == 2  # accepted inputs were not kept
+    assert "no logged inputs match" in capsys.readouterr().err and not (tmp_path / "none.npz").exists()
+    assert training_main(["decisions", "--log", str(log), "--since", "yesterday", "--out", str(out)]) == 2
+    assert "not an ISO 8601 time" in capsys.readouterr().err

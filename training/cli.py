@@ -125,6 +125,16 @@ def _sign(args: argparse.Namespace) -> None:
     print(f"signed {args.checkpoint} ({manifest.name} version {manifest.version}); serve it with DIGLM_SIGNING_KEY_FILE={key_file}")
 
 
+def _decisions(args: argparse.Namespace) -> None:
+    from training.decisions import Selection, export, parse_time
+
+    selection = Selection(
+        decision="accept" if args.accepted else None if args.all else "reject", model=args.model,
+        since=None if args.since is None else parse_time(args.since), until=None if args.until is None else parse_time(args.until),
+    )
+    print(export(Path(args.log), selection, Path(args.out), None if args.labels is None else Path(args.labels)))
+
+
 def _evaluate(args: argparse.Namespace) -> None:
     from training.report import evaluate_checkpoint
 
@@ -208,6 +218,24 @@ def build_parser() -> argparse.ArgumentParser:
     sign.add_argument("--checkpoint", required=True, help="checkpoint folder")
     sign.add_argument("--key-file", required=True, help="file holding the signing key (its bytes, surrounding whitespace stripped)")
     sign.set_defaults(handler=_sign)
+
+    decisions = commands.add_parser(
+        "decisions", help="export the service's logged inputs as a data set",
+        description="Read the service's decision log (DIGLM_DECISION_LOG_DIR, JSON Lines) and write the inputs of the records chosen to an .npz: "
+        "x (what evaluate --ood reads) with each one's request_id, instance, time, decision, p_value, reason, model and version. "
+        "With --labels, only the labelled inputs, and y. The log keeps inputs only with DIGLM_DECISION_LOG_INPUTS.",
+    )
+    decisions.add_argument("--log", required=True, help="the decision log's folder")
+    chosen = decisions.add_mutually_exclusive_group()
+    chosen.add_argument("--rejected", action="store_true", help="the rejected inputs (the default)")
+    chosen.add_argument("--accepted", action="store_true", help="the accepted inputs")
+    chosen.add_argument("--all", action="store_true", help="both")
+    decisions.add_argument("--model", help="one model's records only")
+    decisions.add_argument("--since", help="records from this time on (ISO 8601, e.g. 2026-12-07T00:00:00Z; no offset: UTC)")
+    decisions.add_argument("--until", help="records before this time")
+    decisions.add_argument("--labels", help="CSV with request_id and label (and optionally instance): write the labelled inputs only, with y")
+    decisions.add_argument("--out", required=True, help="the .npz to write")
+    decisions.set_defaults(handler=_decisions)
 
     evaluate = commands.add_parser("evaluate", help="evaluate a checkpoint on its test split and OOD sets", description="Evaluate a checkpoint on the test split of its training data and on out-of-distribution sets; print a table and write JSON and a log p(x) histogram.")
     evaluate.add_argument("--checkpoint", required=True, help="checkpoint folder")
