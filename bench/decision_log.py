@@ -55,6 +55,12 @@ def counter(port: int, name: str, *labels: str) -> float:
     return sum(float(value) for found, value in re.findall(rf"^{name}(\{{.*\}})? (\S+)$", text, re.MULTILINE) if all(label in found for label in labels))
 
 
+def cpu_seconds(pid: int) -> float:
+    """CPU seconds (user + system) the process has used so far, all its threads, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def start(checkpoint: Path, scratch: Path, name: str, variables: dict[str, str], body: bytes) -> tuple[subprocess.Popen, int]:
     port = free_port()
     log = scratch / f"{name}.log"
@@ -93,12 +99,15 @@ def main() -> None:
             servers[name] = start(checkpoint, scratch, f"server-{number}", variables, body.read_bytes())
         rates: dict[str, list[float]] = {name: [] for name in servers}
         p99: dict[str, list[float]] = {name: [] for name in servers}
+        cpu_us: dict[str, list[float]] = {name: [] for name in servers}  # server CPU per request, microseconds
         for name in servers:  # warm-up
             wrk(f"http://127.0.0.1:{servers[name][1]}/v1/models/{MODEL_NAME}:predict", body, 8, 3)
         names = list(servers)
         for round_ in range(args.rounds):
             for name in names[round_ % len(names):] + names[: round_ % len(names)]:
+                before = cpu_seconds(servers[name][0].pid)
                 result = wrk(f"http://127.0.0.1:{servers[name][1]}/v1/models/{MODEL_NAME}:predict", body, CONCURRENCY, args.seconds)
+                cpu_us[name].append((cpu_seconds(servers[name][0].pid) - before) / (result["requests_per_s"] * args.seconds) * 1e6)
                 rates[name].append(result["requests_per_s"])
                 p99[name].append(result["p99_ms"])
             print(f"round {round_ + 1}/{args.rounds}: " + ", ".join(f"{rates[name][-1]:.0f}/s" for name in names), flush=True)
@@ -123,11 +132,17 @@ def main() -> None:
             stop(process)
         slow.shutdown()
         shutil.rmtree(folder, ignore_errors=True)
-    lines_out = ["| decision log | requests/s, median | min-max over rounds | p99 ms, median | over off, median of per-round ratios | CloudEvents records dropped (counted) |", "|---|---:|---:|---:|---:|---:|"]
+    lines_out = [
+        "| decision log | requests/s, median | min-max over rounds | p99 ms, median | over off, median of per-round ratios | server CPU per request, µs (median) | CloudEvents records dropped (counted) |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
     for name in names:
         ratio = "" if name == "off" else f"{statistics.median(on / off for on, off in zip(rates[name], rates['off'])):.3f}"
         drops = f"{dropped_by_sink[name]:.0f}" if name in dropped_by_sink else ""
-        lines_out.append(f"| {name} | {statistics.median(rates[name]):.0f} | {min(rates[name]):.0f}-{max(rates[name]):.0f} | {statistics.median(p99[name]):.1f} | {ratio} | {drops} |")
+        lines_out.append(
+            f"| {name} | {statistics.median(rates[name]):.0f} | {min(rates[name]):.0f}-{max(rates[name]):.0f} | {statistics.median(p99[name]):.1f} | {ratio} "
+            f"| {statistics.median(cpu_us[name]):.0f} | {drops} |"
+        )
     table = "\n".join(lines_out)
     soak_line = (f"Soak, log on, {args.soak_s:.0f} s at c = {CONCURRENCY}: {soak['requests_per_s']:.0f} requests/s, {served:.0f} instances served, "
                  f"{written:.0f} records written (counted by the service), {lines} lines in the files ({megabytes:.0f} MB), {dropped:.0f} dropped; "
