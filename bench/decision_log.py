@@ -16,7 +16,6 @@ import argparse
 import http.server
 import os
 import platform
-import re
 import shutil
 import statistics
 import subprocess
@@ -24,11 +23,10 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 from bench.model import ROOT
-from bench.serve import MODEL_NAME, prepare, stop, wait_until_up, wrk
+from bench.serve import MODEL_NAME, metric_total, prepare, stop, wait_until_up, wrk
 from bench.serve_load import free_port
 
 CONCURRENCY = 32
@@ -47,12 +45,6 @@ class SlowReceiver(http.server.BaseHTTPRequestHandler):
 
     def log_message(self, *args):
         pass
-
-
-def counter(port: int, name: str, *labels: str) -> float:
-    """The sum of a counter's series on our service's /metrics (those whose labels include each of ``labels``, e.g. 'status="200"')."""
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
-    return sum(float(value) for found, value in re.findall(rf"^{name}(\{{.*\}})? (\S+)$", text, re.MULTILINE) if all(label in found for label in labels))
 
 
 def cpu_seconds(pid: int) -> float:
@@ -111,18 +103,18 @@ def main() -> None:
                 rates[name].append(result["requests_per_s"])
                 p99[name].append(result["p99_ms"])
             print(f"round {round_ + 1}/{args.rounds}: " + ", ".join(f"{rates[name][-1]:.0f}/s" for name in names), flush=True)
-        dropped_by_sink = {name: counter(servers[name][1], "diglm_decision_log_dropped_total", 'sink="cloudevents"') for name in names[2:]}
+        dropped_by_sink = {name: metric_total(servers[name][1], "diglm_decision_log_dropped_total", sink="cloudevents") for name in names[2:]}
         for name in names:
             if name != names[1]:
                 stop(servers.pop(name)[0])
         port = servers[names[1]][1]
         soak = wrk(f"http://127.0.0.1:{port}/v1/models/{MODEL_NAME}:predict", body, CONCURRENCY, args.soak_s)
         time.sleep(2)  # the requests in flight when wrk stopped are answered (or dropped: client gone)
-        served = counter(port, "diglm_requests_total", 'endpoint="/v1/models/{name}:predict"', 'status="200"')  # one instance each
+        served = metric_total(port, "diglm_requests_total", endpoint="/v1/models/{name}:predict", status="200")  # one instance each
         deadline = time.monotonic() + 60
-        while counter(port, "diglm_decision_log_records_total") + counter(port, "diglm_decision_log_dropped_total") < served and time.monotonic() < deadline:
+        while metric_total(port, "diglm_decision_log_records_total") + metric_total(port, "diglm_decision_log_dropped_total") < served and time.monotonic() < deadline:
             time.sleep(0.5)
-        written, dropped = counter(port, "diglm_decision_log_records_total"), counter(port, "diglm_decision_log_dropped_total")
+        written, dropped = metric_total(port, "diglm_decision_log_records_total"), metric_total(port, "diglm_decision_log_dropped_total")
         stop(servers.pop(names[1])[0])
         files = list((folder / "jsonl").glob("decisions*.jsonl"))
         lines = sum(1 for path in files for _ in path.open("rb"))

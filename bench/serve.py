@@ -272,18 +272,28 @@ def request_bodies(scratch: Path) -> dict[str, RequestBody]:
     }
 
 
-def grpc_refusals(port: int) -> int:
-    """The gRPC calls our service on ``port`` answered with an error so far, from its /metrics (calls
-    its client cancelled, 499, are not refusals: h2load resets those in flight when it stops); 0 for
-    a server without our metrics."""
+def metric_total(port: int, name: str, **labels: str) -> float:
+    """The sum of sample ``name``'s series on our service's /metrics whose labels include ``labels``
+    (prometheus_client's parser); 0 for a server without them."""
     import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
 
     try:
         text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
     except OSError:
-        return 0
-    counts = re.findall(r'^diglm_requests_total\{[^}]*protocol="grpc"[^}]*status="(\d+)"[^}]*\} ([\d.e+]+)$', text, re.MULTILINE)
-    return int(sum(float(value) for status, value in counts if status not in ("200", "499")))
+        return 0.0
+    return sum(
+        sample.value for family in text_string_to_metric_families(text) for sample in family.samples
+        if sample.name == name and all(sample.labels.get(key) == value for key, value in labels.items())
+    )
+
+
+def grpc_refusals(port: int) -> int:
+    """The gRPC calls our service on ``port`` answered with an error so far, from its /metrics (calls
+    its client cancelled, 499, are not refusals: h2load resets those in flight when it stops); 0 for
+    a server without our metrics."""
+    return int(metric_total(port, "diglm_requests_total", protocol="grpc") - sum(metric_total(port, "diglm_requests_total", protocol="grpc", status=status) for status in ("200", "499")))
 
 
 def target_summary(rows: list, ceiling: float) -> str:

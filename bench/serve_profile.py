@@ -26,12 +26,11 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 from bench.grpc_load import h2load
 from bench.model import ROOT, build_benchmark_checkpoint
-from bench.serve import RequestBody, request_bodies, wrk
+from bench.serve import RequestBody, metric_total, request_bodies, wrk
 from bench.serve_load import free_port, start_server
 from training.docs import update_section
 
@@ -76,9 +75,7 @@ HISTOGRAMS = ("diglm_batch_size", "diglm_queue_duration_seconds", "diglm_inferen
 
 def histogram_totals(port: int) -> dict[str, tuple[float, float]]:
     """Sum and count so far of each of ``HISTOGRAMS`` (all versions), from the service's /metrics."""
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
-    return {name: tuple(sum(float(value) for value in re.findall(rf"^{name}_{kind}\{{[^}}]*\}} (\S+)$", text, re.MULTILINE)) for kind in ("sum", "count"))
-            for name in HISTOGRAMS}
+    return {name: (metric_total(port, f"{name}_sum"), metric_total(port, f"{name}_count")) for name in HISTOGRAMS}
 
 
 def categorise(frames: list[str]) -> str:

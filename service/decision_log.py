@@ -25,9 +25,9 @@ import logging
 import threading
 import time
 from collections import deque
-from itertools import repeat
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
+from itertools import repeat
 from pathlib import Path
 from typing import Literal, Protocol
 
