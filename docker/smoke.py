@@ -147,8 +147,8 @@ def prometheus_scrapes() -> None:
     rules = httpx.get(f"{PROMETHEUS}/api/v1/rules", timeout=5).json()["data"]["groups"]
     names = [rule["name"] for group in rules for rule in group["rules"]]
     print(f"   alert rules loaded: {', '.join(names)}")
-    if len(names) < 6:
-        raise SmokeFailure(f"expected the 6 alert rules of docker/alerts.yml, Prometheus has {names}")
+    if len(names) < 7:
+        raise SmokeFailure(f"expected the 7 alert rules of docker/alerts.yml, Prometheus has {names}")
 
 
 def graceful_stop() -> None:

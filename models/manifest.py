@@ -58,6 +58,15 @@ class FittedScores(Section):
     neighbour_dims: int | None = None  # PCA directions it compares in (None: all of z)
 
 
+class OutlierSet(Section):
+    """A set of known outliers the learned weights were also chosen against (``python -m training
+    calibrate --outliers``): the file's name, sha256 and rows."""
+
+    name: str
+    sha256: str
+    rows: int
+
+
 class GateSection(Section):
     """The gate (``models.gate``): its method and level, the scores with their outlying tails, the
     sizes of the reference and calibration splits, both taus on log p(x) and summaries of log p(x)
@@ -68,6 +77,7 @@ class GateSection(Section):
     tau: float
     combine: Combine
     weights: dict[str, float] | None = None  # combine weighted | max_sum: each score's surprise weight
+    outliers: list[OutlierSet] | None = None  # weighted | max_sum: given outlier sets, beside the synthetic ones
     scores: dict[str, Tail]
     calibration_size: int
     reference_size: int

@@ -3,12 +3,15 @@ can read it, without serving ever waiting for it.
 
 ``dispatch`` hands each answered request to ``DecisionLog.served`` on the event loop. That draws which
 instances are kept (every rejected one and ``DIGLM_DECISION_LOG_SAMPLE`` of the accepted ones) and
-which carry their input, and puts the request on each sink's bounded queue: nothing more. Each sink
-has its own writer thread that builds the records (``records``) and writes them, so a slow or failing
-sink slows neither serving nor the other sinks. A full queue drops the request's records, a failed
-write the batch's; both are counted in ``diglm_decision_log_dropped_total{sink,reason}``, the records
-written in ``diglm_decision_log_records_total{sink}``. ``close`` writes what is queued (SIGTERM).
-The last rejected instances are also kept in memory (``RecentRejections``), log or no log.
+which carry their input, and appends the request to a bounded queue: nothing more. A builder thread
+turns the queued requests into records (``records``), once for all sinks and a batch at a time, and
+hands them to each sink's writer thread, which has a bounded queue of its own; so a slow or failing
+sink slows neither serving nor the other sinks. A full queue drops records, a failed write the
+batch's, and a sink that failed is left alone for a while (its records dropped untried); all are
+counted in ``diglm_decision_log_dropped_total{sink,reason}`` (``queue_full``, ``sink_error``,
+``backoff``), the records written in ``diglm_decision_log_records_total{sink}``. ``close`` writes
+what is queued (SIGTERM). The last rejected instances are also kept in memory
+(``RecentRejections``), log or no log.
 
 A record, as JSON: ``request_id``, ``instance`` (its index in the request), ``time`` (UTC, ISO 8601),
 ``model``, ``version``, ``protocol`` (v1, v2, grpc), ``decision`` (accept or reject), ``p_value``
@@ -27,7 +30,8 @@ import time
 from collections import deque
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
-from itertools import repeat
+from itertools import groupby, repeat
+from operator import attrgetter
 from pathlib import Path
 from typing import Literal, Protocol
 
@@ -35,15 +39,17 @@ import numpy as np
 import orjson
 from prometheus_client import CollectorRegistry, Counter
 
-from inference.logged_inputs import as_logged, digest, encoded
+from inference.logged_inputs import as_logged, digests, encoded
 from inference.prediction import ClassOutputs, Prediction
 
 log = logging.getLogger(__name__)
 
 InputPolicy = Literal["never", "rejected", "sampled"]
-WRITE_BATCH = 256  # most requests a writer takes from its queue for one write
-POLL_S = 0.05  # a writer with nothing queued looks again this much later
+WRITE_BATCH = 256  # requests whose records are built together; a writer gathers this many records or all queued for one write
+POLL_S = 0.05  # the builder or a writer with nothing queued looks again this much later
 ERROR_LOG_INTERVAL_S = 60.0  # a failing sink is logged at most this often
+BACKOFF_S = (1.0, 30.0)  # a sink whose write failed is tried again this much later: first, and at most
+DROP_REASONS = ("queue_full", "sink_error", "backoff")
 
 
 @dataclass(slots=True)
@@ -64,43 +70,80 @@ class AnsweredRequest:
     with_input: np.ndarray | None
 
 
-def records(request: AnsweredRequest) -> list[dict]:
-    """The request's kept instances as decision records (the module's docstring lists the fields)."""
-    prediction = request.prediction
-    rows = slice(None) if request.keep is None else np.flatnonzero(request.keep)
-    stamp = datetime.fromtimestamp(request.time, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-    x = as_logged(request.x[rows])
-    accepted, p_value, reason, log_px = (getattr(prediction, name)[rows].tolist() for name in ("accepted", "p_value", "rejected_by", "log_px"))
-    scores = {name: (values[rows].tolist(), prediction.p_values[name][rows].tolist()) for name, values in prediction.scores.items()}
-    head = prediction.head
-    if isinstance(head, ClassOutputs):
-        outputs = {"label": head.label[rows].tolist(), "probability": head.model_probabilities[rows].max(axis=1).tolist()}
+def records(requests: list[AnsweredRequest]) -> list[dict]:
+    """The kept instances of ``requests`` as decision records, in order (the module's docstring
+    lists the fields). Consecutive requests of one model version (so of one head, gate scores and
+    input shape) are built together, a column at a time."""
+    return [record for _, run in groupby(requests, key=attrgetter("model", "version")) for record in _built_together(list(run))]
+
+
+def _built_together(requests: list[AnsweredRequest]) -> list[dict]:
+    """Records of requests of one model version: each field is joined across the requests, the kept rows
+    taken and turned into Python values once."""
+    sizes = [len(request.prediction) for request in requests]
+    keep = _joined_mask([request.keep for request in requests], sizes, fill=True)
+
+    def kept(parts: list[np.ndarray]) -> np.ndarray:
+        joined = _joined(parts)
+        return joined if keep is None else joined[keep]
+
+    predictions = [request.prediction for request in requests]
+    owner = np.repeat(np.arange(len(requests)), sizes)
+    instance = kept([np.arange(len(owner)) - np.repeat(np.cumsum(sizes) - sizes, sizes)]).tolist()
+    owner = kept([owner]).tolist()
+    stamps = np.datetime_as_string((np.array([request.time for request in requests]) * 1e3).astype("datetime64[ms]"), unit="ms").tolist()
+    per_request = [
+        (request.request_id, f"{stamp}Z", request.model, request.version, request.protocol, request.latency_s * 1e3) for request, stamp in zip(requests, stamps)
+    ]
+    accepted, p_value, reason, log_px = (kept([getattr(each, name) for each in predictions]).tolist() for name in ("accepted", "p_value", "rejected_by", "log_px"))
+    scores = {
+        name: (kept([prediction.scores[name] for prediction in predictions]).tolist(), kept([prediction.p_values[name] for prediction in predictions]).tolist())
+        for name in predictions[0].scores
+    }
+    heads = [prediction.head for prediction in predictions]
+    if isinstance(heads[0], ClassOutputs):
+        outputs = {"label": kept([head.label for head in heads]).tolist(), "probability": kept([head.model_probabilities for head in heads]).max(axis=1).tolist()}
     else:
-        outputs = {"mean": head.model_mean[rows].tolist(), "variance": head.model_variance[rows].tolist()}
-    latency_ms = request.latency_s * 1e3
-    with_input = request.with_input
+        outputs = {"mean": kept([head.model_mean for head in heads]).tolist(), "variance": kept([head.model_variance for head in heads]).tolist()}
+    x = as_logged(kept([request.x for request in requests]))
+    sha256s = digests(x)
+    with_input = _joined_mask([request.with_input for request in requests], sizes, fill=False)
+    with_input = None if with_input is None else with_input[slice(None) if keep is None else keep].tolist()
     out = []
-    for i, row in enumerate(range(len(prediction)) if request.keep is None else rows.tolist()):
+    for i, row in enumerate(instance):
+        request_id, stamp, model, version, protocol, latency_ms = per_request[owner[i]]
         record = {
-            "request_id": request.request_id, "instance": row, "time": stamp, "model": request.model, "version": request.version,
-            "protocol": request.protocol, "decision": "accept" if accepted[i] else "reject", "p_value": p_value[i], "reason": reason[i],
+            "request_id": request_id, "instance": row, "time": stamp, "model": model, "version": version,
+            "protocol": protocol, "decision": "accept" if accepted[i] else "reject", "p_value": p_value[i], "reason": reason[i],
             "scores": {name: {"value": values[i], "p_value": p_values[i]} for name, (values, p_values) in scores.items()},
             "log_px": log_px[i], **{name: values[i] for name, values in outputs.items()},
-            "latency_ms": latency_ms, "input_sha256": digest(x[i]),
+            "latency_ms": latency_ms, "input_sha256": sha256s[i],
         }
-        if with_input is not None and with_input[row]:
+        if with_input is not None and with_input[i]:
             record["input"] = encoded(x[i])
         out.append(record)
     return out
 
 
+def _joined(parts: list[np.ndarray]) -> np.ndarray:
+    return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+
+def _joined_mask(masks: list[np.ndarray | None], sizes: list[int], fill: bool) -> np.ndarray | None:
+    """Per-request masks joined, ``fill`` for a request without one; None when none has one."""
+    if all(mask is None for mask in masks):
+        return None
+    return _joined([np.full(n, fill) if mask is None else mask for mask, n in zip(masks, sizes)])
+
+
 class Sink(Protocol):
-    """Where records go: ``write`` takes a batch of records and raises on failure (``PartialWrite``
-    when only the first ones were delivered); ``close`` releases the sink."""
+    """Where records go: ``write`` takes a batch of records, each as JSON (bytes, non-finite numbers
+    as null), and raises on failure (``PartialWrite`` when only the first ones were delivered);
+    ``close`` releases the sink."""
 
     name: str
 
-    def write(self, records: list[dict]) -> None: ...
+    def write(self, records: list[bytes]) -> None: ...
 
     def close(self) -> None: ...
 
@@ -116,8 +159,8 @@ class PartialWrite(Exception):
 class JsonLinesSink:
     """JSON Lines in ``folder``: ``decisions.jsonl`` is written; past ``max_bytes`` it is renamed
     ``decisions-<UTC time>.jsonl`` and a new one begun, and only the newest ``keep`` renamed files
-    are kept. Records are JSON (non-finite numbers as null), flushed a batch at a time; a write cut
-    short (a full disk) can leave one partial line, which readers skip."""
+    are kept. One record a line, flushed a batch at a time; a write cut short (a full disk) can
+    leave one partial line, which readers skip."""
 
     name = "jsonl"
     ACTIVE = "decisions.jsonl"
@@ -127,8 +170,8 @@ class JsonLinesSink:
         folder.mkdir(parents=True, exist_ok=True)
         self.file = (folder / self.ACTIVE).open("ab")
 
-    def write(self, records: list[dict]) -> None:
-        data = b"".join(orjson.dumps(record) + b"\n" for record in records)
+    def write(self, records: list[bytes]) -> None:
+        data = b"\n".join(records) + b"\n"
         if self.file.tell() and self.file.tell() + len(data) > self.max_bytes:
             self._rotate()
         self.file.write(data)
@@ -162,16 +205,17 @@ class CloudEventsSink:
         self.url = url
         self.client = httpx.Client(timeout=timeout_s)
 
-    def write(self, records: list[dict]) -> None:
+    def write(self, records: list[bytes]) -> None:
         from cloudevents.conversion import to_structured
         from cloudevents.http import CloudEvent
 
-        for written, record in enumerate(records):
+        for written, line in enumerate(records):
+            record = orjson.loads(line)
             attributes = {
                 "type": self.TYPE, "source": f"/v2/models/{record['model']}/versions/{record['version']}", "id": f"{record['request_id']}/{record['instance']}",
                 "time": record["time"], "inferenceservicename": record["model"],
             }
-            headers, body = to_structured(CloudEvent(attributes, orjson.loads(orjson.dumps(record))))  # non-finite numbers as null, as in the file
+            headers, body = to_structured(CloudEvent(attributes, record))
             try:
                 self.client.post(self.url, content=body, headers=headers).raise_for_status()
             except Exception as error:  # noqa: BLE001 - httpx's errors and the status
@@ -201,60 +245,77 @@ class RecentRejections:
         for request, row in reversed(self.instances):
             if request.model == model and version in (None, request.version):
                 only = np.arange(len(request.prediction)) == row
-                found.extend(records(replace(request, keep=only, with_input=only)))
+                found.extend(records([replace(request, keep=only, with_input=only)]))
                 if len(found) == limit:
                     break
         return found
 
 
 class SinkWriter:
-    """One sink's bounded queue of answered requests and the thread that writes their records. The
-    queue is a deque the thread polls (``POLL_S``): putting a request costs serving one append, no
-    lock and no wake-up."""
+    """One sink's bounded queue of built records (at most ``capacity``, as JSON: bytes, which the
+    garbage collector does not walk, as it would the dicts of a full queue) and the thread that
+    writes them. A sink whose write fails is left alone for a while (``BACKOFF_S``, doubling while it keeps
+    failing): the records that reach it meanwhile are dropped and counted without a try."""
 
     def __init__(self, sink: Sink, capacity: int, written: Counter, dropped: Counter):
         self.sink, self.capacity = sink, capacity
-        self.pending: deque[AnsweredRequest] = deque()
+        self.pending: deque[list[bytes]] = deque()
+        self.queued = self.taken = 0  # records put and records taken: each counted by one thread only
         self.written = written.labels(sink=sink.name)
-        self.dropped = {reason: dropped.labels(sink=sink.name, reason=reason) for reason in ("queue_full", "sink_error")}
+        self.dropped = {reason: dropped.labels(sink=sink.name, reason=reason) for reason in DROP_REASONS}
+        self.retry_at, self.backoff_s = 0.0, BACKOFF_S[0]
         self.closing = threading.Event()
         self.last_error_logged = -ERROR_LOG_INTERVAL_S
         self.thread = threading.Thread(target=self._run, name=f"decision-log-{sink.name}", daemon=True)
         self.thread.start()
 
-    def put(self, request: AnsweredRequest, kept: int) -> None:
-        """Queue ``request`` (``kept``: its records), or count them dropped when the queue is full."""
-        if len(self.pending) >= self.capacity:
-            self.dropped["queue_full"].inc(kept)
-        else:
-            self.pending.append(request)
+    def put(self, batch: list[bytes]) -> None:
+        """Queue what of ``batch`` fits; count the rest dropped."""
+        room = self.capacity - (self.queued - self.taken)
+        if room < len(batch):
+            self.dropped["queue_full"].inc(len(batch) - max(room, 0))
+            batch = batch[: max(room, 0)]
+        if batch:
+            self.queued += len(batch)
+            self.pending.append(batch)
+
+    def drop(self, count: int) -> None:
+        """Count ``count`` records dropped before they reached this sink's queue (a full log queue)."""
+        self.dropped["queue_full"].inc(count)
 
     def _run(self) -> None:
         while True:
             closing = self.closing.is_set()  # read first: whatever was queued before close is written
-            taken = []
-            while self.pending and len(taken) < WRITE_BATCH:
-                taken.append(self.pending.popleft())
-            if taken:
-                self._write([record for request in taken for record in records(request)])
+            batch: list[bytes] = []
+            while self.pending and len(batch) < WRITE_BATCH:
+                batch += self.pending.popleft()
+            self.taken += len(batch)
+            if batch:
+                self._write(batch)
             elif closing:
                 break
             else:
                 self.closing.wait(POLL_S)
         self.sink.close()
 
-    def _write(self, batch: list[dict]) -> None:
+    def _write(self, batch: list[bytes]) -> None:
+        if time.monotonic() < self.retry_at:
+            self.dropped["backoff"].inc(len(batch))
+            return
         try:
             self.sink.write(batch)
         except Exception as error:  # noqa: BLE001 - a sink's failure must never reach serving
             written = error.written if isinstance(error, PartialWrite) else 0
             self.written.inc(written)
             self.dropped["sink_error"].inc(len(batch) - written)
+            self.retry_at = time.monotonic() + self.backoff_s
             if time.monotonic() - self.last_error_logged >= ERROR_LOG_INTERVAL_S:
                 self.last_error_logged = time.monotonic()
-                log.warning("decision log sink %s failed, its records are dropped and counted: %s", self.sink.name, error)
+                log.warning("decision log sink %s failed, next try in %.1f s; records are dropped and counted meanwhile: %s", self.sink.name, self.backoff_s, error)
+            self.backoff_s = min(2 * self.backoff_s, BACKOFF_S[1])
         else:
             self.written.inc(len(batch))
+            self.backoff_s = BACKOFF_S[0]
 
     def close(self, timeout: float) -> None:
         """Write what is queued and stop, waiting at most ``timeout`` seconds."""
@@ -268,22 +329,31 @@ class DecisionLog:
     """The sinks configured (none: the log is off), and which instances they get: every rejected one
     and ``sample`` of the accepted ones (``rejected_sample`` of the rejected), their input under
     ``inputs`` (``never``; ``rejected``: the rejected ones'; ``sampled``: also ``input_sample`` of
-    the accepted ones logged). Beside them ``recent`` (``RecentRejections``, None for none) keeps
-    every rejected instance, whatever the sinks' settings."""
+    the accepted ones logged). Answered requests wait in one bounded queue (``capacity`` requests)
+    for the builder thread, which builds their records once, a batch at a time, for every sink's
+    writer (``capacity`` records each). Beside them ``recent`` (``RecentRejections``, None for none)
+    keeps every rejected instance, whatever the sinks' settings."""
 
     def __init__(
         self, sinks: list[Sink], registry: CollectorRegistry, capacity: int = 10_000, sample: float = 1.0, rejected_sample: float = 1.0,
         inputs: InputPolicy = "never", input_sample: float = 0.0, seed: int | None = None, recent: RecentRejections | None = None,
     ):
         written = Counter("diglm_decision_log_records", "Decision records written, by sink", ["sink"], registry=registry)
-        dropped = Counter("diglm_decision_log_dropped", "Decision records dropped, by sink and reason (queue_full, sink_error)", ["sink", "reason"], registry=registry)
+        dropped = Counter(
+            "diglm_decision_log_dropped", f"Decision records dropped, by sink and reason ({', '.join(DROP_REASONS)})", ["sink", "reason"], registry=registry,
+        )
         self.writers = [SinkWriter(sink, capacity, written, dropped) for sink in sinks]
-        self.recent = recent
+        self.recent, self.capacity = recent, capacity
         self.sample, self.rejected_sample, self.inputs, self.input_sample = sample, rejected_sample, inputs, input_sample
         self.rng = np.random.default_rng(seed)
+        self.pending: deque[AnsweredRequest] = deque()
+        self.closing = threading.Event()
+        self.builder = threading.Thread(target=self._build, name="decision-log", daemon=True)
+        if self.writers:
+            self.builder.start()
 
     def served(self, request_id: str, model: str, version: str, protocol: str, latency_s: float, x: np.ndarray, prediction: Prediction) -> None:
-        """Queue one answered request for every sink; never blocks."""
+        """Queue one answered request for the sinks; never blocks."""
         accepted = prediction.accepted
         if self.recent is not None and not accepted.all():
             self.recent.add(AnsweredRequest(request_id, time.time(), model, version, protocol, latency_s, x, prediction, ~accepted, ~accepted))
@@ -296,13 +366,15 @@ class DecisionLog:
             kept = int(np.count_nonzero(keep))
             if not kept:
                 return
+        if len(self.pending) >= self.capacity:
+            for writer in self.writers:
+                writer.drop(kept)
+            return
         if self.inputs == "never":
             with_input = None
         else:
             with_input = ~accepted if self.inputs == "rejected" else ~accepted | self._drawn(len(accepted), self.input_sample)
-        request = AnsweredRequest(request_id, time.time(), model, version, protocol, latency_s, x, prediction, keep, with_input)
-        for writer in self.writers:
-            writer.put(request, kept)
+        self.pending.append(AnsweredRequest(request_id, time.time(), model, version, protocol, latency_s, x, prediction, keep, with_input))
 
     def _drawn(self, n: int, share: float) -> np.ndarray:
         """``(n,)`` bool, each True with probability ``share`` (all at 1, without drawing)."""
@@ -310,7 +382,28 @@ class DecisionLog:
             return np.ones(n, dtype=bool)
         return self.rng.random(n) < share
 
+    def _build(self) -> None:
+        """The builder thread: polls the queue (``POLL_S``; serving only appends, no lock and no
+        wake-up) and hands each batch's records to every writer."""
+        while True:
+            closing = self.closing.is_set()  # read first: whatever was queued before close is built
+            taken = []
+            while self.pending and len(taken) < WRITE_BATCH:
+                taken.append(self.pending.popleft())
+            if taken:
+                batch = [orjson.dumps(record) for record in records(taken)]
+                for writer in self.writers:
+                    writer.put(batch)
+            elif closing:
+                break
+            else:
+                self.closing.wait(POLL_S)
+
     def close(self, timeout: float) -> None:
-        """Write every queued record and stop the writers (at most ``timeout`` seconds each)."""
+        """Write every queued record and stop the builder and the writers, within ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        self.closing.set()
+        if self.writers:
+            self.builder.join(timeout)
         for writer in self.writers:
-            writer.close(timeout)
+            writer.close(max(deadline - time.monotonic(), 0.0))

@@ -99,15 +99,15 @@ class InferenceServicer:
     async def ModelInfer(self, request, served_by, context):
         """Through the one dispatch; a call the client cancels, or whose deadline passes, is
         cancelled by grpc and its queued work dropped (``ServedVersion.predict``). The call's id
-        (``x-request-id`` metadata, or a new one) goes to the decision log and back in the trailers."""
+        (``x-request-id`` metadata, or a new one) goes to the decision log and back in the trailers,
+        an error's too."""
 
         async def read():
             return request
 
         call = request_id(next((value for key, value in context.invocation_metadata() or () if key == "x-request-id"), None))
-        answer = await dispatch(self.models, GRPC, request.model_name, request.model_version or None, read, served_by, None, self.state.decisions, call)
-        context.set_trailing_metadata((("x-request-id", call),))
-        return answer
+        context.set_trailing_metadata((("x-request-id", call),))  # an error's status trailers join it
+        return await dispatch(self.models, GRPC, request.model_name, request.model_version or None, read, served_by, None, self.state.decisions, call)
 
     async def RepositoryIndex(self, request, served_by, context):
         _this_repository(request.repository_name)
@@ -165,7 +165,7 @@ class CallHandling:
             except ServiceError as error:
                 status = http_status(error)[0]
                 code, trailers = grpc_status(error)
-                context.set_trailing_metadata(trailers)
+                context.set_trailing_metadata((*(context.trailing_metadata() or ()), *trailers))
                 await context.abort(code, str(error))
             except asyncio.CancelledError:  # the client's deadline passed, or it cancelled (a cancelled call has none left either)
                 status = 504 if allowed is not None and time.perf_counter() - started >= allowed - DEADLINE_SLACK_S else 499

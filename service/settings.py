@@ -91,7 +91,7 @@ class ServiceSettings(BaseSettings):
     decision_log_max_bytes: int = Field(64 * 1024 * 1024, ge=4096, description="the log file is rotated past this size")
     decision_log_keep: int = Field(10, ge=1, description="rotated log files kept (the oldest are deleted)")
     recent_rejections: int = Field(100, ge=0, description="rejected instances kept in memory, with their inputs, for GET /v2/models/{name}/rejections; 0: none")
-    decision_log_queue: int = Field(10_000, ge=1, description="answered requests queued per sink; past it their records are dropped and counted")
+    decision_log_queue: int = Field(10_000, ge=1, description="answered requests queued for the decision log, and records queued per sink; past either, records are dropped and counted")
 
     @field_validator("api_keys", "admin_api_keys", mode="before")
     @classmethod

@@ -6,6 +6,8 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import re
+import shutil
 import threading
 import time
 from pathlib import Path
@@ -15,13 +17,18 @@ import pytest
 from fastapi.testclient import TestClient
 from prometheus_client import CollectorRegistry
 
+from inference.logged_inputs import digests
+from models.checkpoint import load_checkpoint
 from service.app import create_app
-from service.decision_log import DecisionLog, JsonLinesSink
+from service.decision_log import AnsweredRequest, DecisionLog, JsonLinesSink, records
 from service.settings import ServiceSettings
 from tests.agreement import held_out_digits
 from tests.conftest import wait_for, wait_ready
+from tests.test_deploy import referenced_metrics
 from tests.test_service import metric
 from training.cli import main as training_main
+from training.config import load_config
+from training.data import DataError, load_dataset, split_dataset
 
 CONFIGS = Path(__file__).resolve().parents[1] / "training" / "configs"
 BLANK = [[0.0] * 8] * 8  # rejected by the tiny model's gate
@@ -61,6 +68,9 @@ def test_each_record_equals_the_answer_it_logs(checkpoint, tmp_path):
         assert len(generated) == 32 and generated != "batch-7"
         assert client.post("/v1/models/tiny:predict", json={"instances": digits[:1]}, headers={"x-request-id": "has space"}).status_code == 400
         written(client, 8)
+        exported = {re.split(r"[{ ]", line, 1)[0] for line in client.get("/metrics").text.splitlines() if line.startswith("diglm_decision_log_")}
+        queried = {name for name in referenced_metrics() if name.startswith("diglm_decision_log_")}  # by the alert rules
+        assert queried and queried <= exported, queried - exported
     finally:
         client.__exit__(None, None, None)
     records = logged(tmp_path)
@@ -100,7 +110,7 @@ def test_accepted_instances_are_sampled_and_rejected_ones_kept(checkpoint, tmp_p
 
 def test_the_file_rotates_by_size_and_keeps_the_newest(tmp_path):
     sink = JsonLinesSink(tmp_path, max_bytes=4096, keep=2)
-    records = [{"n": n, "pad": "x" * 100} for n in range(400)]
+    records = [json.dumps({"n": n, "pad": "x" * 100}).encode() for n in range(400)]
     for start in range(0, len(records), 10):
         sink.write(records[start:start + 10])
     sink.close()
@@ -142,24 +152,82 @@ def answered(n: int, rejected: int):
     )
 
 
+def test_records_built_together_are_each_instances_own():
+    """Requests of two model versions, one run after another, with kept rows and inputs drawn: each record holds
+    its own instance's values, in the order of the requests and their instances."""
+    from inference.prediction import ClassOutputs, Prediction
+
+    rng = np.random.default_rng(3)
+    requests = []
+    for i in range(16):
+        n, model = int(rng.integers(1, 5)), "b" if 6 <= i < 9 else "a"
+        names = ["log_px", "typicality"] if model == "a" else ["log_px"]
+        accepted, probabilities = rng.random(n) < 0.5, rng.dirichlet(np.ones(3), n)
+        prediction = Prediction(
+            ClassOutputs(probabilities.argmax(axis=1), probabilities, probabilities), rng.normal(size=n), rng.normal(size=n), accepted, rng.random(n),
+            np.where(accepted, None, names[-1]).astype(object), rng.normal(size=n), {name: rng.normal(size=n) for name in names}, {name: rng.random(n) for name in names},
+        )
+        x = rng.random((n, 8, 8) if model == "a" else (n, 5)).astype(np.float32)
+        keep, with_input = (None, None) if i % 4 == 0 else (rng.random(n) < 0.7, rng.random(n) < 0.5)
+        requests.append(AnsweredRequest(f"r{i}", 1.8e9 + i / 7, model, "1", "v2", i / 1000, x, prediction, keep, with_input))
+    built = records(requests)
+    expected = [(request, row) for request in requests for row in range(len(request.prediction)) if request.keep is None or request.keep[row]]
+    assert [(record["request_id"], record["instance"]) for record in built] == [(request.request_id, row) for request, row in expected]
+    for record, (request, row) in zip(built, expected):
+        prediction = request.prediction
+        assert record["model"] == request.model and record["latency_ms"] == pytest.approx(request.latency_s * 1e3)
+        assert record["time"] == time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(request.time)) + f".{int(request.time * 1000) % 1000:03d}Z"
+        assert record["decision"] == ("accept" if prediction.accepted[row] else "reject") and record["p_value"] == prediction.p_value[row]
+        assert record["reason"] == prediction.rejected_by[row] and record["log_px"] == prediction.log_px[row]
+        assert record["scores"] == {name: {"value": prediction.scores[name][row], "p_value": prediction.p_values[name][row]} for name in prediction.scores}
+        assert record["label"] == prediction.head.label[row] and record["probability"] == prediction.head.model_probabilities[row].max()
+        assert record["input_sha256"] == hashlib.sha256(request.x[row].astype("<f4").tobytes()).hexdigest()
+        assert ("input" in record) == (request.with_input is not None and bool(request.with_input[row]))
+        if "input" in record:
+            assert base64.b64decode(record["input"]["base64"]) == request.x[row].astype("<f4").tobytes()
+
+
+@pytest.mark.parametrize("shape", [(3, 1, 28, 28), (2, 5), (0, 4), (2, 0)])
+def test_digests_are_each_instances_sha256(shape):
+    x = np.random.default_rng(1).random(shape).astype(np.float32)
+    assert digests(x) == [hashlib.sha256(instance.tobytes()).hexdigest() for instance in x]
+
+
 def test_a_full_queue_or_a_failing_sink_drops_records_counted_and_serving_never_waits(tmp_path):
     registry = CollectorRegistry()
     stuck, failing = StuckSink("stuck"), StuckSink("failing", OSError("disk full"))
-    decisions = DecisionLog([stuck, failing], registry, capacity=2)
+    decisions = DecisionLog([stuck, failing], registry, capacity=6)
     x = np.zeros((3, 8, 8), dtype=np.float32)
     decisions.served("r0", "m", "1", "v1", 0.001, x, answered(3, 1))
-    wait_for(lambda: all(not writer.pending for writer in decisions.writers), "the writers to take the first request", timeout=10)
-    for i in range(1, 6):  # both writers wait in their first write: two requests fill each queue, three are dropped
+    taken = lambda: not decisions.pending and all(writer.taken == 3 for writer in decisions.writers)  # noqa: E731
+    wait_for(taken, "the writers to take the first request", timeout=10)
+    for i in range(1, 6):  # both writers wait in their first write: two requests fill each queue (6 records), three are dropped
         decisions.served(f"r{i}", "m", "1", "v1", 0.001, x, answered(3, 1))
-    wait_for(lambda: counted(registry, "diglm_decision_log_dropped_total", sink="stuck", reason="queue_full") >= 9, "the drops of a full queue", timeout=10)
+    wait_for(lambda: counted(registry, "diglm_decision_log_dropped_total", sink="failing", reason="queue_full") >= 9, "the drops of a full queue", timeout=10)
     stuck.release.set()
     failing.release.set()
     decisions.close(timeout=10)
     assert counted(registry, "diglm_decision_log_dropped_total", sink="stuck", reason="queue_full") == 9
     assert counted(registry, "diglm_decision_log_records_total", sink="stuck") == len(stuck.lines) == 9
+    assert [json.loads(record)["request_id"] for record in stuck.lines] == ["r0"] * 3 + ["r1"] * 3 + ["r2"] * 3
     assert counted(registry, "diglm_decision_log_dropped_total", sink="failing", reason="queue_full") == 9
-    assert counted(registry, "diglm_decision_log_dropped_total", sink="failing", reason="sink_error") == 9
+    assert counted(registry, "diglm_decision_log_dropped_total", sink="failing", reason="sink_error") == 3  # its first write
+    assert counted(registry, "diglm_decision_log_dropped_total", sink="failing", reason="backoff") == 6  # the next, untried
     assert counted(registry, "diglm_decision_log_records_total", sink="failing") == 0
+
+
+def test_a_full_log_queue_counts_its_drops_for_every_sink():
+    registry = CollectorRegistry()
+    decisions = DecisionLog([StuckSink("a"), StuckSink("b")], registry, capacity=2)
+    decisions.closing.set()  # a builder that has stopped: the queue only fills
+    decisions.builder.join(timeout=10)
+    for i in range(5):
+        decisions.served(f"r{i}", "m", "1", "v1", 0.001, np.zeros((3, 8, 8), dtype=np.float32), answered(3, 1))
+    assert len(decisions.pending) == 2
+    assert counted(registry, "diglm_decision_log_dropped_total", sink="a", reason="queue_full") == 9
+    assert counted(registry, "diglm_decision_log_dropped_total", sink="b", reason="queue_full") == 9
+    for writer in decisions.writers:
+        writer.close(timeout=10)
 
 
 def test_close_writes_everything_queued(tmp_path):
@@ -174,7 +242,7 @@ def test_close_writes_everything_queued(tmp_path):
     assert sum("input" in record for record in records) == 1000  # the rejected ones'; no accepted one at a share of 0
 
 
-def test_grpc_calls_are_logged_under_their_metadata_id(checkpoint, tmp_path):
+def test_grpc_calls_are_logged_under_their_metadata_id_and_errors_carry_the_id(checkpoint, tmp_path):
     import grpc
 
     from service.protos import message
@@ -189,7 +257,14 @@ def test_grpc_calls_are_logged_under_their_metadata_id(checkpoint, tmp_path):
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
             infer = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer", response_deserializer=message("ModelInferResponse").FromString)
             answer, call = infer.with_call(request.SerializeToString(), timeout=30, metadata=[("x-request-id", "grpc-1")])
-        assert ("x-request-id", "grpc-1") in call.trailing_metadata()
+            assert ("x-request-id", "grpc-1") in call.trailing_metadata()
+            request.model_name = "nope"
+            with pytest.raises(grpc.RpcError) as refused:
+                infer.with_call(request.SerializeToString(), timeout=30, metadata=[("x-request-id", "grpc-2")])
+        assert refused.value.code() == grpc.StatusCode.NOT_FOUND and ("x-request-id", "grpc-2") in refused.value.trailing_metadata()
+        for path, body in [("/v1/models/nope:predict", {"instances": [BLANK]}), ("/v2/models/tiny/infer", {"inputs": []})]:
+            error = client.post(path, json=body, headers={"x-request-id": "rest-2"})
+            assert error.status_code in (400, 404) and error.headers["x-request-id"] == "rest-2" and "error" in error.json()
         written(client, 1)
     finally:
         client.__exit__(None, None, None)
@@ -268,9 +343,11 @@ def test_a_cloudevents_sink_down_or_slow_drops_counted_records_while_serving_goe
         try:
             for _ in range(3):
                 assert client.post("/v1/models/tiny:predict", json={"instances": [BLANK, BLANK]}).status_code == 200
-            wait_for(lambda: metric(client, "diglm_decision_log_dropped_total", sink="cloudevents", reason="sink_error") >= 6, f"the drops of {url}")
+            failed = lambda: metric(client, "diglm_decision_log_dropped_total", sink="cloudevents", reason="sink_error")  # noqa: E731
+            untried = lambda: metric(client, "diglm_decision_log_dropped_total", sink="cloudevents", reason="backoff")  # noqa: E731
+            wait_for(lambda: failed() + untried() >= 6, f"the drops of {url}")  # a failed write's, then those of its back-off
             written(client, 6)  # the JSON Lines sink is not held up
-            assert metric(client, "diglm_decision_log_records_total", sink="cloudevents") == 0
+            assert failed() >= 1 and metric(client, "diglm_decision_log_records_total", sink="cloudevents") == 0
         finally:
             client.__exit__(None, None, None)
     slow.close()
@@ -300,7 +377,7 @@ def test_recent_rejections_are_the_newest_rejected_records_with_their_inputs(che
         assert record["decision"] == "reject" and np.array_equal(image, np.asarray(sent[record["request_id"]][record["instance"]], dtype="<f4"))
 
 
-def test_logged_rejections_export_to_a_set_that_evaluate_reads_and_labels_make_training_data(checkpoint, tmp_path, capsys):
+def test_logged_rejections_export_to_a_set_that_evaluate_and_calibrate_read_and_labels_make_training_data(checkpoint, tmp_path, capsys, monkeypatch):
     log, out = tmp_path / "log", tmp_path / "rejected.npz"
     digits = held_out_digits(3)[0].tolist()
     flat = [np.full((8, 8), float(level)).tolist() for level in (0, 16)]
@@ -326,11 +403,38 @@ def test_logged_rejections_export_to_a_set_that_evaluate_reads_and_labels_make_t
     report = json.loads((tmp_path / "evaluation.json").read_text())
     assert report["ood"][str(out)]["gate"]["rejected"] == 1.0  # the same inputs, the same model: every one rejected again
 
+    recalibrated = tmp_path / "recalibrated"
+    shutil.copytree(checkpoint, recalibrated)
+    assert training_main(["calibrate", "--checkpoint", str(recalibrated), "--set", "gate.combine=min", "--outliers", str(out)]) == 2
+    assert "choose their weights against" in capsys.readouterr().err
+    import training.calibration
+
+    outlier_sets = []  # the outlier sets each fit chose its weights against
+    fit = training.calibration.calibrate_gate
+    monkeypatch.setattr(training.calibration, "calibrate_gate", lambda *args, **kwargs: outlier_sets.append(args[10]) or fit(*args, **kwargs))
+    for outliers in ([], ["--outliers", str(out)]):
+        assert training_main(["calibrate", "--checkpoint", str(recalibrated), "--set", "gate.combine=max_sum", *outliers]) == 0
+    assert len(outlier_sets[1]) == len(outlier_sets[0]) + 1 and len(outlier_sets[1][-1]["log_px"]) == len(rejected)
+    gate = load_checkpoint(recalibrated).manifest.gate
+    assert gate.combine == "max_sum" and gate.weights is not None
+    assert [dict(outlier_set) for outlier_set in gate.outliers] == [{"name": out.name, "sha256": hashlib.sha256(out.read_bytes()).hexdigest(), "rows": len(rejected)}]
+
     labels = tmp_path / "labels.csv"
     labels.write_text("request_id,instance,label\nb,0,7\n")
     assert training_main(["decisions", "--log", str(log), "--labels", str(labels), "--out", str(tmp_path / "labelled.npz")]) == 0
     labelled = np.load(tmp_path / "labelled.npz")
     assert labelled["y"].tolist() == [7] and np.array_equal(labelled["x"][0], np.asarray(flat[1], dtype=np.float32))
+    config = load_config(CONFIGS / "tiny.yaml")
+    plain = split_dataset(load_dataset(config.data, config.seed), config.data, config.seed)
+    config.data.add_to_train = [tmp_path / "labelled.npz"]
+    added = split_dataset(load_dataset(config.data, config.seed), config.data, config.seed)
+    assert np.array_equal(added.train.x, np.r_[plain.train.x, labelled["x"].astype(plain.train.x.dtype)]) and added.train.y.tolist() == [*plain.train.y.tolist(), 7]
+    for name in ("validation", "calibration", "test"):  # the added rows go to training only
+        assert np.array_equal(getattr(added, name).x, getattr(plain, name).x)
+    np.savez(tmp_path / "unknown-class.npz", x=labelled["x"], y=[10])
+    config.data.add_to_train = [tmp_path / "unknown-class.npz"]
+    with pytest.raises(DataError, match="class indices 0 to 9"):
+        split_dataset(load_dataset(config.data, config.seed), config.data, config.seed)
     capsys.readouterr()
     assert training_main(["decisions", "--log", str(log), "--accepted", "--out", str(tmp_path / "none.npz")]) == 2  # accepted inputs were not kept
     assert "no logged inputs match" in capsys.readouterr().err and not (tmp_path / "none.npz").exists()

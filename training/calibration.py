@@ -11,11 +11,11 @@ from pathlib import Path
 import numpy as np
 from pydantic import ValidationError
 
-from models.checkpoint import LoadedCheckpoint, load_checkpoint, save_checkpoint
+from models.checkpoint import LoadedCheckpoint, load_checkpoint, save_checkpoint, sha256_of
 from models.conformal import LEARNED_COMBINATIONS
 from models.gate import GATE_FILE, Gate, calibrate_gate, gate_tails
 from models.hybrid import HybridModel
-from models.manifest import FittedScores, Manifest, ManifestDraft
+from models.manifest import FittedScores, Manifest, ManifestDraft, OutlierSet
 from models.scores import LatentNeighbours, ScoreFit
 from models.validation import validation_message
 from training.config import ConfigError, ExperimentConfig, GateSettings, apply_override
@@ -23,11 +23,14 @@ from training.data import DataError, Split, Splits, load_dataset, split_dataset
 from training.evaluate import evaluate_split, model_outputs
 from training.export import ONNX_FILE, export_checkpoint
 from training.ood_sets import builtin_ood_sets
+from training.report import load_ood_set
 
 
-def fit_gate(model: HybridModel, splits: Splits, settings: GateSettings, batch_size: int = 512) -> Gate:
+def fit_gate(model: HybridModel, splits: Splits, settings: GateSettings, batch_size: int = 512, known_outliers: dict[str, np.ndarray] | None = None) -> Gate:
     """The calibrated gate of ``model``. The latent Gaussian sees the labelled training rows; the
-    conformal p-values the calibration split only (never trained on or selected with)."""
+    conformal p-values the calibration split only (never trained on or selected with). The learned
+    combinations choose their weights against the synthetic outlier sets (image models) and
+    ``known_outliers`` (inputs by set name, e.g. logged rejections)."""
     needed = math.ceil(1 / settings.alpha)  # a conformal p-value is at least 1 / (n + 1)
     rows = 0 if splits.calibration is None else len(splits.calibration)
     if rows < needed and (settings.method == "conformal" or rows < 2):
@@ -54,7 +57,12 @@ def fit_gate(model: HybridModel, splits: Splits, settings: GateSettings, batch_s
     combine = settings.combine or ("max_sum" if draws_synthetic_outliers(model) else "min")
     outliers = None
     if combine in LEARNED_COMBINATIONS:
-        outliers = [model_outputs(model, images, batch_size, fitted=fitted) for images in synthetic_outliers(model, splits.validation.x).values()]
+        sets = dict(known_outliers or {})
+        if draws_synthetic_outliers(model) or not sets:
+            sets = {**synthetic_outliers(model, splits.validation.x), **sets}
+        outliers = [model_outputs(model, images, batch_size, fitted=fitted) for images in sets.values()]
+    elif known_outliers:
+        raise ConfigError(f"outlier sets are what gate.combine weighted or max_sum choose their weights against; this gate combines with {combine} (--set gate.combine=max_sum)")
     fitted_summary = FittedScores(
         latent_space=space, latent_dims=int(fitted.latent.weight.shape[1]),
         latent_classes=int(fitted.latent.means.shape[0]), neighbour_scale=fitted.neighbour_scale,
@@ -83,7 +91,10 @@ def synthetic_outliers(model: HybridModel, reference_x: np.ndarray) -> dict[str,
     """The built-in OOD families (``training.ood_sets``) drawn from up to ``SYNTHETIC_ROWS``
     reference images: what ``gate.combine: weighted | max_sum`` choose their weights against."""
     if not draws_synthetic_outliers(model):
-        raise ConfigError("gate.combine 'weighted' and 'max_sum' draw synthetic outliers from images of quantized levels; this model's inputs are not, use min")
+        raise ConfigError(
+            "gate.combine 'weighted' and 'max_sum' draw synthetic outliers from images of quantized levels; this model's inputs are not: "
+            "use min, or give outlier sets (calibrate --outliers)"
+        )
     return builtin_ood_sets(reference_x[:SYNTHETIC_ROWS], model.preprocessing.levels, SYNTHETIC_SEED)
 
 
@@ -132,9 +143,11 @@ def differs_only_in_gate(trained: ExperimentConfig, wanted: ExperimentConfig) ->
     return trained.model_dump(exclude=GATE_SECTIONS) == wanted.model_dump(exclude=GATE_SECTIONS)
 
 
-def recalibrate(loaded: LoadedCheckpoint, overrides: list[str], data_dir: str | None = None) -> Manifest:
+def recalibrate(loaded: LoadedCheckpoint, overrides: list[str], data_dir: str | None = None, outlier_files: list[str] = ()) -> Manifest:
     """Refit the gate of a checkpoint with ``gate.*`` / ``evaluation.*`` overrides of its training
-    config (``refit_gate``). Returns the manifest written."""
+    config (``refit_gate``), the learned weights chosen also against the inputs of ``outlier_files``
+    (any file ``evaluate --ood`` reads: IDX or .npz, such as ``decisions --rejected`` writes).
+    Returns the manifest written."""
     tree = dict(loaded.manifest.training.config)
     for assignment in overrides:
         if not assignment.split("=", 1)[0].strip().startswith(("gate.", "evaluation.")):
@@ -146,20 +159,27 @@ def recalibrate(loaded: LoadedCheckpoint, overrides: list[str], data_dir: str | 
         raise ConfigError(validation_message(error.errors(), "config")) from None
     if data_dir is not None:
         config.data.data_dir = Path(data_dir)
-    return refit_gate(loaded, config)
+    known = {Path(path).name: load_ood_set(path, {}, tuple(loaded.manifest.input_shape)) for path in outlier_files}
+    if len(known) < len(outlier_files):
+        raise ConfigError("two outlier files have the same name; give each set a file name of its own")
+    recorded = [OutlierSet(name=Path(path).name, sha256=sha256_of(Path(path)), rows=len(known[Path(path).name])) for path in outlier_files]
+    return refit_gate(loaded, config, known, recorded)
 
 
-def refit_gate(loaded: LoadedCheckpoint, config: ExperimentConfig) -> Manifest:
+def refit_gate(loaded: LoadedCheckpoint, config: ExperimentConfig, known_outliers: dict[str, np.ndarray] | None = None, recorded: list[OutlierSet] | None = None) -> Manifest:
     """Refit the gate of a checkpoint on the splits it was trained with (rebuilt from ``config``,
     which must match its training config but for ``gate`` and ``evaluation``) and rewrite it
-    atomically. The weights do not change; an ONNX model is exported again (its graph holds the
-    fitted score parts). Returns the manifest written."""
+    atomically; ``known_outliers`` as ``fit_gate`` takes them, ``recorded`` in the manifest's gate
+    section. The weights do not change; an ONNX model is exported again (its graph holds the fitted
+    score parts). Returns the manifest written."""
     trained = ExperimentConfig.model_validate(loaded.manifest.training.config)
     trained.data.data_dir = config.data.data_dir  # where the data lies is not part of what was trained
     if not differs_only_in_gate(trained, config):
         raise ConfigError(f"checkpoint {loaded.path} was trained with another data or model config; only gate.* and evaluation.* may change")
     splits = split_dataset(load_dataset(config.data, config.seed), config.data, config.seed)
-    gate = fit_gate(loaded.model, splits, config.gate, config.evaluation.batch_size)
+    gate = fit_gate(loaded.model, splits, config.gate, config.evaluation.batch_size, known_outliers)
+    if recorded:
+        gate.summary = gate.summary.revised(outliers=recorded)
     training = loaded.manifest.training.revised(config=config.model_dump(mode="json"))
     manifest = loaded.manifest.draft().revised(onnx=None, training=training)
     keep = {name: loaded.path / name for name in loaded.manifest.files if name not in ("weights.safetensors", GATE_FILE, ONNX_FILE)}

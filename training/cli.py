@@ -111,7 +111,7 @@ def _export(args: argparse.Namespace) -> None:
 def _calibrate(args: argparse.Namespace) -> None:
     from training.calibration import recalibrate
 
-    manifest = recalibrate(load_checkpoint(args.checkpoint), list(args.set), args.data_dir)
+    manifest = recalibrate(load_checkpoint(args.checkpoint), list(args.set), args.data_dir, args.outliers)
     print(f"wrote {args.checkpoint} ({manifest.name} version {manifest.version}); {_summary(manifest)}")
 
 
@@ -212,6 +212,11 @@ def build_parser() -> argparse.ArgumentParser:
     calibrate.add_argument("--checkpoint", required=True, help="checkpoint folder")
     calibrate.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a gate.* or evaluation.* setting, e.g. --set gate.combine=min (repeatable)")
     calibrate.add_argument("--data-dir", help="folder with the training data files, if the data set reads files")
+    calibrate.add_argument(
+        "--outliers", action="append", default=[], metavar="FILE",
+        help="known outliers (IDX or .npz, as evaluate --ood reads; e.g. decisions --rejected's output) that gate.combine weighted or max_sum "
+             "also choose their weights against, each file a set; the manifest records each one's name, sha256 and rows (repeatable)",
+    )
     calibrate.set_defaults(handler=_calibrate)
 
     sign = commands.add_parser("sign", help="sign a checkpoint's manifest with a key", description="Add an HMAC-SHA256 of the manifest's digest (which covers every field and file hash) with the key in --key-file. A service started with that key (DIGLM_SIGNING_KEY_FILE) refuses checkpoints without a matching signature.")
@@ -223,7 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
         "decisions", help="export the service's logged inputs as a data set",
         description="Read the service's decision log (DIGLM_DECISION_LOG_DIR, JSON Lines) and write the inputs of the records chosen to an .npz: "
         "x (what evaluate --ood reads) with each one's request_id, instance, time, decision, p_value, reason, model and version. "
-        "With --labels, only the labelled inputs, and y. The log keeps inputs only with DIGLM_DECISION_LOG_INPUTS.",
+        "With --labels, only the labelled inputs, and y (train adds them with --set data.add_to_train=[FILE]). The log keeps inputs only with DIGLM_DECISION_LOG_INPUTS.",
     )
     decisions.add_argument("--log", required=True, help="the decision log's folder")
     chosen = decisions.add_mutually_exclusive_group()

@@ -34,6 +34,11 @@ class DataConfig(StrictModel):
     labels_per_class: int | None = Field(None, ge=1, description="semi-supervised: keep labels for N training examples per class")
     unlabeled: Literal["keep", "drop"] = Field("keep", description="with labels_per_class: train on the unlabeled rows too, or drop them")
     options: dict[str, Any] = Field(default_factory=dict, description="data-set specific options (files, columns)")
+    add_to_train: list[Path] = Field(
+        default_factory=list,
+        description="labelled .npz files (arrays x and y, such as python -m training decisions --labels writes) whose rows are added to the "
+        "training split, after the split: never to validation, calibration or test",
+    )
 
 
 class TrainConfig(StrictModel):

@@ -3,7 +3,7 @@ Lines) back to a data set. The logged inputs of the records chosen (rejected or 
 model, a time window) go to an ``.npz`` that ``evaluate --ood`` reads (key ``x``), with each one's
 request id, instance, time, decision, p-value and reason beside it. With a labels CSV (columns
 ``request_id`` and ``label``, optionally ``instance``) only the labelled inputs are written, with
-``y``: reviewed inputs for training (no training data set reads such a file yet).
+``y``: reviewed inputs that training adds to its training split (``data.add_to_train``).
 
 Records without an input (the log keeps them only with ``DIGLM_DECISION_LOG_INPUTS``), lines that
 are not records (a write cut short) and inputs whose sha256 is not the record's are skipped and

@@ -130,7 +130,8 @@ def answered_by(codec: RestCodec):
 async def serve_http(request: Request, codec: RestCodec, name: str, version: str | None = None) -> Response:
     """A REST inference call through the one dispatch: the body (JSON, or raw bytes after a JSON
     header for a codec of the binary tensor extension), within the size limit, decoded and answered
-    by ``codec``. Content type and size are REST's checks, made here and not in the codec."""
+    by ``codec``. Content type and size are REST's checks, made here and not in the codec. Answers,
+    errors too, carry the call's ``X-Request-ID``."""
     header_length = request.headers.get("inference-header-content-length")
     allowed = BINARY_TYPES if codec.binary and header_length is not None else JSON_TYPES
 
@@ -142,7 +143,12 @@ async def serve_http(request: Request, codec: RestCodec, name: str, version: str
             pass
 
     state, call = service_state(request), request_id(request.headers.get("x-request-id"))
-    answer = await dispatch(state.models, codec, name, version, read, served_by(request), client_gone, state.decisions, call)
+    try:
+        answer = await dispatch(state.models, codec, name, version, read, served_by(request), client_gone, state.decisions, call)
+    except Exception as error:  # noqa: BLE001 - answered here, as the error handlers would, to carry the call's id
+        response = error_response(error, request.url.path)
+        response.headers["x-request-id"] = call
+        return response
     return Response(answer.body, media_type=answer.media_type, headers={**answer.headers, "x-request-id": call})
 
 

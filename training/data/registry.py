@@ -6,6 +6,7 @@ raw values for tables) and targets ``y`` ``(N,)`` (int64 class indices or float3
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, Literal
 
 import numpy as np
@@ -84,7 +85,8 @@ def split_dataset(dataset: Dataset, config: DataConfig, seed: int) -> Splits:
     """Stratified (for classification) train / validation / calibration / test split fixed by
     ``seed``. Validation and calibration are fractions of the rows outside the test split; the
     calibration rows are drawn first, from the rows the model never trains on. With
-    ``labels_per_class`` only that many training examples per class keep their label."""
+    ``labels_per_class`` only that many training examples per class keep their label. The rows of
+    ``add_to_train`` join the training split last."""
     classification = dataset.task == "classification"
     indices = np.arange(len(dataset.x))
     if dataset.test is None:
@@ -119,4 +121,29 @@ def split_dataset(dataset: Dataset, config: DataConfig, seed: int) -> Splits:
             train.labeled[members[: config.labels_per_class]] = True
         if config.unlabeled == "drop":
             train = Split(train.x[train.labeled], train.y[train.labeled])
+    if config.add_to_train:
+        x, y = added_rows(config.add_to_train, dataset)
+        train = Split(np.concatenate([train.x, x]), np.concatenate([train.y, y]), np.r_[train.labeled, np.ones(len(x), dtype=bool)])
     return Splits(train, validation, test, calibration)
+
+
+def added_rows(paths: list[Path], dataset: Dataset) -> tuple[np.ndarray, np.ndarray]:
+    """The labelled rows of ``paths`` (``.npz`` with arrays ``x`` and ``y``), checked against
+    ``dataset`` (input shape; a classification label among its classes) and in its dtypes."""
+    xs, ys = [], []
+    classes = len(dataset.classes) if dataset.classes else int(dataset.y.max()) + 1
+    for path in paths:
+        try:
+            with np.load(path, allow_pickle=False) as archive:
+                x, y = (archive[key] if key in archive.files else None for key in ("x", "y"))
+        except (OSError, ValueError) as error:
+            raise DataError(f"cannot read {path}: {error}") from None
+        if x is None or y is None:
+            raise DataError(f"{path}: rows to add need arrays x and y (python -m training decisions --labels writes them)")
+        if x.shape[1:] != dataset.x.shape[1:] or len(x) != len(y):
+            raise DataError(f"{path} holds {len(x)} inputs of shape {x.shape[1:]} and {len(y)} labels; the data set's inputs have shape {dataset.x.shape[1:]}")
+        if dataset.task == "classification" and not (np.issubdtype(y.dtype, np.integer) and ((y >= 0) & (y < classes)).all()):
+            raise DataError(f"{path}: labels must be class indices 0 to {classes - 1}")
+        xs.append(x.astype(dataset.x.dtype))
+        ys.append(y.astype(dataset.y.dtype))
+    return np.concatenate(xs), np.concatenate(ys)
