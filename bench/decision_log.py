@@ -1,8 +1,9 @@
 """What the decision log costs and whether it loses records (issue 37's targets): servers of the
 benchmark model with the log off, on (JSON Lines, every instance), and on with a CloudEvents sink
 beside it that is down (a port nobody listens on) or slow (answers each event after 1 s, within
-the sink's 2 s timeout), loaded in rotating order, round after round, with one-instance v1 JSON
-requests at c = 32 by wrk, so that the machine's drift falls on all alike; then a soak of the
+the sink's 2 s timeout), and a second server with the log off, whose ratio to the first shows how
+far two like servers differ on this machine; loaded in rotating order, round after round, with
+one-instance v1 JSON requests at c = 32 by wrk, so that the machine's drift falls on all alike; then a soak of the
 JSON Lines server, after which the records written (counted by the service and
 counted as lines in the files) must equal the instances it answered (a prediction whose client had
 already left is not answered, nor logged). Prints a table; ``--write``
@@ -30,6 +31,7 @@ from bench.serve import MODEL_NAME, metric_total, prepare, stop, wait_until_up, 
 from bench.serve_load import free_port
 
 CONCURRENCY = 32
+NOISE_FLOOR = "off, a second server (the noise floor: how far two like servers differ)"
 SLOW_SINK_S = 1.0
 
 
@@ -84,6 +86,7 @@ def main() -> None:
         f"on, and a CloudEvents sink that answers in {SLOW_SINK_S:g} s": {
             "DIGLM_DECISION_LOG_DIR": str(folder / "slow"), "DIGLM_DECISION_LOG_CLOUDEVENTS_URL": f"http://127.0.0.1:{slow.server_port}/", **logged,
         },
+        NOISE_FLOOR: {},
     }
     servers = {}
     try:
@@ -103,7 +106,7 @@ def main() -> None:
                 rates[name].append(result["requests_per_s"])
                 p99[name].append(result["p99_ms"])
             print(f"round {round_ + 1}/{args.rounds}: " + ", ".join(f"{rates[name][-1]:.0f}/s" for name in names), flush=True)
-        dropped_by_sink = {name: metric_total(servers[name][1], "diglm_decision_log_dropped_total", sink="cloudevents") for name in names[2:]}
+        dropped_by_sink = {name: metric_total(servers[name][1], "diglm_decision_log_dropped_total", sink="cloudevents") for name in names if "CloudEvents" in name}
         for name in names:
             if name != names[1]:
                 stop(servers.pop(name)[0])
@@ -150,9 +153,10 @@ def main() -> None:
         update_section(
             ROOT / "docs" / "benchmarks.md", "decision-log",
             "## The decision log's cost (`bench/decision_log.py`)\n\n"
-            f"Four servers (`python -m service`, onnx backend, the benchmark model of `bench/serve.py`): the decision log off; on "
+            f"Five servers (`python -m service`, onnx backend, the benchmark model of `bench/serve.py`): the decision log off; on "
             f"(`DIGLM_DECISION_LOG_DIR`: JSON Lines, every instance, inputs never); on with a CloudEvents sink beside it that is down (nobody listens) "
-            f"or slow (each event answered after {SLOW_SINK_S:g} s, the sink's timeout 2 s). One-instance v1 JSON requests at c = {CONCURRENCY} by wrk, "
+            f"or slow (each event answered after {SLOW_SINK_S:g} s, the sink's timeout 2 s); and a second server with the log off, whose ratio to the "
+            f"first is the noise floor: a ratio inside its quartiles is no difference this machine can show. One-instance v1 JSON requests at c = {CONCURRENCY} by wrk, "
             f"{args.rounds} rounds of {args.seconds:.0f} s per server, the order rotating each round. Client and servers share the {machine}.\n\n"
             f"Command: `.venv/bin/python -m bench.decision_log --rounds {args.rounds} --seconds {args.seconds:.0f} --soak-s {args.soak_s:.0f} --write`\n\n"
             f"{table}\n\n{soak_line}\n",

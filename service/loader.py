@@ -21,7 +21,7 @@ from models.checkpoint import CheckpointError
 from models.device import DeviceUnavailable
 from service.repository import ModelSource, VersionFolder, parse_policies
 from service.routing import RoutingTable, shown
-from service.serving import READY, UNAVAILABLE, ServedVersion
+from service.serving import READY, UNAVAILABLE, ServedVersion, settle_heap
 from service.settings import ServiceSettings
 
 log = logging.getLogger(__name__)
@@ -145,6 +145,7 @@ class ModelLoader:
                         await served.release(0)
                     raise
             self.table.switch(name, {version: fresh.get(version) or current[version] for version in wanted}, self.settings.drain_timeout_s)
+            settle_heap()
             log.info("%s now serves versions %s (default %s)", name, wanted, wanted[-1])
 
     async def _start(self, folder: VersionFolder) -> ServedVersion:

@@ -29,6 +29,17 @@ DISCONNECT_WATCH_AFTER_S = 0.05  # a request still waiting this long starts watc
 LOADING, READY, UNLOADING, UNAVAILABLE = "LOADING", "READY", "UNLOADING", "UNAVAILABLE"
 
 
+def settle_heap() -> None:
+    """Collect the garbage, then freeze what is left (``gc.freeze``), after a model version is
+    loaded or released: the models' and libraries' objects, some 265,000 for the benchmark model, are
+    then left out of the collections that serving's own garbage sets off. A full collection over them
+    held the GIL for about 80 ms, stalling every request then in the service (p99). Unfrozen first,
+    so that what a released version leaves behind is collected."""
+    gc.unfreeze()
+    gc.collect()
+    gc.freeze()
+
+
 class ServedVersion:
     def __init__(self, runtime: ModelRuntime, settings: ServiceSettings, executor: Executor, digest: str | None = None):
         """``executor``: the inference thread every version shares (one forward pass at a time).
@@ -84,7 +95,7 @@ class ServedVersion:
         self.state = UNAVAILABLE
         device = self.runtime.device
         self.runtime = None
-        gc.collect()
+        settle_heap()
         if device.type == "cuda":
             torch.cuda.empty_cache()
         log.info("released %s version %s", self.name, self.version)
