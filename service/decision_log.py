@@ -33,7 +33,7 @@ from datetime import datetime, timezone
 from itertools import groupby, repeat
 from operator import attrgetter
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import Callable, Literal, Protocol
 
 import numpy as np
 import orjson
@@ -108,7 +108,7 @@ def _built_together(requests: list[AnsweredRequest]) -> list[dict]:
     x = as_logged(kept([request.x for request in requests]))
     sha256s = digests(x)
     with_input = _joined_mask([request.with_input for request in requests], sizes, fill=False)
-    with_input = None if with_input is None else with_input[slice(None) if keep is None else keep].tolist()
+    with_input = None if with_input is None else kept([with_input]).tolist()
     out = []
     for i, row in enumerate(instance):
         request_id, stamp, model, version, protocol, latency_ms = per_request[owner[i]]
@@ -251,6 +251,21 @@ class RecentRejections:
         return found
 
 
+def drain(pending: deque, closing: threading.Event, take: Callable[[], list], handle: Callable[[list], None]) -> None:
+    """A thread's loop over a queue that serving only appends to (no lock, no wake-up): ``handle``
+    what ``take`` takes from ``pending``, looking again ``POLL_S`` later when it is empty, until
+    ``closing`` is set and everything queued before it is handled."""
+    while True:
+        closed = closing.is_set()  # read first: whatever was queued before close is handled
+        taken = take()
+        if taken:
+            handle(taken)
+        elif closed:
+            return
+        else:
+            closing.wait(POLL_S)
+
+
 class SinkWriter:
     """One sink's bounded queue of built records (at most ``capacity``, as JSON: bytes, which the
     garbage collector does not walk, as it would the dicts of a full queue) and the thread that
@@ -284,19 +299,16 @@ class SinkWriter:
         self.dropped["queue_full"].inc(count)
 
     def _run(self) -> None:
-        while True:
-            closing = self.closing.is_set()  # read first: whatever was queued before close is written
-            batch: list[bytes] = []
-            while self.pending and len(batch) < WRITE_BATCH:
-                batch += self.pending.popleft()
-            self.taken += len(batch)
-            if batch:
-                self._write(batch)
-            elif closing:
-                break
-            else:
-                self.closing.wait(POLL_S)
+        drain(self.pending, self.closing, self._records, self._write)
         self.sink.close()
+
+    def _records(self) -> list[bytes]:
+        """Queued batches, joined until they hold ``WRITE_BATCH`` records or none is left."""
+        batch: list[bytes] = []
+        while self.pending and len(batch) < WRITE_BATCH:
+            batch += self.pending.popleft()
+        self.taken += len(batch)
+        return batch
 
     def _write(self, batch: list[bytes]) -> None:
         if time.monotonic() < self.retry_at:
@@ -383,21 +395,17 @@ class DecisionLog:
         return self.rng.random(n) < share
 
     def _build(self) -> None:
-        """The builder thread: polls the queue (``POLL_S``; serving only appends, no lock and no
-        wake-up) and hands each batch's records to every writer."""
-        while True:
-            closing = self.closing.is_set()  # read first: whatever was queued before close is built
-            taken = []
-            while self.pending and len(taken) < WRITE_BATCH:
-                taken.append(self.pending.popleft())
-            if taken:
-                batch = [orjson.dumps(record) for record in records(taken)]
-                for writer in self.writers:
-                    writer.put(batch)
-            elif closing:
-                break
-            else:
-                self.closing.wait(POLL_S)
+        """The builder thread: hands the records of each batch of queued requests to every writer."""
+        drain(self.pending, self.closing, self._requests, self._hand_over)
+
+    def _requests(self) -> list[AnsweredRequest]:
+        """Up to ``WRITE_BATCH`` queued requests, oldest first."""
+        return [self.pending.popleft() for _ in range(min(len(self.pending), WRITE_BATCH))]
+
+    def _hand_over(self, requests: list[AnsweredRequest]) -> None:
+        batch = [orjson.dumps(record) for record in records(requests)]
+        for writer in self.writers:
+            writer.put(batch)
 
     def close(self, timeout: float) -> None:
         """Write every queued record and stop the builder and the writers, within ``timeout`` seconds."""

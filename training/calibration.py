@@ -159,10 +159,11 @@ def recalibrate(loaded: LoadedCheckpoint, overrides: list[str], data_dir: str | 
         raise ConfigError(validation_message(error.errors(), "config")) from None
     if data_dir is not None:
         config.data.data_dir = Path(data_dir)
-    known = {Path(path).name: load_ood_set(path, {}, tuple(loaded.manifest.input_shape)) for path in outlier_files}
-    if len(known) < len(outlier_files):
+    paths = [Path(path) for path in outlier_files]
+    known = {path.name: load_ood_set(str(path), {}, tuple(loaded.manifest.input_shape)) for path in paths}
+    if len(known) < len(paths):
         raise ConfigError("two outlier files have the same name; give each set a file name of its own")
-    recorded = [OutlierSet(name=Path(path).name, sha256=sha256_of(Path(path)), rows=len(known[Path(path).name])) for path in outlier_files]
+    recorded = [OutlierSet(name=path.name, sha256=sha256_of(path), rows=len(known[path.name])) for path in paths]
     return refit_gate(loaded, config, known, recorded)
 
 
