@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 MODEL_DIR ?= artifacts/digits
 CONFIG ?= training/configs/digits.yaml
 
-.PHONY: install test test-random train serve bench-env bench-load bench-swap bench-serve bench-train-speed mutation alerts docker-wheels docker-smoke fuzz soak clean protos
+.PHONY: install test test-random train serve bench-env bench-load bench-swap bench-serve bench-train-speed mutation alerts docker-wheels docker-smoke fuzz soak soak-open clean protos
 
 install: $(VENV)/.installed
 
@@ -39,6 +39,11 @@ fuzz: train
 soak: train
 	@command -v wrk >/dev/null || { echo "wrk is needed: apt-get install wrk"; exit 1; }
 	$(PY) -m bench.soak --model-dir $(MODEL_DIR) --minutes 5
+
+# Open loop: 1x, 2x and 4x the measured capacity for 2 minutes each, every answer checked (bench/soak_open.py).
+soak-open: train
+	@command -v wrk >/dev/null || { echo "wrk is needed: apt-get install wrk"; exit 1; }
+	$(PY) -m bench.soak_open --model-dir $(MODEL_DIR) --write
 
 # Prometheus alert rules (docker/alerts.yml) checked and unit-tested (docker/alerts.test.yml).
 alerts:

@@ -17,6 +17,7 @@ import platform
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -34,14 +35,22 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_server(port: int, *service_args: str) -> subprocess.Popen:
-    """``python -m service --port PORT --device cpu SERVICE_ARGS`` (e.g. ``--model-dir DIR``), once ready."""
+def start_server(port: int, *service_args: str, cpus: set[int] | None = None) -> subprocess.Popen:
+    """``python -m service --port PORT --device cpu SERVICE_ARGS`` (e.g. ``--model-dir DIR``), once
+    ready; on ``cpus`` only when given. Its log (warnings and errors) goes to a temporary file,
+    ``server.log_path``: a pipe that nobody reads would stop the server once full."""
     command = [sys.executable, "-m", "service", "--port", str(port), "--device", "cpu", *service_args]
-    server = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ, "DIGLM_LOG_LEVEL": "warning"})
+    log_path = Path(tempfile.mkstemp(prefix="diglm-server-", suffix=".log")[1])
+    with open(log_path, "wb") as log:
+        server = subprocess.Popen(
+            command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=log, env={**os.environ, "DIGLM_LOG_LEVEL": "warning"},
+            preexec_fn=None if cpus is None else lambda: os.sched_setaffinity(0, cpus),
+        )
+    server.log_path = log_path
     deadline = time.time() + 60
     while time.time() < deadline:
         if server.poll() is not None:
-            raise SystemExit(f"server exited: {server.stderr.read().decode().strip()}")
+            raise SystemExit(f"server exited: {log_path.read_text().strip()}")
         try:
             if httpx.get(f"http://127.0.0.1:{port}/v2/health/ready", timeout=1).status_code == 200:
                 return server

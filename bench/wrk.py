@@ -3,6 +3,7 @@ the answers by a ``classify(status, headers, body)`` function of the caller's (L
 wrk's threads, and the run's requests/s, p50 / p99 latency and socket errors parsed from its output."""
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 from pathlib import Path
@@ -45,11 +46,12 @@ def write_script(path: Path, body: str, classify: str) -> Path:
     return path
 
 
-def run(url: str, script: Path, connections: int, seconds: float) -> dict:
-    """One closed-loop wrk run (2 threads): requests, counts by ``classify``, p50 / p99 (s), socket
-    errors (connect, read, write, timeout), requests/s."""
+def run(url: str, script: Path, connections: int, seconds: float, cpus: set[int] | None = None) -> dict:
+    """One closed-loop wrk run (2 threads; on ``cpus`` only when given): requests, counts by
+    ``classify``, p50 / p99 (s), socket errors (connect, read, write, timeout), requests/s."""
     result = subprocess.run(
-        ["wrk", "-t2", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--timeout", "30s", "-s", str(script), url], capture_output=True, text=True
+        ["wrk", "-t2", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--timeout", "30s", "-s", str(script), url], capture_output=True, text=True,
+        preexec_fn=None if cpus is None else lambda: os.sched_setaffinity(0, cpus),
     )
     text = result.stdout
     if "STATUS" not in text:

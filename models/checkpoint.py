@@ -6,15 +6,23 @@ The manifest is sealed: its ``digest`` covers every field (tau, calibration, con
 hashes) and the version is derived from it, so an edited field is refused at load. Sites that want
 provenance sign the digest with a key (HMAC-SHA256, ``sign_checkpoint``) and load with that key.
 
-The folder is written atomically (a temporary sibling folder, then a rename), so a crash never
-leaves a half-written checkpoint. Loading checks the format version and every hash and raises
-``CheckpointError`` with a one-line message that says what is wrong.
+The folder is written atomically: into a temporary sibling folder, synced to disk, then swapped
+with the old one in one step (``renameat2`` with ``RENAME_EXCHANGE`` on Linux; elsewhere two
+renames), so a crash or a full disk never leaves a half-written checkpoint or loses the one before
+(a full disk is a one-line ``CheckpointError``). A staging folder left by a writer that was killed
+is removed by the next write to the same place on the same machine (its name holds the PID).
+Loading checks the format version and every hash and raises ``CheckpointError`` with a one-line
+message that says what is wrong.
 """
 from __future__ import annotations
 
+import ctypes
+import errno
+import glob
 import hashlib
 import hmac
 import json
+import os
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -33,6 +41,7 @@ from models.validation import validation_message
 MANIFEST_FILE = "manifest.json"
 WEIGHTS_FILE = "weights.safetensors"
 UNSEALED_FIELDS = ("digest", "version", "signature")  # what the digest does not cover
+AT_FDCWD, RENAME_EXCHANGE = -100, 2  # renameat2(2)
 
 
 class CheckpointError(Exception):
@@ -79,7 +88,11 @@ def save_checkpoint(
     manifest written."""
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
+    _remove_stale_staging(directory)
+    try:
+        staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-{os.getpid()}-", dir=directory.parent))
+    except OSError as error:
+        raise _unwritable(directory, error) from error
     try:
         state = {key: value.detach().cpu().contiguous() for key, value in model.state_dict().items()}
         save_file(state, staging / WEIGHTS_FILE)
@@ -92,17 +105,79 @@ def save_checkpoint(
         digest = manifest_digest(validated.model_dump(mode="json"))  # as written, defaults filled in
         manifest = validated.model_copy(update={"digest": digest, "version": digest[:12]})
         _write_manifest(staging / MANIFEST_FILE, manifest)
-        if directory.exists():
-            retired = Path(tempfile.mkdtemp(prefix=f".{directory.name}.old-", dir=directory.parent))
-            directory.rename(retired / directory.name)
-            staging.rename(directory)
-            shutil.rmtree(retired)
-        else:
-            staging.rename(directory)
-    except BaseException:
+        _sync(staging)
+    except BaseException as error:
         shutil.rmtree(staging, ignore_errors=True)
+        if isinstance(error, (OSError, SafetensorError)):  # a full disk, a read-only or vanished folder: one line, nothing replaced
+            raise _unwritable(directory, error) from error
         raise
+    if not directory.exists():
+        staging.rename(directory)
+    elif _exchange(staging, directory):
+        shutil.rmtree(staging)  # the old checkpoint, now at the staging path
+    else:
+        retired = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-{os.getpid()}-", dir=directory.parent))
+        directory.rename(retired / directory.name)
+        staging.rename(directory)
+        shutil.rmtree(retired)
+    _sync_folder(directory.parent)
     return manifest
+
+
+def _unwritable(directory: Path, error: Exception) -> CheckpointError:
+    kept = "the checkpoint there is unchanged" if directory.exists() else "nothing was written there"
+    reason = getattr(error, "strerror", None) or str(error).strip().splitlines()[0]
+    return CheckpointError(f"cannot write checkpoint {directory}: {reason}; {kept}")
+
+
+def _sync(folder: Path) -> None:
+    """Every file of ``folder`` and then the folder itself to disk (``fsync``)."""
+    for path in folder.iterdir():
+        with open(path, "rb") as handle:
+            os.fsync(handle.fileno())
+    _sync_folder(folder)
+
+
+def _sync_folder(folder: Path) -> None:
+    handle = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(handle)
+    finally:
+        os.close(handle)
+
+
+def _exchange(first: Path, second: Path) -> bool:
+    """Swap two paths in one step (Linux ``renameat2`` with ``RENAME_EXCHANGE``); False where this
+    system or file system cannot."""
+    renameat2 = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
+    if renameat2 is None:
+        return False
+    if renameat2(AT_FDCWD, os.fsencode(first), AT_FDCWD, os.fsencode(second), RENAME_EXCHANGE) == 0:
+        return True
+    error = ctypes.get_errno()
+    if error in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP):
+        return False
+    raise OSError(error, os.strerror(error), str(second))
+
+
+def _remove_stale_staging(directory: Path) -> None:
+    """The staging folders of earlier writes to ``directory`` whose process is gone (killed
+    mid-write: ``.NAME.tmp-PID-*``)."""
+    prefix = f".{directory.name}.tmp-"
+    for entry in directory.parent.glob(glob.escape(prefix) + "*"):
+        pid = entry.name.removeprefix(prefix).split("-", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(entry, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # no signal: whether it exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's
+        pass
+    return True
 
 
 def read_manifest(directory: str | Path, signing_key: bytes | None = None) -> Manifest:

@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     warn_if_open(settings.host, settings.all_api_keys())
     config = uvicorn.Config(
         app, host=settings.host, port=settings.port, log_level=settings.log_level, timeout_graceful_shutdown=settings.drain_timeout_s,
-        timeout_keep_alive=settings.keep_alive_timeout_s, limit_concurrency=settings.max_connections,
+        timeout_keep_alive=settings.keep_alive_timeout_s, limit_concurrency=settings.max_connections, backlog=settings.backlog,
         http=with_header_timeout(settings.header_timeout_s),
     )
     DrainingServer(config, app.state.service, settings.shutdown_delay_s).run()

@@ -22,11 +22,12 @@ from service.api import repository, v1, v2
 from service.api.common import SERVED_BY, error_response
 from service.auth import ApiKeyMiddleware
 from service.dispatch import ServedBy
-from service.fast_path import PredictionFastPath
+from service.fast_path import PredictionFastPath, PredictionRoutes
 from service.grpc_server import GrpcServer
 from service.metrics import ServiceMetrics
 from service.poller import RepositoryPoller
 from service.settings import ServiceSettings
+from service.shedding import ShedAtTheDoor
 from service.state import ServiceState
 
 log = logging.getLogger(__name__)
@@ -79,6 +80,7 @@ def create_app(settings: ServiceSettings | None = None, runtimes: list[ModelRunt
         grpc = app.state.grpc = GrpcServer(state) if settings.grpc_port else None
         if grpc is not None:
             await grpc.start()
+        state.loop_lag.start()
         loading = asyncio.create_task(start())
         yield
         if grpc is not None:  # drained already beside REST's connections under ``python -m service``
@@ -87,6 +89,7 @@ def create_app(settings: ServiceSettings | None = None, runtimes: list[ModelRunt
         await asyncio.gather(loading, return_exceptions=True)
         await asyncio.to_thread(state.decisions.close, settings.drain_timeout_s)  # every request is answered: write their records
         await state.models.close()
+        await state.loop_lag.stop()
         state.executor.shutdown(wait=False, cancel_futures=True)
 
     app = FastAPI(
@@ -100,18 +103,20 @@ def create_app(settings: ServiceSettings | None = None, runtimes: list[ModelRunt
     app.include_router(v1.router)
     app.include_router(v2.router)
     app.include_router(repository.router)
-    app.add_middleware(PredictionFastPath, routes=[*v1.router.routes, *v2.router.routes])  # innermost: after the key check
+    predictions = PredictionRoutes([*v1.router.routes, *v2.router.routes])
+    app.add_middleware(PredictionFastPath, routes=predictions)  # innermost: after the key check
     app.add_middleware(
         ApiKeyMiddleware, keys=settings.all_api_keys(), admin_keys=settings.all_admin_api_keys(), metrics_require_key=settings.metrics_require_key
     )
-    app.add_middleware(MetricsMiddleware, metrics=state.metrics)  # outermost: 401s are counted too
+    app.add_middleware(ShedAtTheDoor, routes=predictions, models=state.models, loop_lag=state.loop_lag)
+    app.add_middleware(MetricsMiddleware, metrics=state.metrics)  # outermost: 401s and shed calls are counted too
 
     @app.get("/metrics", include_in_schema=False)
     async def metrics() -> Response:
         return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     async def handle_error(request: Request, error: Exception) -> Response:
-        return error_response(error, request.url.path)
+        return error_response(error, request.scope["path"])
 
     for kind in (ServiceError, StarletteHTTPException, RequestValidationError, Exception):
         app.add_exception_handler(kind, handle_error)

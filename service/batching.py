@@ -5,9 +5,10 @@ One loop runs batches back to back in the inference thread. While a batch runs, 
 the next batch takes them all (up to ``max_batch_size`` instances), so batches grow with the load
 and a lone request never waits for company. ``max_delay_s`` > 0 additionally holds a batch open that
 long, but only while the previous batch held more than one request (there is concurrency to wait
-for). More than ``max_queue`` queued instances, or an expected wait (the instances queued ahead times
-the measured seconds per instance) longer than ``max_wait_s``, is refused with ``Overloaded`` (the
-service answers 503 with Retry-After) instead of letting latency grow without bound.
+for). More than ``max_queue`` queued instances, or an expected wait (the wait before the queue, the
+event loop's lag, plus the instances queued ahead times the measured seconds per instance) longer
+than ``max_wait_s`` (``DIGLM_MAX_QUEUE_WAIT_S``), is refused with ``Overloaded`` (the service answers
+503 with Retry-After) instead of letting latency grow without bound.
 """
 from __future__ import annotations
 
@@ -69,14 +70,20 @@ class DynamicBatcher:
         for request in self.pending:
             request.future.cancel()
 
-    def submit(self, inputs: InferenceInput) -> asyncio.Future:
-        """Queue n instances: a future of their prediction (cancel it to drop the work while it is
-        still queued). ``Overloaded`` at once when the queue is over its limits."""
-        if self.queued_instances + len(inputs) > self.max_queue:
+    def admit(self, instances: int, waited_s: float = 0.0) -> None:
+        """``Overloaded`` when ``instances`` more would pass the queue's limit, or when their wait
+        (``waited_s``, spent before they reached the queue, plus the expected wait) is past
+        ``max_wait_s``. ``submit`` checks; a caller may check before it reads a request (0 instances)."""
+        if self.queued_instances + instances > self.max_queue:
             raise Overloaded(f"{self.queued_instances} instances are queued (limit {self.max_queue}); retry shortly")
-        wait = self.expected_wait()
+        wait = waited_s + self.expected_wait()
         if self.max_wait_s is not None and wait > self.max_wait_s:
-            raise Overloaded(f"the expected wait of {wait:.1f} s is over the {self.max_wait_s:g} s deadline; retry shortly")
+            raise Overloaded(f"the expected wait of {wait:.1f} s is over the limit of {self.max_wait_s:g} s; retry shortly")
+
+    def submit(self, inputs: InferenceInput, waited_s: float = 0.0) -> asyncio.Future:
+        """Queue n instances: a future of their prediction (cancel it to drop the work while it is
+        still queued). ``Overloaded`` at once when ``admit`` refuses them."""
+        self.admit(len(inputs), waited_s)
         request = _Request(inputs, asyncio.get_running_loop().create_future())
         self.pending.append(request)
         self.queued_instances += len(inputs)

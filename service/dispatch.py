@@ -19,6 +19,7 @@ from inference.prediction import Prediction
 if TYPE_CHECKING:
     from service.decision_log import DecisionLog
     from service.loader import ModelLoader
+    from service.loop_lag import LoopLag
     from service.serving import ServedVersion
 
 REQUEST_ID = re.compile(r"[\x21-\x7e]{1,128}")  # visible ASCII
@@ -88,18 +89,23 @@ async def dispatch(
     client_gone: Callable[[], Awaitable[None]] | None = None,
     decisions: DecisionLog | None = None,
     call_id: str = "",
+    loop_lag: LoopLag | None = None,
 ) -> Answer:
     """The answer of ``codec`` to one call of model ``name`` (its default version when ``version`` is
     None). ``read``: the request, read once the version is known (a missing model is reported before
     a malformed body); ``served_by``: filled with the version that answers; ``client_gone``: returns
     when the caller has left (its queued work is then dropped, ``ServedVersion.predict``);
-    ``decisions``: the decision log that gets the prediction, under ``call_id`` (``request_id``)."""
+    ``decisions``: the decision log that gets the prediction, under ``call_id`` (``request_id``);
+    ``loop_lag``: how far behind the event loop is, the wait the call has most likely had already:
+    an overloaded version refuses the call before it is read (``ServedVersion.admit``)."""
     started = time.perf_counter()
     served = models.lookup(name, version)
     served_by.record(served)
+    waited_s = loop_lag.seconds if loop_lag is not None else 0.0
+    served.admit(waited_s)
     with served.use():
         decoded = codec.decode(await read(), served)
-        prediction = await served.predict(decoded.inputs, client_gone)
+        prediction = await served.predict(decoded.inputs, client_gone, waited_s)
         if decisions is not None:
             decisions.served(call_id, served.name, served.version, codec.name, time.perf_counter() - started, decoded.inputs.x, prediction)
         batch = None

@@ -107,7 +107,7 @@ class InferenceServicer:
 
         call = request_id(next((value for key, value in context.invocation_metadata() or () if key == "x-request-id"), None))
         context.set_trailing_metadata((("x-request-id", call),))  # an error's status trailers join it
-        return await dispatch(self.models, GRPC, request.model_name, request.model_version or None, read, served_by, None, self.state.decisions, call)
+        return await dispatch(self.models, GRPC, request.model_name, request.model_version or None, read, served_by, None, self.state.decisions, call, self.state.loop_lag)
 
     async def RepositoryIndex(self, request, served_by, context):
         _this_repository(request.repository_name)

@@ -19,7 +19,7 @@ from inference.errors import BadInput, Conflict, NotFound, NotReady, ServiceErro
 from inference.runtime import ModelRuntime
 from models.checkpoint import CheckpointError
 from models.device import DeviceUnavailable
-from service.repository import ModelSource, VersionFolder, parse_policies
+from service.repository import ModelSource, VersionFolder, check_name, parse_policies
 from service.routing import RoutingTable, shown
 from service.serving import READY, UNAVAILABLE, ServedVersion, settle_heap
 from service.settings import ServiceSettings
@@ -49,6 +49,8 @@ class ModelLoader:
         self.lock = asyncio.Lock()  # one load or unload at a time (the limit on loaded versions holds)
         self.unloaded: set[str] = set()  # unloaded through the API: the poller leaves them until a load
         self.preloaded: dict[tuple[str, str], ModelRuntime] = {}  # see preload
+        self.failed_serving: dict[tuple[str, str], tuple] = {}  # (name, version) -> its folder's fingerprint when its runtime failed
+        self.tasks: set[asyncio.Task] = set()  # _fail tasks running (held, so they are not collected)
         self.started = False  # the start-up load is done and every model serves
         self.load_error: str | None = None  # why the start-up load failed
 
@@ -83,10 +85,23 @@ class ModelLoader:
     def preload(self) -> None:
         """Load (verify) what the start-up will serve before the server starts, so that ``python -m
         service`` stops with the loader's one-line error (``CheckpointError``, ``DeviceUnavailable``,
-        ``ServiceError``) instead of serving nothing; ``start`` then uses these."""
+        ``ServiceError``) instead of serving nothing; ``start`` then uses these. In a repository a
+        version that does not verify is left out and the policy chooses among the others
+        (``failures`` says why), unless that leaves nothing to serve."""
         for name, folders in self._scan_for_start().items():
-            for folder in self.selected(name, folders):
-                self.preloaded[name, folder.version] = self._load_runtime(folder)
+            usable = list(folders)
+            pending = self.selected(name, usable)
+            while pending:
+                folder = pending.pop()
+                try:
+                    self.preloaded[name, folder.version] = self._load_runtime(folder)
+                except CheckpointError as error:
+                    usable.remove(folder)
+                    if not self.source.is_repository or not self.selected(name, usable):
+                        raise
+                    self.failures[name, folder.version] = str(error)
+                    log.error("%s version %s is left out: %s", name, folder.version, error)
+                    pending = [other for other in self.selected(name, usable) if (name, other.version) not in self.preloaded]
 
     def _load_runtime(self, folder: VersionFolder) -> ModelRuntime:
         settings = self.settings
@@ -100,7 +115,7 @@ class ModelLoader:
         the server never reports ready."""
         try:
             for name in await asyncio.to_thread(self._scan_for_start):
-                await self.load(name)
+                await self._start_model(name)
         except ServiceError as error:
             self.load_error = str(error)
             log.error("not ready: %s", error)
@@ -109,23 +124,41 @@ class ModelLoader:
             self.preloaded.clear()
         self.started = True
 
-    async def load(self, name: str) -> None:
-        """Load (or reload) ``name`` from the source by its version policy and switch its routing to
-        the result. The versions serving keep serving when it fails: ``NotFound`` (no such model or
-        no versions), ``BadInput`` (a version does not verify or warm up, or the policy selects
-        nothing), ``Conflict`` (the limit on loaded versions is reached)."""
+    async def _start_model(self, name: str) -> None:
+        """The start-up load of one model. In a repository, versions that fail are left out and the
+        policy chooses among the others: a damaged newest version (a copy cut short by a crash)
+        leaves the one before it serving, as a failed hot swap does."""
+        excluded = {version for model, version in self.failures if model == name}
+        while True:
+            try:
+                return await self.load(name, excluded)
+            except BadInput:
+                failed = {version for model, version in self.failures if model == name} - excluded
+                if not self.source.is_repository or not failed:
+                    raise
+                excluded |= failed
+
+    async def load(self, name: str, excluded: set[str] = frozenset()) -> None:
+        """Load (or reload) ``name`` from the source by its version policy (among its versions but
+        ``excluded``) and switch its routing to the result. The versions serving keep serving when
+        it fails: ``NotFound`` (no such model or no versions), ``BadInput`` (a version does not
+        verify or warm up, or the policy selects nothing), ``Conflict`` (the limit on loaded
+        versions is reached)."""
+        check_name(name)
         async with self.lock:
             self.unloaded.discard(name)
+            self.failed_serving = {key: fingerprint for key, fingerprint in self.failed_serving.items() if key[0] != name}
             found = await asyncio.to_thread(self.scan)
             if name not in found:
                 raise NotFound(f"model {shown(name)} is not in the {self.source.describe()}")
             if not found[name]:
                 raise NotFound(f"model {shown(name)} has no version folders with a manifest in the {self.source.describe()}")
-            folders = {folder.version: folder for folder in self.selected(name, found[name])}
+            folders = {folder.version: folder for folder in self.selected(name, [folder for folder in found[name] if folder.version not in excluded])}
             wanted = list(folders)
             if not wanted:
-                available = [folder.version for folder in found[name]]
-                raise BadInput(f"the version policy of {shown(name)} selects none of its versions {available}")
+                available = [folder.version for folder in found[name] if folder.version not in excluded]
+                left_out = f" (left out as they failed: {sorted(excluded)})" if excluded else ""
+                raise BadInput(f"the version policy of {shown(name)} selects none of its versions {available}{left_out}")
             current = self.table.routes.get(name, {})
             changed = [version for version in wanted if version not in current or current[version].digest != folders[version].digest()]
             if not changed and set(current) == set(wanted):
@@ -161,10 +194,38 @@ class ModelLoader:
         except Exception as error:  # a model that loads but fails on its warm-up batch
             log.exception("warm-up of %s version %s failed", *key)
             return self._refuse(folder, f"warm-up failed: {type(error).__name__}: {error}")
+        served.on_failure = self._on_failure
         served.start()
         self.failures.pop(key, None)
         log.info("warmed up %s version %s (batch of %d in %.3f s)", folder.name, folder.version, settings.warmup_batch, seconds)
         return served
+
+    def _on_failure(self, served: ServedVersion) -> None:
+        task = asyncio.get_running_loop().create_task(self._fail(served))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def _fail(self, served: ServedVersion) -> None:
+        """A version whose runtime failed while serving: routed no more, while its model's other
+        versions and the other models keep serving; the index shows it UNAVAILABLE with the
+        reason, and the poller leaves it until its folder changes or a load through the API."""
+        async with self.lock:
+            versions = self.table.routes.get(served.name, {})
+            if versions.get(served.version) is not served:
+                return  # swapped out meanwhile
+            key = (served.name, served.version)
+            self.failures[key] = f"failed while serving: {served.failure}"
+            try:
+                folders = (await asyncio.to_thread(self.scan)).get(served.name, [])
+            except NotReady:
+                folders = []
+            self.failed_serving[key] = next((folder.fingerprint() for folder in folders if folder.version == served.version), ())
+            remaining = {version: other for version, other in versions.items() if other is not served}
+            if remaining:
+                self.table.switch(served.name, remaining, self.settings.drain_timeout_s)
+            else:
+                await self.table.remove(served.name, self.settings.drain_timeout_s)
+            log.error("%s version %s failed while serving and no longer serves (%s); serving: %s", *key, served.failure, list(remaining) or "no version of it")
 
     def _refuse(self, folder: VersionFolder, reason: str):
         self.failures[(folder.name, folder.version)] = reason
@@ -176,6 +237,7 @@ class ModelLoader:
         """Stop routing to every version of ``name`` and release them once their requests are done
         (returns then). Unloading a model that is not loaded does nothing; one the server has never
         heard of is ``NotFound``. ``by_request``: the poller leaves the model unloaded until the next load."""
+        check_name(name)
         async with self.lock:
             if name not in self.table.routes and name not in await asyncio.to_thread(self._known_names):
                 raise NotFound(f"model {shown(name)} is not in the {self.source.describe()}")

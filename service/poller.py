@@ -20,9 +20,9 @@ class RepositoryPoller:
 
     async def run(self, interval_s: float) -> None:
         """Every ``interval_s``: load models whose selected versions changed on disk (new, removed or
-        rewritten folders) and unload models whose folders are gone. A failed load is not retried
-        until those folders change again; a model unloaded through the API stays unloaded until it
-        is loaded through the API."""
+        rewritten folders) and unload models whose folders are gone. A failed load, or a version
+        that failed while serving, is not retried until those folders change again; a model
+        unloaded through the API stays unloaded until it is loaded through the API."""
         while True:
             await asyncio.sleep(interval_s)
             try:
@@ -47,6 +47,8 @@ class RepositoryPoller:
         fingerprint = tuple(folder.fingerprint() for folder in wanted)
         if self.failed.get(name) == fingerprint:
             return
+        if any(loader.failed_serving.get((name, folder.version)) == folder.fingerprint() for folder in wanted):
+            return  # its runtime failed while serving: not again until its folder changes
         try:
             await loader.load(name)
             self.failed.pop(name, None)

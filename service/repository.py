@@ -1,8 +1,10 @@
 """The model repository on disk and the version policy that picks what to serve from it.
 
 A repository is the Triton / KServe layout: ``ROOT/<name>/<version>/`` with one checkpoint folder
-per version, versions positive integers (the newest is the largest). A single checkpoint folder
-(``--model-dir``) is a repository of one: its model's name and version come from its manifest.
+per version, versions positive integers (the newest is the largest). Names are letters, digits and
+``_.-`` (no ``/``, not starting with a dot), and a folder or symlink that resolves outside the
+repository is not served. A single checkpoint folder (``--model-dir``) is a repository of one: its
+model's name and version come from its manifest.
 Nothing is loaded here; ``scan`` only lists folders.
 """
 from __future__ import annotations
@@ -13,11 +15,19 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from inference.errors import BadInput
 from models.checkpoint import MANIFEST_FILE, read_manifest
 
 log = logging.getLogger(__name__)
 
-NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+
+
+def check_name(name: str) -> None:
+    """``BadInput`` unless ``name`` can be a model folder's name (``NAME_PATTERN``): no path
+    separators and no ``..`` can reach outside the repository through the load and unload routes."""
+    if not NAME_PATTERN.fullmatch(name):
+        raise BadInput(f"{name[:60]!r} is not a model name: letters, digits and _.- (at most 128), starting with a letter or digit")
 
 
 @dataclass(frozen=True)
@@ -93,6 +103,7 @@ class ModelSource:
         if (repository is None) == (checkpoint is None):
             raise ValueError("give exactly one of a model repository or a checkpoint folder")
         self.repository, self.checkpoint = repository, checkpoint
+        self.refused: set[Path] = set()  # folders leading outside the repository, warned about
 
     @property
     def is_repository(self) -> bool:
@@ -108,11 +119,12 @@ class ModelSource:
             return {declared["name"]: [VersionFolder(declared["name"], declared["version"], self.checkpoint)]}
         if not self.repository.is_dir():
             raise FileNotFoundError(f"model repository {self.repository} is not a folder")
+        root = self.repository.resolve()
         found = {}
         for model in sorted(self.repository.iterdir()):
-            if not model.is_dir() or not NAME_PATTERN.match(model.name):
+            if not model.is_dir() or not NAME_PATTERN.fullmatch(model.name) or not self._inside(model, root):
                 continue
-            versions = [entry for entry in model.iterdir() if entry.is_dir() and entry.name.isdigit() and int(entry.name) > 0]
+            versions = [entry for entry in model.iterdir() if entry.is_dir() and entry.name.isdigit() and int(entry.name) > 0 and self._inside(entry, root)]
             skipped = [entry.name for entry in model.iterdir() if entry.is_dir() and entry not in versions]
             if skipped:
                 log.debug("%s: skipped folders that are not positive integer versions: %s", model, skipped)
@@ -122,6 +134,16 @@ class ModelSource:
                 if (entry / MANIFEST_FILE).is_file()
             ]
         return found
+
+    def _inside(self, entry: Path, root: Path) -> bool:
+        """Whether ``entry`` resolves to a place inside ``root`` (the resolved repository); a symlink
+        that leads out of it is refused, with a warning (once): a repository serves only what it holds."""
+        if entry.resolve().is_relative_to(root):
+            return True
+        if entry not in self.refused:
+            self.refused.add(entry)
+            log.warning("%s leads outside the model repository (to %s): not served", entry, entry.resolve())
+        return False
 
     def describe(self) -> str:
         return f"model repository {self.repository}" if self.is_repository else f"checkpoint {self.checkpoint}"

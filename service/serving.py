@@ -12,7 +12,7 @@ from typing import Awaitable, Callable
 
 import torch
 
-from inference.errors import ClientGone, DeadlineExceeded
+from inference.errors import ClientGone, DeadlineExceeded, NotReady, Overloaded
 from inference.inputs import InferenceInput
 from inference.prediction import Prediction
 from inference.runtime import ModelRuntime
@@ -40,6 +40,10 @@ def settle_heap() -> None:
     gc.freeze()
 
 
+class RuntimeFailure(Exception):
+    """The model runtime raised on a batch (one line: the error's type and message)."""
+
+
 class ServedVersion:
     def __init__(self, runtime: ModelRuntime, settings: ServiceSettings, executor: Executor, digest: str | None = None):
         """``executor``: the inference thread every version shares (one forward pass at a time).
@@ -56,6 +60,8 @@ class ServedVersion:
         ).set(1)
         self.batcher: DynamicBatcher | None = None
         self.state = LOADING
+        self.failure: str | None = None  # why its runtime failed while serving (it answers no more)
+        self.on_failure: Callable[[ServedVersion], None] | None = None  # told once, on the event loop (the loader)
         self.in_flight = 0
         self.idle = asyncio.Event()
         self.idle.set()
@@ -70,7 +76,7 @@ class ServedVersion:
         if settings.batching:
             self.batcher = DynamicBatcher(
                 self.infer, self.executor, settings.max_batch_size, settings.max_delay_ms / 1000, settings.max_queue,
-                max_wait_s=settings.request_timeout_s,
+                max_wait_s=settings.admission_limit_s,
             )
             self.batcher.start()
         self.state = READY
@@ -112,15 +118,26 @@ class ServedVersion:
             if self.in_flight == 0:
                 self.idle.set()
 
-    async def predict(self, inputs: InferenceInput, client_gone: Callable[[], Awaitable[None]] | None = None) -> Prediction:
-        """Run the model in the inference thread (through the batcher when batching is on) and
-        record the metrics. Past ``request_timeout_s`` ``DeadlineExceeded``; a client that
-        leaves (``client_gone`` returns) ``ClientGone``, noticed from ``DISCONNECT_WATCH_AFTER_S`` on (most
-        answers come sooner, and watching costs a task per request). Either way its queued work is
-        dropped."""
-        timeout = self.settings.request_timeout_s
+    def admit(self, waited_s: float) -> None:
+        """``Overloaded`` now, before the request is read, when it cannot be answered in time: it has
+        waited ``waited_s`` already (the event loop's lag, ``service.loop_lag``) and the batcher's
+        queue would add the rest (``DynamicBatcher.admit``)."""
+        if self.failure is not None:
+            raise self.failed()
         if self.batcher is not None:
-            work = self.batcher.submit(inputs)
+            self.batcher.admit(0, waited_s)
+        elif waited_s > self.settings.admission_limit_s:
+            raise Overloaded(f"the service is {waited_s:.1f} s behind, over the {self.settings.admission_limit_s:g} s limit; retry shortly")
+
+    async def predict(self, inputs: InferenceInput, client_gone: Callable[[], Awaitable[None]] | None = None, waited_s: float = 0.0) -> Prediction:
+        """Run the model in the inference thread (through the batcher when batching is on) and
+        record the metrics. Past ``request_timeout_s`` (counted from ``waited_s`` ago, when the
+        request most likely arrived) ``DeadlineExceeded``; a client that leaves (``client_gone``
+        returns) ``ClientGone``, noticed from ``DISCONNECT_WATCH_AFTER_S`` on (most answers come
+        sooner, and watching costs a task per request). Either way its queued work is dropped."""
+        timeout = self.settings.request_timeout_s - waited_s
+        if self.batcher is not None:
+            work = self.batcher.submit(inputs, waited_s)
         else:
             work = asyncio.get_running_loop().run_in_executor(self.executor, self.infer, inputs, [0.0])
         watched = {work}
@@ -135,17 +152,36 @@ class ServedVersion:
                 if not future.done():
                     future.cancel()
         if work in done:
-            return work.result()
+            try:
+                return work.result()
+            except RuntimeFailure as error:
+                self.fail(str(error))
+                raise self.failed() from None
         if done:
             raise ClientGone("the client closed the connection before the answer")
-        raise DeadlineExceeded(f"no answer within the request timeout of {timeout:g} s; retry later")
+        raise DeadlineExceeded(f"no answer within the request timeout of {self.settings.request_timeout_s:g} s; retry later")
+
+    def failed(self) -> NotReady:
+        return NotReady(f"version {self.version} of {self.name!r} failed and no longer serves: {self.failure}")
+
+    def fail(self, reason: str) -> None:
+        """Its runtime failed: it answers no more (``admit`` refuses), and ``on_failure`` is told
+        once so that the loader stops routing to it."""
+        if self.failure is None:
+            self.failure = reason
+            if self.on_failure is not None:
+                self.on_failure(self)
 
     def infer(self, inputs: InferenceInput, queue_seconds: list[float]) -> Prediction:
         """One forward pass and what is observed of it, the one place both happen: in the inference
         thread (``executor``), never on the event loop. The metrics (``ModelMetrics``; a batch's
         ``queue_seconds`` per request) and the drift monitor's window take whole arrays."""
         started = time.perf_counter()
-        prediction = self.runtime.predict(inputs)
+        try:
+            prediction = self.runtime.predict(inputs)
+        except Exception as error:  # the runtime's own failure (inputs are checked before): ONNX Runtime, torch, memory
+            log.exception("%s version %s failed on a batch of %d", self.name, self.version, len(inputs))
+            raise RuntimeFailure(f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else 'no message'}") from error
         self.metrics.observe_predictions(prediction, time.perf_counter() - started, queue_seconds)
         self.drift.add(prediction.log_px, prediction.p_value, prediction.accepted)
         return prediction

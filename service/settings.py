@@ -55,12 +55,15 @@ class ServiceSettings(BaseSettings):
     max_queue: int = Field(4096, ge=1, description="most queued instances before answering 503")
     drift_window: int = Field(1000, ge=10, description="served instances in the drift monitor's sliding window (see service.drift)")
     drift_threshold: float = Field(1e-4, gt=0, lt=1, description="drift is declared when the window's combined drift p-value is below this (it bounds the false-alarm rate per clean full window)")
-    request_timeout_s: float = Field(
-        5.0, gt=0, description="a prediction not answered in this many seconds is a 504 and its queued work is dropped; the batcher also answers 503 when the expected wait is longer"
+    request_timeout_s: float = Field(5.0, gt=0, description="a prediction not answered in this many seconds is a 504 and its queued work is dropped")
+    max_queue_wait_s: float = Field(
+        1.0, gt=0,
+        description="a request whose expected wait (the event loop's lag plus the instances queued ahead) is longer gets 503 with Retry-After at once, before it is read; at most request_timeout_s",
     )
     header_timeout_s: float = Field(10.0, gt=0, description="a connection whose request headers have not all arrived this many seconds after it opened is closed (slow clients)")
     keep_alive_timeout_s: float = Field(5.0, gt=0, description="idle keep-alive connections are closed after this many seconds")
     max_connections: int | None = Field(None, ge=1, description="concurrent connections; beyond them new requests get 503 (default: no limit)")
+    backlog: int = Field(4096, ge=1, description="connections waiting to be accepted (the kernel caps it at net.core.somaxconn); a burst of more is dropped and retried by the clients' TCP")
     warmup_batch: int = Field(8, ge=1, description="instances in the warm-up batch run before reporting ready")
     shutdown_delay_s: float = Field(
         2.0, ge=0, description="after SIGTERM: readiness answers 503 at once, requests are still served this long (load balancers stop sending), then the drain"
@@ -92,6 +95,12 @@ class ServiceSettings(BaseSettings):
     decision_log_keep: int = Field(10, ge=1, description="rotated log files kept (the oldest are deleted)")
     recent_rejections: int = Field(100, ge=0, description="rejected instances kept in memory, with their inputs, for GET /v2/models/{name}/rejections; 0: none")
     decision_log_queue: int = Field(10_000, ge=1, description="answered requests queued for the decision log, and records queued per sink; past either, records are dropped and counted")
+
+    @property
+    def admission_limit_s(self) -> float:
+        """The longest expected wait a request is admitted with (``max_queue_wait_s``, at most the
+        request timeout): past it, 503 with Retry-After (``service.batching``, ``service.shedding``)."""
+        return min(self.max_queue_wait_s, self.request_timeout_s)
 
     @field_validator("api_keys", "admin_api_keys", mode="before")
     @classmethod

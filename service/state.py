@@ -1,6 +1,7 @@
 """What the app holds while it runs: settings, the loaded models (``service.loader``), the app's
 metrics, readiness, and the single inference thread that keeps model math off the event loop (every
-model version's batcher runs its forward passes there, one at a time), and the decision log."""
+model version's batcher runs its forward passes there, one at a time), the event loop's lag
+(``service.loop_lag``) and the decision log."""
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
@@ -9,6 +10,7 @@ from dataclasses import dataclass, field
 from service.decision_log import CloudEventsSink, DecisionLog, JsonLinesSink, RecentRejections
 from service.metrics import ServiceMetrics
 from service.loader import ModelLoader
+from service.loop_lag import LoopLag
 from service.settings import ServiceSettings
 
 
@@ -20,6 +22,7 @@ class ServiceState:
 
     def __post_init__(self):
         self.models = ModelLoader(self.settings.model_source(), self.settings, self.executor)
+        self.loop_lag = LoopLag()  # started with the app
         self.metrics = ServiceMetrics(lambda: [served.metrics for served in self.models.table.loaded()])
         settings = self.settings
         sinks = [] if settings.decision_log_dir is None else [JsonLinesSink(settings.decision_log_dir, settings.decision_log_max_bytes, settings.decision_log_keep)]

@@ -1,4 +1,5 @@
 """Checkpoint round trip, integrity checks and atomic replacement."""
+import errno
 import hashlib
 import hmac
 import json
@@ -95,8 +96,8 @@ def test_changed_gate_file_or_missing_gate_section_is_refused(saved):
 
 def test_failed_write_keeps_the_old_checkpoint(saved, monkeypatch):
     path, model, manifest = saved
-    monkeypatch.setattr("models.checkpoint.save_file", lambda *a, **k: (_ for _ in ()).throw(OSError("disk full")))
-    with pytest.raises(OSError):
+    monkeypatch.setattr("models.checkpoint.save_file", lambda *a, **k: (_ for _ in ()).throw(OSError(errno.ENOSPC, "No space left on device")))
+    with pytest.raises(CheckpointError, match=f"cannot write checkpoint {path}: No space left on device; the checkpoint there is unchanged"):
         save_checkpoint(path, model, manifest)
     assert load_checkpoint(path).manifest.version == manifest.version
     assert sorted(p.name for p in path.parent.iterdir()) == ["ckpt", "source"]

@@ -51,7 +51,8 @@ def test_sigterm_with_50_requests_and_10_grpc_calls_in_flight_loses_none(checkpo
 
     grpc_port = free_port()
     server, base, _ = serve(
-        checkpoint, shutdown_delay_s="2.5", drain_timeout_s="20", log_level="info", max_queue="100000", request_timeout_s="60", grpc_port=str(grpc_port),
+        checkpoint, shutdown_delay_s="2.5", drain_timeout_s="20", log_level="info", max_queue="100000", request_timeout_s="60", max_queue_wait_s="60",
+        grpc_port=str(grpc_port),
         decision_log_dir=str(tmp_path),
     )
     try:

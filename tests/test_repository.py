@@ -12,9 +12,12 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+from onnxruntime.capi.onnxruntime_pybind11_state import Fail as OnnxRuntimeFail
 
+from inference.errors import BadInput
 from inference.inputs import InferenceInput
 from inference.runtime import ModelRuntime
+from models.checkpoint import CheckpointError
 from service.app import create_app
 from service.repository import ModelSource, VersionPolicy, parse_policies
 from service.settings import ServiceSettings, SettingsProblem, parse_settings
@@ -55,12 +58,15 @@ def add_version(root: Path, name: str, version: int, checkpoint: Path) -> Path:
 
 
 def settings_for(root: Path, **overrides) -> ServiceSettings:
-    return ServiceSettings(model_repository=root, device="cpu", backend="torch", warmup_batch=1, drain_timeout_s=5, **overrides)
+    return ServiceSettings(**{"model_repository": root, "device": "cpu", "backend": "torch", "warmup_batch": 1, "drain_timeout_s": 5, **overrides})
 
 
-def serve(settings: ServiceSettings, scenario):
-    """Run ``scenario(client, app)`` against the started app (lifespan on, models loaded)."""
+def serve(settings: ServiceSettings, scenario, preload: bool = False):
+    """Run ``scenario(client, app)`` against the started app (lifespan on, models loaded; with
+    ``preload``, first loaded before the lifespan as ``python -m service`` does)."""
     app = create_app(settings)
+    if preload:
+        app.state.service.models.preload()
 
     async def go():
         async with app.router.lifespan_context(app):
@@ -370,3 +376,99 @@ def test_an_empty_repository_is_never_ready_with_the_reason(tmp_path):
 
     response = serve(settings_for(tmp_path / "repo"), scenario)
     assert response.status_code == 503 and "holds no model folders" in response.json()["error"]
+
+
+@pytest.fixture(scope="module")
+def exported(trained, tmp_path_factory) -> dict[int, Path]:
+    """The two tiny checkpoints with their ONNX models."""
+    root = tmp_path_factory.mktemp("exported")
+    for seed, path in trained.items():
+        shutil.copytree(path, root / f"seed{seed}")
+        assert training_main(["export", "--checkpoint", str(root / f"seed{seed}")]) == 0
+    return {seed: root / f"seed{seed}" for seed in trained}
+
+
+class FailingSession:
+    """ONNX Runtime's session failing on every run, as it does on an allocation or device error."""
+
+    def run(self, *args):
+        raise OnnxRuntimeFail("[ONNXRuntimeError] : 1 : FAIL : bad allocation")
+
+
+def test_a_version_whose_onnx_runtime_fails_turns_unavailable_with_the_reason_and_the_others_keep_serving(exported, expected, digits, tmp_path):
+    root = tmp_path / "repo"
+    add_version(root, "a", 1, exported[0])
+    add_version(root, "a", 2, exported[1])
+    add_version(root, "b", 1, exported[0])
+
+    async def scenario(client, app):
+        models = app.state.service.models
+        models.table.routes["a"]["2"].runtime.backend.session = FailingSession()
+        seen = {"failing": await v2(client, "/v2/models/a/versions/2", digits)}
+        await wait_until(lambda: "2" not in models.table.routes["a"], "the failed version to be taken out of routing", timeout=10)
+        seen["again"] = await v2(client, "/v2/models/a/versions/2", digits)
+        seen["default"], seen["other model"] = await v1(client, "a", digits), await v1(client, "b", digits)
+        seen["index"] = (await client.post("/v2/repository/index")).json()
+        seen["reload"] = (await client.post("/v2/repository/models/a/load")).status_code  # a fresh runtime
+        seen["after reload"] = await v2(client, "/v2/models/a/versions/2", digits)
+        return seen
+
+    seen = serve(settings_for(root, backend="onnx", version_policy=["all"]), scenario)
+    failing = seen["failing"]
+    assert failing.status_code == 503 and "version 2 of 'a' failed and no longer serves: Fail: [ONNXRuntimeError] : 1 : FAIL : bad allocation" in failing.json()["error"]
+    assert seen["again"].status_code == 404
+    assert seen["default"].status_code == 200 and seen["default"].json()["model_version"] == "1"  # the newest that still serves
+    np.testing.assert_allclose(log_px(seen["default"]), expected[0], atol=1e-3)
+    assert seen["other model"].status_code == 200
+    row = next(entry for entry in seen["index"] if entry["name"] == "a" and entry["version"] == "2")
+    assert row["state"] == "UNAVAILABLE" and row["reason"] == "failed while serving: Fail: [ONNXRuntimeError] : 1 : FAIL : bad allocation"
+    assert seen["reload"] == 200 and seen["after reload"].status_code == 200
+    np.testing.assert_allclose(log_px(seen["after reload"]), expected[1], atol=1e-3)
+
+
+def test_start_up_serves_the_newest_version_that_verifies(trained, expected, digits, tmp_path):
+    """A newest version damaged on disk (a copy cut short) leaves the one before it serving at start-up,
+    through ``python -m service``'s preload too, as a failed hot swap does; with nothing that verifies
+    the start-up stops with the loader's error."""
+    root = tmp_path / "repo"
+    add_version(root, "a", 1, trained[0])
+    damaged = add_version(root, "a", 2, trained[1])
+    (damaged / "weights.safetensors").write_bytes((damaged / "weights.safetensors").read_bytes()[:100])
+
+    async def scenario(client, app):
+        return await v1(client, "a", digits), (await client.post("/v2/repository/index")).json()
+
+    answer, index = serve(settings_for(root), scenario, preload=True)
+    assert answer.status_code == 200 and answer.json()["model_version"] == "1"
+    np.testing.assert_allclose(log_px(answer), expected[0], atol=1e-4)
+    assert index[1]["version"] == "2" and index[1]["state"] == "UNAVAILABLE" and "sha256" in index[1]["reason"]
+    shutil.rmtree(root / "a" / "1")
+    with pytest.raises(CheckpointError, match="sha256"):
+        create_app(settings_for(root)).state.service.models.preload()
+
+
+def test_folders_leading_outside_the_repository_and_names_with_dots_or_slashes_are_refused(trained, tmp_path, caplog):
+    root, outside = tmp_path / "repo", tmp_path / "outside"
+    add_version(root, "a", 1, trained[0])
+    add_version(outside, "evil", 1, trained[0])
+    (root / "evil").symlink_to(outside / "evil")  # a model folder leading out
+    (root / "a" / "2").symlink_to(outside / "evil" / "1")  # a version folder leading out
+    (root / "b").mkdir()
+    (root / "b" / "1").symlink_to(root / "a" / "1")  # inside the repository: served
+    found = ModelSource(repository=root).scan()
+    assert {name: [folder.version for folder in folders] for name, folders in found.items()} == {"a": ["1"], "b": ["1"]}
+    assert "leads outside the model repository" in caplog.text
+
+    async def scenario(client, app):
+        models = app.state.service.models
+        refused = []
+        for name in ("..", "../a", "a/../b", ".hidden", "a\n"):
+            for call in (models.load, models.unload):
+                with pytest.raises(BadInput, match="is not a model name"):
+                    await call(name)
+        refused.append((await client.post("/v2/repository/models/.hidden/load")).status_code)
+        refused.append((await client.post("/v2/repository/models/evil/load")).status_code)
+        return refused, sorted(models.table.routes)
+
+    refused, served = serve(settings_for(root), scenario)
+    assert refused == [400, 404] and served == ["a", "b"]

@@ -19,7 +19,7 @@ from models.checkpoint import CheckpointError, load_checkpoint, read_manifest
 from models.config import FlowConfig, HeadConfig, ModelConfig, PreprocessingConfig
 from models.hybrid import HybridModel
 from service.app import create_app
-from inference.errors import ClientGone, Overloaded
+from inference.errors import ClientGone, DeadlineExceeded, Overloaded
 from service.batching import DynamicBatcher
 from service.settings import ServiceSettings
 from tests.agreement import BACKENDS, assert_answers_agree, assert_same_answers, held_out_digits, v1_answer
@@ -228,10 +228,67 @@ def test_batcher_refuses_when_the_expected_wait_is_past_the_deadline():
             assert batcher.expected_wait() == 0.0  # an empty queue: a lone request is always tried
             batcher.queued_instances = 3
             assert batcher.expected_wait() == pytest.approx(0.6)
-            with pytest.raises(Overloaded, match="expected wait of 0.6 s is over the 0.5 s deadline"):
+            with pytest.raises(Overloaded, match="expected wait of 0.6 s is over the limit of 0.5 s"):
                 await batcher.submit(InferenceInput(np.ones((1, 2))))
+            batcher.queued_instances = 1
+            batcher.admit(0, waited_s=0.25)  # 0.45 s in all
+            with pytest.raises(Overloaded, match="expected wait of 0.6 s"):  # the event loop's lag counts
+                batcher.admit(0, waited_s=0.4)
 
     asyncio.run(go())
+
+
+def test_the_loop_lag_is_a_stall_that_two_probes_in_a_row_see():
+    from service.loop_lag import LoopLag
+
+    async def stall_then_yield() -> None:
+        time.sleep(0.2)  # the event loop held
+        for _ in range(3):
+            await asyncio.sleep(0)  # the late probe runs
+
+    async def go():
+        lag = LoopLag()
+        lag.start()
+        await asyncio.sleep(0.05)
+        await stall_then_yield()
+        once = lag.seconds
+        await stall_then_yield()
+        twice = lag.seconds
+        await asyncio.sleep(0.05)
+        await lag.stop()
+        return once, twice, lag.seconds
+
+    once, twice, after = asyncio.run(go())
+    assert once < 0.05 and 0.15 < twice < 0.3 and after < 0.05
+
+
+def test_an_event_loop_behind_sheds_predictions_at_the_door(exported, digits):
+    """Past the admission limit (here the loop's lag alone) prediction calls are shed before the key
+    check and the body (503, Retry-After, the call's id, counted with their version); other routes are
+    still served, and below the limit calls are admitted."""
+    runtime = ModelRuntime.load(exported, "cpu", "torch")
+    settings = ServiceSettings(model_dir=exported, device="cpu", warmup_batch=1, max_queue_wait_s=0.5, api_keys="key")
+    body, key = {"instances": [digits[0].tolist()]}, {"x-api-key": "key"}
+
+    async def requests(client):
+        lag = client._transport.app.state.service.loop_lag
+        await lag.stop()  # the probe would measure the real lag again
+        lag.seconds = 0.8
+        seen = {"shed": await client.post("/v1/models/tiny:predict", json=body, headers={"x-request-id": "r1"})}
+        seen["no key"] = await client.post("/v2/models/tiny/infer", content=b"not even read")
+        seen["ready"] = await client.get("/v2/health/ready")
+        seen["metrics"] = (await client.get("/metrics")).text
+        lag.seconds = 0.3
+        seen["admitted"] = await client.post("/v1/models/tiny:predict", json=body, headers=key)
+        return seen
+
+    seen, _ = run_app(settings, runtime, requests)
+    shed = seen["shed"]
+    assert shed.status_code == 503 and shed.headers["retry-after"] == "1" and shed.headers["x-request-id"] == "r1"
+    assert shed.json() == {"error": "the expected wait of 0.8 s is over the limit of 0.5 s; retry shortly"}
+    assert seen["no key"].status_code == 503 and seen["ready"].status_code == 200 and seen["admitted"].status_code == 200
+    version = seen["admitted"].json()["model_version"]
+    assert f'diglm_requests_total{{endpoint="/v1/models/{{name}}:predict",model="tiny",protocol="rest",status="503",version="{version}"}} 1.0' in seen["metrics"]
 
 
 def test_a_client_that_disconnects_gets_its_work_dropped(exported):
@@ -260,6 +317,22 @@ def test_without_a_client_watch_a_request_waits_its_whole_deadline(exported):
     with ThreadPoolExecutor(1) as executor:
         served = ServedVersion(runtime, ServiceSettings(model_dir=exported, device="cpu", batching=False), executor)
         assert len(asyncio.run(served.predict(runtime.midrange_inputs(2)))) == 2
+
+
+def test_the_wait_before_the_queue_counts_in_the_deadline(exported):
+    """A request that has waited ``waited_s`` in the event loop already has that much less of its
+    request timeout: an answer taking 0.2 s of a 0.3 s timeout comes, unless 0.15 s went before."""
+    from service.serving import ServedVersion
+
+    runtime = ModelRuntime.load(exported, "cpu", "torch")
+    before_predict(runtime, lambda x: time.sleep(0.2))
+    with ThreadPoolExecutor(1) as executor:
+        served = ServedVersion(runtime, ServiceSettings(model_dir=exported, device="cpu", batching=False, request_timeout_s=0.3), executor)
+        assert len(asyncio.run(served.predict(runtime.midrange_inputs(1)))) == 1
+        with pytest.raises(DeadlineExceeded, match="request timeout of 0.3 s"):
+            asyncio.run(served.predict(runtime.midrange_inputs(1), waited_s=0.15))
+        with pytest.raises(Overloaded, match="0.4 s behind, over the 0.3 s limit"):
+            served.admit(0.4)
 
 
 def test_binary_tensor_input_equals_json(exported, digits):

@@ -144,9 +144,9 @@ async def serve_http(request: Request, codec: RestCodec, name: str, version: str
 
     state, call = service_state(request), request_id(request.headers.get("x-request-id"))
     try:
-        answer = await dispatch(state.models, codec, name, version, read, served_by(request), client_gone, state.decisions, call)
+        answer = await dispatch(state.models, codec, name, version, read, served_by(request), client_gone, state.decisions, call, state.loop_lag)
     except Exception as error:  # noqa: BLE001 - answered here, as the error handlers would, to carry the call's id
-        response = error_response(error, request.url.path)
+        response = error_response(error, request.scope["path"])
         response.headers["x-request-id"] = call
         return response
     return Response(answer.body, media_type=answer.media_type, headers={**answer.headers, "x-request-id": call})
