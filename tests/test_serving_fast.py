@@ -242,7 +242,7 @@ def test_the_loop_lag_is_a_stall_that_two_probes_in_a_row_see():
     from service.loop_lag import LoopLag
 
     async def stall_then_yield() -> None:
-        time.sleep(0.2)  # the event loop held
+        time.sleep(0.3)  # the event loop held
         for _ in range(3):
             await asyncio.sleep(0)  # the late probe runs
 
@@ -259,7 +259,7 @@ def test_the_loop_lag_is_a_stall_that_two_probes_in_a_row_see():
         return once, twice, lag.seconds
 
     once, twice, after = asyncio.run(go())
-    assert once < 0.05 and 0.15 < twice < 0.3 and after < 0.05
+    assert once < 0.1 and 0.2 < twice < 0.6 and after < 0.1
 
 
 def test_an_event_loop_behind_sheds_predictions_at_the_door(exported, digits):
