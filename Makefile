@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 MODEL_DIR ?= artifacts/digits
 CONFIG ?= training/configs/digits.yaml
 
-.PHONY: install test test-random train serve bench-env bench-load bench-swap bench-serve bench-train-speed mutation alerts docker-wheels docker-smoke fuzz soak soak-open clean protos
+.PHONY: install test test-random train serve console-screenshots bench-env bench-load bench-swap bench-serve bench-train-speed mutation alerts docker-wheels docker-smoke fuzz soak soak-open clean protos
 
 install: $(VENV)/.installed
 
@@ -71,6 +71,11 @@ PORT ?= 8000
 # The main command: set up, train the default model if there is none, serve it on $(PORT).
 serve: train
 	$(PY) -m service --model-dir $(MODEL_DIR) --host $(HOST) --port $(PORT)
+
+# The console's screenshots (1280x800, 390x844) and first-load time, in headless Chromium: docs/console.md.
+console-screenshots: train
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { echo "Chromium is needed: apt-get install chromium chromium-driver"; exit 1; }
+	$(PY) -m bench.console --model-dir $(MODEL_DIR) --write
 
 # Benchmarks (each prints a table and updates its section of docs/benchmarks.md). The peers they
 # compare against live in their own environments: .venv-bench (bench/requirements.txt) and

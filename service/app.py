@@ -18,7 +18,7 @@ from starlette.responses import Response
 
 from inference.errors import ServiceError
 from inference.runtime import ModelRuntime
-from service.api import repository, v1, v2
+from service.api import console, repository, v1, v2
 from service.api.common import SERVED_BY, error_response
 from service.auth import ApiKeyMiddleware
 from service.dispatch import ServedBy
@@ -103,6 +103,7 @@ def create_app(settings: ServiceSettings | None = None, runtimes: list[ModelRunt
     app.include_router(v1.router)
     app.include_router(v2.router)
     app.include_router(repository.router)
+    app.include_router(console.router)
     predictions = PredictionRoutes([*v1.router.routes, *v2.router.routes])
     app.add_middleware(PredictionFastPath, routes=predictions)  # innermost: after the key check
     app.add_middleware(

@@ -1,6 +1,7 @@
 """API keys: when the service has any (settings ``api_keys`` / ``api_keys_file``), every route needs
 one, sent as ``Authorization: Bearer KEY`` or ``X-API-Key: KEY``, except liveness and readiness
-(probes carry no secrets) and ``/metrics`` unless ``metrics_require_key``. The model repository
+(probes carry no secrets), the console's static page and files (``/console``: they hold no data; the
+page's own calls need a key) and ``/metrics`` unless ``metrics_require_key``. The model repository
 routes (``/v2/repository/...``: load, unload, index) need an admin key (``admin_api_keys``) once any
 keys are configured; an admin key also opens every other route. Keys are compared in constant time;
 a missing or wrong key is ``Unauthenticated`` (401 with ``WWW-Authenticate``), a valid key without
@@ -17,6 +18,7 @@ from service.status import error_body, http_status
 log = logging.getLogger(__name__)
 
 OPEN_PATHS = ("/", "/v2/health/live", "/v2/health/ready")  # liveness (KServe v1 and v2) and readiness
+OPEN_PREFIX = "/console"  # the console's page and files (``service.api.console``)
 ADMIN_PREFIX = "/v2/repository/"
 
 
@@ -62,8 +64,11 @@ class ApiKeyMiddleware:
         self.keys = KeyCheck(keys, admin_keys)
         self.open_paths = OPEN_PATHS if metrics_require_key else (*OPEN_PATHS, "/metrics")
 
+    def is_open(self, path: str) -> bool:
+        return path in self.open_paths or path == OPEN_PREFIX or path.startswith(OPEN_PREFIX + "/")
+
     async def __call__(self, scope, receive, send):
-        if scope["type"] != "http" or scope["path"] in self.open_paths:
+        if scope["type"] != "http" or self.is_open(scope["path"]):
             return await self.app(scope, receive, send)
         try:
             self.keys.check(presented_key(dict(scope["headers"])), admin=scope["path"].startswith(ADMIN_PREFIX))

@@ -30,7 +30,8 @@ def server_metadata(state: ServiceState) -> dict:
 
 
 def model_metadata(state: ServiceState, served: ServedVersion) -> dict:
-    """Input and output tensors, classes, input range, the gate with its calibration, metrics, hashes;
+    """Input and output tensors, classes, input range (and ``input_levels``: how many evenly spaced
+    values each input takes across it, for a model trained on discrete inputs), the gate with its calibration, metrics, hashes;
     ``versions``: every version of the model being served, ``version``: the one described."""
     runtime = served.runtime
     manifest = runtime.manifest
@@ -45,6 +46,7 @@ def model_metadata(state: ServiceState, served: ServedVersion) -> dict:
         "task": runtime.task,
         "classes": manifest.classes,
         "input_range": manifest.input_range,
+        "input_levels": manifest.preprocessing.levels if manifest.preprocessing.kind == "dequantize" else None,
         "input_note": "values in the scale the model was trained on (see input_range); a leading channel of 1 is optional",
         "gate": manifest.gate.model_dump(mode="json"),
         "metrics": manifest.metrics,
@@ -70,8 +72,9 @@ def model_config(state: ServiceState, served: ServedVersion) -> dict:
 
 def model_statistics(served: ServedVersion) -> dict:
     """Inference statistics of the version since it was loaded (the statistics extension: counts and
-    nanoseconds)."""
+    nanoseconds), and beyond the extension ``gate``: instances accepted and rejected by reason."""
     totals = served.metrics.statistics
+    rejected = dict(totals.rejected)  # a copy: the inference thread may add a reason meanwhile
     return {
         "model_stats": [
             {
@@ -86,6 +89,7 @@ def model_statistics(served: ServedVersion) -> dict:
                     "queue": {"count": totals.requests, "ns": totals.queue_ns},
                     "compute_infer": {"count": totals.executions, "ns": totals.compute_ns},
                 },
+                "gate": {"accepted": totals.instances - sum(rejected.values()), "rejected": rejected},
             }
         ]
     }

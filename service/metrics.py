@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
 import numpy as np
@@ -70,7 +70,8 @@ class BatchHistogram:
 @dataclass
 class InferenceStatistics:
     """Totals for the Open Inference Protocol statistics extension (Triton's model_stats): instances,
-    successful requests, batches (executions), and nanoseconds of queueing and model compute."""
+    successful requests, batches (executions), and nanoseconds of queueing and model compute; and
+    the gate's rejections by reason (the console's rates)."""
 
     instances: int = 0
     requests: int = 0
@@ -78,6 +79,7 @@ class InferenceStatistics:
     compute_ns: int = 0
     queue_ns: int = 0
     last_inference_ms: int = 0
+    rejected: dict[str, int] = field(default_factory=dict)
 
     def add(self, instances: int, requests: int, seconds: float, queue_seconds: float) -> None:
         self.instances += instances
@@ -165,6 +167,7 @@ class ModelMetrics:
             reasons, counts = np.unique(prediction.rejected_by[~accepted].astype(str), return_counts=True)
             for reason, count in zip(reasons, counts):
                 self.rejected.labels(reason=reason, **self.labels).inc(int(count))
+                self.statistics.rejected[reason] = self.statistics.rejected.get(reason, 0) + int(count)
         self.log_px.observe(log_px[np.isfinite(log_px)])
 
 

@@ -40,11 +40,13 @@ def test_keys_guard_every_route_but_the_probes(checkpoint, tmp_path):
     assert wrong.status_code == 401 and wrong.json()["error"] == "the API key is not valid"
     for headers in ({"authorization": "Bearer alpha"}, {"Authorization": "bearer beta"}, {"x-api-key": "from-file"}):
         assert client.post("/v1/models/tiny:predict", json=body, headers=headers).status_code == 200, headers
-    for path in ("/v2/models/tiny", "/v2/models/tiny/drift", "/v2/models/tiny/gate", "/docs", "/openapi.json", "/v2"):
+    for path in ("/v2/models/tiny", "/v2/models/tiny/drift", "/v2/models/tiny/gate", "/v2/models/tiny/stats", "/v2/models/tiny/rejections", "/docs", "/openapi.json", "/v2"):
         assert client.get(path).status_code == 401, path
         assert client.get(path, headers={"x-api-key": "alpha"}).status_code == 200, path
-    for path in ("/v2/health/live", "/v2/health/ready", "/", "/metrics"):
-        assert client.get(path).status_code == 200, path
+    for path in ("/v2/health/live", "/v2/health/ready", "/", "/metrics", "/console", "/console/console.js", "/console/console.css"):
+        assert client.get(path).status_code == 200, path  # the console's page holds no data: its calls above need the key
+    for path in ("/consoles", "/console-x"):
+        assert client.get(path).status_code == 401, path
     assert 'status="401"' in client.get("/metrics").text
     client.__exit__(None, None, None)
     guarded = serve(checkpoint, api_keys=["alpha"], metrics_require_key=True)

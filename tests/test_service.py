@@ -501,3 +501,26 @@ def test_every_diglm_variable_in_the_readme_is_a_setting_and_unknown_ones_are_re
     monkeypatch.delenv("DIGLM_MAX_QUEUE")
     assert main(["--model-dir", "nowhere", "--port", "http"]) == 2
     assert "port" in capsys.readouterr().err
+
+
+def test_console_serves_its_three_files_with_a_policy_that_keeps_requests_home(client):
+    page = client.get("/console")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert "/console/console.js" in page.text and "/console/console.css" in page.text
+    policy = page.headers["content-security-policy"]
+    assert "default-src 'none'" in policy and "connect-src 'self'" in policy and "script-src 'self'" in policy
+    assert client.get("/console/console.js").headers["content-type"].startswith("text/javascript")
+    for path in ("/console/settings.py", "/console/..%2Fapi%2Fconsole.py"):
+        assert client.get(path).status_code == 404, path
+
+
+def test_stats_count_decisions_by_reason(client, digits):
+    before = client.get("/v2/models/tiny/stats").json()["model_stats"][0]
+    blank = np.zeros((1, 8, 8))
+    answers = [answer for x in (digits[:3], blank) for answer in client.post("/v1/models/tiny:predict", json={"instances": x.tolist()}).json()["predictions"]]
+    after = client.get("/v2/models/tiny/stats").json()["model_stats"][0]
+    reasons = [answer["rejected_by"] for answer in answers if not answer["accepted"]]
+    added = {reason: after["gate"]["rejected"].get(reason, 0) - before["gate"]["rejected"].get(reason, 0) for reason in after["gate"]["rejected"]}
+    assert {reason: count for reason, count in added.items() if count} == {reason: reasons.count(reason) for reason in set(reasons)}
+    assert after["gate"]["accepted"] - before["gate"]["accepted"] == sum(answer["accepted"] for answer in answers)
+    assert after["gate"]["accepted"] + sum(after["gate"]["rejected"].values()) == after["inference_count"]
