@@ -6,12 +6,15 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import pytest
 import torch
+import uvicorn
 
 ROOT = Path(__file__).resolve().parents[1]
 READY_TIMEOUT_S = 60.0  # a tiny model loads and warms up in about a second
@@ -49,6 +52,21 @@ def wait_for(condition: Callable[[], bool], what: str, timeout: float = READY_TI
 def wait_ready(client, timeout: float = READY_TIMEOUT_S) -> None:
     """Wait until a started ``TestClient``'s service answers ``/v2/health/ready`` with 200."""
     wait_for(lambda: client.get("/v2/health/ready").status_code == 200, "the service to be ready", timeout)
+
+
+@contextmanager
+def served_in_thread(app, port: int, ready: Callable[[], bool]) -> Iterator[None]:
+    """``app`` served by uvicorn on 127.0.0.1:``port`` in a daemon thread, entered once ``ready()``;
+    stopped (and waited for, at most 30 s) on exit."""
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        wait_for(ready, "the service to be ready")
+        yield
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
 
 
 async def wait_until(condition: Callable[[], bool], what: str, timeout: float = READY_TIMEOUT_S) -> None:

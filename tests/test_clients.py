@@ -2,18 +2,15 @@
 allocates outputs from the metadata, so what the metadata says must be what infer returns; the
 KServe SDK's REST client checks health and infers: v2 with JSON and binary tensors, and v1."""
 import asyncio
-import socket
-import threading
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
-import uvicorn
 
 from service.app import create_app
 from service.settings import ServiceSettings
-from tests.conftest import wait_for
+from tests.conftest import free_port, served_in_thread
 from training.cli import main as training_main
 from training.config import DataConfig
 from training.data import load_dataset
@@ -27,18 +24,11 @@ def server(tmp_path_factory):
     """The service on a free local port, in a thread, for the module: its host:port."""
     checkpoint = tmp_path_factory.mktemp("clients") / "tiny"
     assert training_main(["train", "--config", str(CONFIGS / "tiny.yaml"), "--out", str(checkpoint), "--quiet", "--set", "train.epochs=2", "--onnx"]) == 0
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     settings = ServiceSettings(model_dir=checkpoint, device="cpu", port=port, log_level="warning")
-    uvicorn_server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=uvicorn_server.run, daemon=True)
-    thread.start()
     client = httpclient.InferenceServerClient(url=f"127.0.0.1:{port}")
-    wait_for(client.is_server_ready, "the server to be ready")
-    yield f"127.0.0.1:{port}"
-    uvicorn_server.should_exit = True
-    thread.join(timeout=10)
+    with served_in_thread(create_app(settings), port, client.is_server_ready):
+        yield f"127.0.0.1:{port}"
 
 
 def test_tritonclient_health_metadata_and_infer_json_and_binary(server):

@@ -3,14 +3,13 @@
 these tests are skipped, unless ``CI_REQUIRE_BROWSER=1`` (``.ci/run`` sets it after installing
 them), which makes a missing browser a failure."""
 import os
-import socket
-import threading
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import httpx
 import numpy as np
 import pytest
-import uvicorn
 from PIL import Image
 
 from bench import browser
@@ -19,7 +18,7 @@ from bench.console import wait as until
 from service.app import create_app
 from service.settings import ServiceSettings
 from tests.agreement import held_out_digits
-from tests.conftest import READY_TIMEOUT_S, wait_for
+from tests.conftest import READY_TIMEOUT_S, free_port, served_in_thread
 from training.cli import main as training_main
 
 CONFIGS = Path(__file__).resolve().parents[1] / "training" / "configs"
@@ -40,30 +39,20 @@ def checkpoint(tmp_path_factory) -> Path:
     return out
 
 
-def serve(checkpoint: Path, **settings):
-    """The service on a free local port in a thread: (base URL, stop())."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    app = create_app(ServiceSettings(model_dir=checkpoint, device="cpu", port=port, log_level="warning", **settings))
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
+@contextmanager
+def serve(checkpoint: Path, **settings) -> Iterator[str]:
+    """The service on a free local port in a thread: its base URL."""
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
-    wait_for(lambda: httpx.get(f"{url}/v2/health/ready", timeout=2).status_code == 200, "the service to be ready")
-
-    def stop():
-        server.should_exit = True
-        thread.join(timeout=10)
-
-    return url, stop
+    app = create_app(ServiceSettings(model_dir=checkpoint, device="cpu", port=port, log_level="warning", **settings))
+    with served_in_thread(app, port, lambda: httpx.get(f"{url}/v2/health/ready", timeout=2).status_code == 200):
+        yield url
 
 
 @pytest.fixture(scope="module")
 def service(checkpoint):
-    url, stop = serve(checkpoint)
-    yield url
-    stop()
+    with serve(checkpoint) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
@@ -186,8 +175,7 @@ def test_rates_count_the_rejections(page):
 
 
 def test_key_prompt_with_api_keys(checkpoint):
-    url, stop = serve(checkpoint, api_keys=[KEY])
-    try:
+    with serve(checkpoint, api_keys=[KEY]) as url:
         assert httpx.get(f"{url}/v2/models/tiny/gate", timeout=10).status_code == 401, "the console's routes need the key like any client"
         with browser.chromium(390, 844) as driver:
             driver.get(f"{url}/console")
@@ -201,5 +189,3 @@ def test_key_prompt_with_api_keys(checkpoint):
             until(driver, lambda d: d.find_elements(By.CSS_SELECTOR, "#models tbody tr"), "the models table after the key")
             assert not dialog.is_displayed()
             assert driver.execute_script("return [sessionStorage.getItem('diglm.console.key'), localStorage.length]") == [KEY, 0]
-    finally:
-        stop()

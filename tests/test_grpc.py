@@ -9,7 +9,6 @@ import os
 import shutil
 import subprocess
 import sys
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -18,7 +17,6 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-import uvicorn
 from google.protobuf import json_format
 from hypothesis import HealthCheck, event, given, settings as hypothesis_settings, strategies as st
 
@@ -28,7 +26,7 @@ from service.inputs import V2_DTYPES
 from service.protos import POOL, SERVICE, message
 from service.settings import ServiceSettings
 from tests.agreement import held_out_digits
-from tests.conftest import ROOT, free_port, wait_for
+from tests.conftest import ROOT, free_port, served_in_thread
 from training.cli import main as training_main
 
 grpc = pytest.importorskip("grpc")
@@ -80,14 +78,9 @@ def live(tmp_path_factory):
         api_keys=[USER], admin_api_keys=[ADMIN], warmup_batch=1, **LIMITS,
     )
     app = create_app(settings)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
     state = app.state.service
-    wait_for(lambda: state.accepting, "the service to be ready")
-    yield Live(f"http://127.0.0.1:{port}", f"127.0.0.1:{grpc_port}", state)
-    server.should_exit = True
-    thread.join(timeout=30)
+    with served_in_thread(app, port, lambda: state.accepting):
+        yield Live(f"http://127.0.0.1:{port}", f"127.0.0.1:{grpc_port}", state)
 
 
 class Stub:
